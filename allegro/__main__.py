@@ -1,0 +1,5 @@
+import sys
+
+from allegro.cli import main
+
+sys.exit(main())

@@ -1,0 +1,207 @@
+"""``python -m allegro``: the headless front end of the engine.
+
+Importing this module stays light: torch, diffusers and PyAV are imported only by the
+command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from allegro import __version__
+from allegro.errors import AllegroError, Cancelled
+from allegro.loading import OFFLOAD_MODES, PRECISIONS, PipelineSpec
+from allegro.request import (
+    DEFAULT_MODEL,
+    MODEL_PRESETS,
+    GenerationRequest,
+    accepted_sizes_text,
+    check_request,
+)
+
+INTERPOLATION_METHODS = ("flow", "ema-vfi", "blend")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m allegro",
+        description="Allegro Studio engine: make text-to-video clips with Allegro.",
+    )
+    parser.add_argument("--version", action="version", version=f"allegro-studio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tiny = commands.add_parser(
+        "make-tiny", help="write a tiny random checkpoint (diffusers layout) for tests/demos"
+    )
+    tiny.add_argument("directory", type=Path)
+
+    gen = commands.add_parser(
+        "generate",
+        help="make one video",
+        description=f"Make one video. Accepted sizes: {accepted_sizes_text()}.",
+    )
+    gen.add_argument("--model", default=None, help=f"hub id or local folder ({DEFAULT_MODEL})")
+    gen.add_argument(
+        "--preset",
+        choices=sorted(MODEL_PRESETS),
+        help="a named model variant; "
+        + "; ".join(f"{p.name}: {p.description}" for p in MODEL_PRESETS.values()),
+    )
+    gen.add_argument("--transformer", help="take the transformer from this source instead")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", help="default: the official negative prompt")
+    # Numbers are taken as text and checked by the engine, so the CLI, the page and the API
+    # give the same messages.
+    gen.add_argument("--seed", help="0..4294967295; default: random (the used seed is shown)")
+    gen.add_argument("--steps", default="100", help="denoising steps (official: 100)")
+    gen.add_argument("--guidance", default="7.5", help="guidance scale (official: 7.5)")
+    gen.add_argument("--frames", help="default: the model's native length (88)")
+    gen.add_argument("--height", help="default: the model's native height (720)")
+    gen.add_argument("--width", help="default: the model's native width (1280)")
+    gen.add_argument("--precision", choices=PRECISIONS, help="default: bf16 on GPU, fp32 on CPU")
+    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
+    gen.add_argument("--no-template", action="store_true", help="skip the official template")
+    gen.add_argument("--fast", action="store_true", help="Pyramid Attention Broadcast (~1.4x)")
+    gen.add_argument("--interpolate", action="store_true", help="30 fps output")
+    gen.add_argument("--interpolation-method", choices=INTERPOLATION_METHODS, default=None)
+    gen.add_argument("--weights", help="EMA-VFI checkpoint (.pkl) for --interpolation-method")
+    gen.add_argument("--out", type=Path, help="output .mp4 (default: outputs/<name>.mp4)")
+
+    info = commands.add_parser("info", help="print the settings embedded in a video as JSON")
+    info.add_argument("video", type=Path)
+
+    interp = commands.add_parser("interpolate", help="turn a 15 fps video into 30 fps")
+    interp.add_argument("input", type=Path)
+    interp.add_argument("output", type=Path)
+    interp.add_argument("--method", choices=INTERPOLATION_METHODS, default="flow")
+    interp.add_argument("--weights", help="EMA-VFI checkpoint (.pkl)")
+    return parser
+
+
+class _ProgressBar:
+    """One tqdm bar over the whole job, showing stage, step and ETA; created on the first
+    event so that an early error prints one clean line."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+        self.bar.set_description_str(event.stage.value, refresh=False)
+        self.bar.n = int(event.fraction * 1000)
+        step = f"{event.step}/{event.total}, " if event.total else ""
+        eta = f", ETA {event.eta:.0f}s" if event.eta is not None else ""
+        self.bar.set_postfix_str(f"{step}{event.elapsed:.0f}s elapsed{eta}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    preset = MODEL_PRESETS.get(args.preset) if args.preset else None
+    model = args.model or (preset.model if preset else DEFAULT_MODEL)
+    transformer = args.transformer or (preset.transformer if preset else None)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        frames=args.frames if args.frames is not None else (preset and preset.frames),
+        height=args.height if args.height is not None else (preset and preset.height),
+        width=args.width if args.width is not None else (preset and preset.width),
+        use_template=not args.no_template,
+        interpolate=args.interpolate or args.interpolation_method is not None,
+        interpolation_method=args.interpolation_method,
+        fast_mode=args.fast,
+    )
+    check_request(request)  # fail before loading 25 GB
+    if args.out is not None and args.out.suffix.lower() != ".mp4":
+        raise AllegroError(f"--out must name an .mp4 file, not {args.out}.")
+
+    from allegro.engine import Engine
+    from allegro.events import CancelToken
+
+    spec = PipelineSpec(
+        model=model, transformer=transformer, precision=args.precision, offload=args.offload
+    )
+    engine = Engine(spec, output_dir="outputs", ema_vfi_weights=args.weights)
+    cancel = CancelToken()
+    bar = _ProgressBar()
+    # Ctrl-C cancels cleanly between steps instead of killing the process mid-write.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    try:
+        result = engine.generate(request, bar, cancel, output_path=args.out)
+    finally:
+        bar.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"saved {result.video_path} (seed {result.seed}, {result.seconds:.1f} s)")
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from allegro.engine import interpolate_video
+
+    bar = _ProgressBar()
+    try:
+        path = interpolate_video(args.input, args.output, args.method, args.weights, bar)
+    finally:
+        bar.close()
+    print(f"saved {path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from allegro.video import read_settings
+
+    if not args.video.is_file():
+        raise AllegroError(f"{args.video} does not exist.")
+    print(json.dumps(read_settings(args.video), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from allegro.tiny import make_tiny
+
+    print(f"tiny checkpoint written to {make_tiny(args.directory)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    handlers = {
+        "make-tiny": _make_tiny,
+        "generate": _generate,
+        "info": _info,
+        "interpolate": _interpolate,
+    }
+    try:
+        return handlers[args.command](args)
+    except Cancelled as error:
+        print(f"cancelled: {error}", file=sys.stderr)
+        return 130
+    except AllegroError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug, not bad input: still one line, details on demand
+        if os.environ.get("ALLEGRO_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(error).__name__}: {error} "
+            "(set ALLEGRO_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,484 @@
+"""The generation engine every front end uses: one request in, one MP4 out, with a stream
+of progress events, cancel, and out-of-memory recovery.
+
+Stages: loading (once per process) -> encoding prompt -> denoising -> decoding ->
+[interpolating] -> saving. Denoising runs diffusers' own ``AllegroPipeline.__call__`` with
+cached prompt embeddings and ``output_type="latent"``; we decode with the pipeline's own
+``decode_latents`` so decoding is its own observable, cancellable stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from allegro import __version__
+from allegro.errors import AllegroError, GpuOutOfMemoryError
+from allegro.events import CancelToken, ProgressCallback, ProgressEvent, Stage, ignore_progress
+from allegro.loading import (
+    PIPELINE_CACHE,
+    LoadedPipeline,
+    PipelineCache,
+    PipelineSpec,
+    free_accelerator_memory,
+)
+from allegro.request import FPS, GenerationRequest, positive_prompt, resolve_request
+from allegro.tiling import apply_tiling, fit_tiling
+
+PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
+INTERPOLATED_FPS = 30
+
+# Share of the whole job each stage takes, for one progress bar over every stage.
+_STAGE_WEIGHTS = {
+    Stage.ENCODING: 0.02,
+    Stage.DENOISING: 0.80,
+    Stage.DECODING: 0.12,
+    Stage.INTERPOLATING: 0.04,
+    Stage.SAVING: 0.02,
+}
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    video_path: Path
+    settings_path: Path
+    poster_path: Path
+    settings: dict[str, Any]
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def seed(self) -> int:
+        return int(self.settings["seed"])
+
+
+@dataclass
+class _ProgressClock:
+    """Turns stage-local progress into whole-job events with elapsed time and ETA."""
+
+    on_progress: ProgressCallback
+    interpolate: bool
+    started: float = field(default_factory=time.monotonic)
+
+    def _weights(self) -> dict[Stage, float]:
+        weights = dict(_STAGE_WEIGHTS)
+        if not self.interpolate:
+            weights.pop(Stage.INTERPOLATING)
+        total = sum(weights.values())
+        return {stage: weight / total for stage, weight in weights.items()}
+
+    def emit(
+        self,
+        stage: Stage,
+        within: float = 0.0,
+        step: int = 0,
+        total: int = 0,
+        eta: float | None = None,
+        message: str = "",
+        preview: np.ndarray | None = None,
+    ) -> None:
+        weights = self._weights()
+        done = 0.0
+        for candidate, weight in weights.items():
+            if candidate == stage:
+                done += weight * min(max(within, 0.0), 1.0)
+                break
+            done += weight
+        fraction = 1.0 if stage == Stage.DONE else min(done, 0.999)
+        self.on_progress(
+            ProgressEvent(
+                stage=stage,
+                fraction=fraction,
+                step=step,
+                total=total,
+                elapsed=time.monotonic() - self.started,
+                eta=eta,
+                message=message,
+                preview=preview,
+            )
+        )
+
+
+def output_name(request: GenerationRequest, now: datetime) -> str:
+    """``20261125-031500-seed7-pink-fish-swim`` : sortable, readable, unique per second+seed."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")[:40] or "video"
+    return f"{now:%Y%m%d-%H%M%S}-seed{request.seed}-{slug}"
+
+
+@contextlib.contextmanager
+def _count_decoded_tiles(vae, on_tile) -> Iterator[None]:
+    """Report each decoded VAE tile (the tiled decode has no callback of its own)."""
+    handle = vae.decoder.register_forward_hook(lambda *_: on_tile())
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _recover_from_oom(loaded: LoadedPipeline, request: GenerationRequest) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into advice, and leave the GPU clean for the next
+    request whatever happened (error, cancel or success)."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise GpuOutOfMemoryError(oom_advice(loaded, request)) from None
+    finally:
+        with contextlib.suppress(Exception):
+            loaded.pipe.maybe_free_model_hooks()
+        free_accelerator_memory()
+
+
+def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
+    """What to change after running out of GPU memory, most effective first."""
+    from allegro import costs
+
+    offload = loaded.offload.mode
+    precision = loaded.spec.precision or "bf16"
+    size = f"{request.frames}x{request.height}x{request.width}"
+    suggestions = []
+    for mode in ("model", "group", "sequential"):
+        if costs.OFFLOAD_ORDER.index(mode) > costs.OFFLOAD_ORDER.index(offload):
+            need = costs.estimate_memory(
+                mode, precision, request.frames, request.height, request.width
+            ).peak_bytes
+            suggestions.append(f"start with --offload {mode} (needs about {need / 1e9:.1f} GB)")
+    smaller = costs.estimate_memory(offload, precision, 40, 368, 640).peak_bytes
+    suggestions.append(
+        f"make a smaller video, e.g. 40 frames at 368x640 (about {smaller / 1e9:.1f} GB "
+        f"with offload '{offload}')"
+    )
+    return (
+        f"The GPU ran out of memory making a {size} video with offload '{offload}'. "
+        "Settings that should fit: " + "; or ".join(suggestions) + ". The app keeps running."
+    )
+
+
+class Engine:
+    """Makes videos from requests with the process's cached pipeline."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        output_dir: str | Path,
+        ema_vfi_weights: str | None = None,
+        cache: PipelineCache = PIPELINE_CACHE,
+    ) -> None:
+        self.spec = spec
+        self.output_dir = Path(output_dir)
+        self.ema_vfi_weights = ema_vfi_weights
+        self.cache = cache
+
+    def load(self, on_progress: ProgressCallback = ignore_progress) -> LoadedPipeline:
+        return self.cache.get(self.spec, on_progress)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback = ignore_progress,
+        cancel: CancelToken | None = None,
+        output_path: str | Path | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> GenerationResult:
+        """Make one video. Raises AllegroError subclasses with readable messages; on
+        cancel or error no file is left behind."""
+        cancel = cancel or CancelToken()
+        clock = _ProgressClock(on_progress, interpolate=bool(request.interpolate))
+        # Loading is not cancellable: other requests wait for the same load.
+        loaded = self.load(on_progress)
+        request = resolve_request(request, loaded.native)
+        interpolator = self._interpolator(request) if request.interpolate else None
+        cancel.raise_if_cancelled()
+
+        with loaded.run_lock, _recover_from_oom(loaded, request):
+            warnings: list[str] = []
+            frames = self._make_frames(loaded, request, clock, cancel, warnings)
+        fps: float = FPS
+        interpolation: dict[str, Any] | None = None
+        if interpolator is not None:
+            frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
+            fps = INTERPOLATED_FPS
+        cancel.raise_if_cancelled()
+
+        clock.emit(Stage.SAVING, message="Saving the video …")
+        now = datetime.now(timezone.utc)
+        path = (
+            Path(output_path)
+            if output_path
+            else self.output_dir / (output_name(request, now.astimezone()) + ".mp4")
+        )
+        seconds = time.monotonic() - clock.started
+        settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
+        save_video(path, frames, fps, settings)
+        clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
+        return GenerationResult(
+            video_path=path,
+            settings_path=path.with_suffix(".json"),
+            poster_path=path.with_suffix(".jpg"),
+            settings=settings,
+            seconds=seconds,
+            warnings=tuple(warnings),
+        )
+
+    def _interpolator(self, request: GenerationRequest):
+        from allegro.interpolation import DEFAULT_METHOD, create_interpolator
+
+        method = request.interpolation_method or DEFAULT_METHOD
+        return create_interpolator(method, weights=self.ema_vfi_weights)
+
+    def _make_frames(
+        self,
+        loaded: LoadedPipeline,
+        request: GenerationRequest,
+        clock: _ProgressClock,
+        cancel: CancelToken,
+        warnings: list[str],
+    ) -> np.ndarray:
+        import torch
+
+        pipe = loaded.pipe
+        device = pipe._execution_device
+        clean_caption = _clean_caption_available()
+
+        clock.emit(Stage.ENCODING, message="Encoding the prompt …")
+        text = positive_prompt(request)
+        from allegro.prompts import find_truncation
+
+        notice = find_truncation(pipe.tokenizer, text)
+        if notice is not None:
+            warnings.append(notice.message())
+        positive = loaded.prompt_cache.encode(pipe, text, clean_caption, device)
+        negative = loaded.prompt_cache.encode(pipe, request.negative_prompt, clean_caption, device)
+        cancel.raise_if_cancelled()
+
+        _set_fast_mode(pipe, request.fast_mode)
+        geometry = fit_tiling(
+            request.frames, request.height, request.width, pipe.vae_scale_factor_spatial
+        )
+        tiles = geometry.tile_count(request.frames, request.height, request.width)
+
+        steps = request.steps
+        denoise_started = time.monotonic()
+
+        def decode_estimate(denoise_seconds_per_step: float) -> float:
+            if loaded.seconds_per_tile is not None:
+                return tiles * loaded.seconds_per_tile
+            return 0.15 * steps * denoise_seconds_per_step  # until the first decode is timed
+
+        def on_step_end(pipeline, index: int, timestep, callback_kwargs: dict) -> dict:
+            cancel.raise_if_cancelled()  # stops within one step, before any decode
+            done = index + 1
+            per_step = (time.monotonic() - denoise_started) / done
+            preview = None
+            if done % PREVIEW_EVERY == 0 or done == steps:
+                from allegro.preview import latents_to_preview
+
+                preview = latents_to_preview(callback_kwargs["latents"], loaded.preview_map)
+            clock.emit(
+                Stage.DENOISING,
+                done / steps,
+                step=done,
+                total=steps,
+                eta=(steps - done) * per_step + decode_estimate(per_step),
+                message=f"Denoising step {done} of {steps}",
+                preview=preview,
+            )
+            return {}
+
+        clock.emit(Stage.DENOISING, 0.0, step=0, total=steps, message="Denoising …")
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        latents = pipe(
+            prompt_embeds=positive.embeds,
+            prompt_attention_mask=positive.attention_mask,
+            negative_prompt_embeds=negative.embeds,
+            negative_prompt_attention_mask=negative.attention_mask,
+            negative_prompt=None,
+            num_inference_steps=steps,
+            guidance_scale=request.guidance_scale,
+            num_frames=request.frames,
+            height=request.height,
+            width=request.width,
+            generator=generator,
+            output_type="latent",
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+            clean_caption=clean_caption,
+        ).frames
+        cancel.raise_if_cancelled()
+        return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
+
+    def _decode(self, loaded, latents, request, geometry, tiles, clock, cancel) -> np.ndarray:
+        import torch
+
+        pipe = loaded.pipe
+        apply_tiling(pipe.vae, geometry)
+        decoded = 0
+        started = time.monotonic()
+
+        def on_tile() -> None:
+            nonlocal decoded
+            cancel.raise_if_cancelled()
+            decoded += 1
+            per_tile = (time.monotonic() - started) / decoded
+            clock.emit(
+                Stage.DECODING,
+                decoded / tiles,
+                step=decoded,
+                total=tiles,
+                eta=(tiles - decoded) * per_tile,
+                message=f"Decoding tile {decoded} of {tiles}",
+            )
+
+        clock.emit(Stage.DECODING, 0.0, step=0, total=tiles, message="Decoding …")
+        with torch.inference_mode(), _count_decoded_tiles(pipe.vae, on_tile):
+            video = pipe.decode_latents(latents.to(pipe.vae.dtype))
+        loaded.seconds_per_tile = (time.monotonic() - started) / max(tiles, 1)
+        video = video[:, :, : request.frames, : request.height, : request.width]
+        frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+        return np.round(np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)
+
+    def _settings(self, loaded, request, fps, interpolation, seconds, now, labels):
+        spec = loaded.spec
+        return {
+            "app": "Allegro Studio",
+            "app_version": __version__,
+            "created": now.isoformat(timespec="seconds"),
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "seed": request.seed,
+            "steps": request.steps,
+            "guidance_scale": request.guidance_scale,
+            "frames": request.frames,
+            "height": request.height,
+            "width": request.width,
+            "fps": fps,
+            "use_template": request.use_template,
+            "fast_mode": request.fast_mode,
+            "interpolation": interpolation,
+            "model": spec.model,
+            "transformer": spec.transformer,
+            "precision": spec.precision,
+            "vae_precision": spec.vae_precision,
+            "offload": loaded.offload.mode,
+            "device": loaded.device,
+            "run_seconds": round(seconds, 2),
+            "labels": dict(labels or {}),
+        }
+
+
+def save_video(path: Path, frames: np.ndarray, fps: float, settings: dict[str, Any]) -> None:
+    """write_video with disk errors turned into a message (nothing half-written remains)."""
+    from allegro.video import write_video
+
+    try:
+        write_video(path, frames, fps, settings)
+    except OSError as error:
+        raise AllegroError(
+            f"Could not save the video to {path.parent}: {error.strerror or error}. "
+            "Free some disk space or choose another output folder."
+        ) from None
+
+
+def _run_interpolation(frames, interpolator, clock: _ProgressClock, cancel: CancelToken):
+    from allegro.interpolation.driver import interpolate_frames
+
+    def on_pairs(done: int, total: int) -> None:
+        clock.emit(
+            Stage.INTERPOLATING,
+            done / max(total, 1),
+            step=done,
+            total=total,
+            message=f"Interpolating to {INTERPOLATED_FPS} fps: pair {done} of {total}",
+        )
+
+    clock.emit(Stage.INTERPOLATING, 0.0, message="Interpolating …")
+    result = interpolate_frames(frames, interpolator, on_pairs, cancel)
+    return result.frames, interpolation_settings(interpolator.name, result)
+
+
+def interpolate_video(
+    source: str | Path,
+    destination: str | Path,
+    method: str,
+    weights: str | None = None,
+    on_progress: ProgressCallback = ignore_progress,
+    cancel: CancelToken | None = None,
+) -> Path:
+    """15 fps MP4 in, 30 fps MP4 out; the source's settings (if it has any) are carried over
+    with the interpolation recorded."""
+    from allegro.errors import InterpolationError
+    from allegro.interpolation import create_interpolator
+    from allegro.video import read_frames, read_settings
+
+    source, destination = Path(source), Path(destination)
+    if not source.is_file():
+        raise InterpolationError(f"{source} does not exist.")
+    if destination.suffix.lower() != ".mp4":
+        raise InterpolationError(f"The output must be an .mp4 file, not {destination.name}.")
+    interpolator = create_interpolator(method, weights=weights)
+    try:
+        frames, fps = read_frames(source)
+    except AllegroError as error:
+        raise InterpolationError(str(error)) from None
+    if len(frames) < 2:
+        raise InterpolationError(f"{source.name} has only one frame: nothing to interpolate.")
+    try:
+        settings = read_settings(source)
+    except AllegroError:
+        settings = {"source": source.name}
+    clock = _ProgressClock(on_progress, interpolate=True)
+    frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel or CancelToken())
+    interpolation["source_fps"] = fps
+    settings = {**settings, "fps": interpolation["fps"], "interpolation": interpolation}
+    clock.emit(Stage.SAVING, message="Saving the video …")
+    save_video(destination, frames, interpolation["fps"], settings)
+    clock.emit(Stage.DONE, 1.0)
+    return destination
+
+
+def interpolation_settings(method: str, result) -> dict[str, Any]:
+    return {
+        "method": method,
+        "fps": INTERPOLATED_FPS,
+        "source_fps": FPS,
+        "frames": len(result.frames),
+        "layout": "every source frame kept; one new frame between each pair; last repeated",
+        "fallback_pairs": int(result.fallback_pairs),
+    }
+
+
+def _set_fast_mode(pipe, enabled: bool) -> None:
+    """Pyramid Attention Broadcast through diffusers' cache API, with the pipeline's
+    current timestep wired in; off means the plain transformer."""
+    transformer = pipe.transformer
+    active = getattr(transformer, "is_cache_enabled", False)
+    if enabled and not active:
+        from diffusers import PyramidAttentionBroadcastConfig
+
+        transformer.enable_cache(
+            PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2,
+                spatial_attention_timestep_skip_range=(100, 800),
+                current_timestep_callback=lambda: pipe.current_timestep,
+            )
+        )
+    elif not enabled and active:
+        transformer.disable_cache()
+
+
+def _clean_caption_available() -> bool:
+    """The official preprocessing needs bs4 and ftfy; without them diffusers only
+    lower-cases and strips (and warns every call)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("bs4", "ftfy"))

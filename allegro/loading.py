@@ -1,0 +1,384 @@
+"""Loading the pipeline once: model sources, precision, offload, and the pipeline cache.
+
+A model source is a Hugging Face hub id or a local folder in diffusers layout. Hub sources
+are fetched with ``snapshot_download`` (safetensors only, so the 19 GB of .bin duplicates in
+the text encoder folder are never fetched), which honours the Hugging Face cache and
+``HF_HUB_OFFLINE``; the pipeline then loads from the local snapshot with diffusers'
+``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from allegro.errors import ModelUnavailableError, UnsupportedSetupError
+from allegro.events import ProgressCallback, ProgressEvent, Stage, ignore_progress
+from allegro.prompts import PromptEmbeddingCache
+from allegro.request import DEFAULT_MODEL, OFFICIAL_MODELS, NativeSize
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+OFFLOAD_MODES = ("auto", "none", "model", "sequential", "group")
+GPU_OFFLOAD_MODES = ("model", "sequential", "group")
+
+# Only what the pipeline needs: configs, tokenizer files and safetensors weights.
+_PIPELINE_FILES = [
+    "model_index.json",
+    "scheduler/*",
+    "tokenizer/*",
+    "text_encoder/*.json",
+    "text_encoder/*.safetensors",
+    "transformer/*.json",
+    "transformer/*.safetensors",
+    "vae/*.json",
+    "vae/*.safetensors",
+]
+_TRANSFORMER_FILES = ["*.json", "*.safetensors"]
+_NEVER_FETCH = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx"]
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What to load. ``precision=None`` means bf16 on CUDA, fp32 on CPU."""
+
+    model: str = DEFAULT_MODEL
+    transformer: str | None = None
+    precision: str | None = None
+    vae_precision: str = "fp32"
+    offload: str = "auto"
+
+
+@dataclass(frozen=True)
+class OffloadChoice:
+    mode: str
+    reason: str
+
+
+@dataclass
+class LoadedPipeline:
+    pipe: Any  # diffusers.AllegroPipeline
+    spec: PipelineSpec  # precision resolved; offload as asked
+    offload: OffloadChoice  # what was applied, and why
+    device: str
+    native: NativeSize
+    official: bool
+    load_seconds: float
+    prompt_cache: PromptEmbeddingCache = field(default_factory=PromptEmbeddingCache)
+    run_lock: threading.Lock = field(default_factory=threading.Lock)
+    preview_map: Any = None  # latent -> RGB matrix for live previews (numpy)
+    seconds_per_tile: float | None = None  # measured VAE decode speed, for the ETA
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def execution_device() -> str:
+    return "cuda" if cuda_available() else "cpu"
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    if precision is None:
+        return "bf16" if device == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise UnsupportedSetupError(
+            f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}."
+        )
+    return precision
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def check_offload_mode(requested: str, device: str) -> None:
+    if requested not in OFFLOAD_MODES:
+        raise UnsupportedSetupError(
+            f"Unknown offload mode {requested!r}; choose one of {', '.join(OFFLOAD_MODES)}."
+        )
+    if device != "cuda" and requested in GPU_OFFLOAD_MODES:
+        raise UnsupportedSetupError(
+            f"Offload mode '{requested}' moves weights between the CPU and a GPU, but this "
+            "machine has no CUDA GPU. Use --offload none (or auto) to run on the CPU."
+        )
+
+
+def choose_offload(
+    requested: str, device: str, precision: str, native: NativeSize
+) -> OffloadChoice:
+    """Apply the user's offload choice; ``auto`` decides from the free GPU memory."""
+    check_offload_mode(requested, device)
+    if device != "cuda":
+        return OffloadChoice("none", "no GPU: everything runs on the CPU")
+    if requested != "auto":
+        return OffloadChoice(requested, "chosen by the user")
+    import torch
+
+    from allegro import costs
+
+    free_bytes, _total = torch.cuda.mem_get_info()
+    choice = costs.choose_offload(free_bytes, precision, native.frames, native.height, native.width)
+    return OffloadChoice(choice.mode, choice.reason)
+
+
+def apply_offload(pipe, mode: str, device: str) -> None:
+    """Place the pipeline with diffusers' own offload mechanisms."""
+    if mode == "none":
+        pipe.to(device)
+    elif mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif mode == "group":
+        import torch
+
+        # Block-level groups with CUDA-stream prefetch overlap transfer and compute; the VAE is
+        # small and decodes many tiles, so it stays on the GPU.
+        pipe.enable_group_offload(
+            onload_device=torch.device(device),
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+            exclude_modules=["vae"],
+        )
+        pipe.vae.to(device)
+    else:  # pragma: no cover - choose_offload validated the mode
+        raise ValueError(mode)
+
+
+def _download_hint(repo_id: str) -> str:
+    return (
+        f"To fix: on a machine with internet run `hf download {repo_id} --exclude '*.bin'` "
+        "(about 25 GB for the full model), or pass a local folder in diffusers layout "
+        "with --model /path/to/folder."
+    )
+
+
+def _progress_tqdm(on_progress: ProgressCallback, started: float):
+    """A tqdm class that reports snapshot_download's byte counts as progress events."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class ProgressTqdm(hf_tqdm):
+        def update(self, n=1):
+            result = super().update(n)
+            if self.unit == "B" and self.total:
+                on_progress(
+                    ProgressEvent(
+                        Stage.DOWNLOADING,
+                        fraction=0.0,
+                        step=int(self.n),
+                        total=int(self.total),
+                        elapsed=time.monotonic() - started,
+                        message=f"Downloading weights: {self.n / 1e9:.2f} of "
+                        f"{self.total / 1e9:.2f} GB",
+                    )
+                )
+            return result
+
+    return ProgressTqdm
+
+
+def fetch_source(
+    source: str,
+    allow_patterns: list[str],
+    on_progress: ProgressCallback = ignore_progress,
+) -> Path:
+    """A local folder as is, or a hub repo's snapshot (downloaded if needed and allowed)."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelUnavailableError(
+            f"Model folder {source!r} does not exist, and it is not a Hugging Face repo id "
+            f"like {DEFAULT_MODEL!r}."
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    started = time.monotonic()
+    on_progress(ProgressEvent(Stage.DOWNLOADING, 0.0, message=f"Checking {source} …"))
+    try:
+        return Path(
+            snapshot_download(
+                source,
+                allow_patterns=allow_patterns,
+                ignore_patterns=_NEVER_FETCH,
+                tqdm_class=_progress_tqdm(on_progress, started),
+            )
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise ModelUnavailableError(
+            f"The weights of {source} are not (fully) in the Hugging Face cache, and they "
+            "cannot be downloaded now (offline mode, or no connection). " + _download_hint(source)
+        ) from None
+    except (RepositoryNotFoundError, GatedRepoError):
+        raise ModelUnavailableError(
+            f"{source} was not found on the Hugging Face hub (or needs a login: `hf auth "
+            "login`). Check the name, or pass a local folder with --model."
+        ) from None
+    except (HfHubHTTPError, OSError) as error:
+        raise ModelUnavailableError(
+            f"Downloading {source} failed ({error}). Partly downloaded files are kept and the "
+            "download resumes on the next try. " + _download_hint(source)
+        ) from None
+
+
+def _transformer_subfolder(path: Path) -> str | None:
+    """Variant repos may ship the transformer at the root or in ``transformer/``."""
+    return "transformer" if (path / "transformer" / "config.json").is_file() else None
+
+
+def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_progress):
+    """Load, place and configure an AllegroPipeline; returns a LoadedPipeline."""
+    started = time.monotonic()
+    device = execution_device()
+    precision = resolve_precision(spec.precision, device)
+    vae_precision = resolve_precision(spec.vae_precision, device)
+    check_offload_mode(spec.offload, device)  # before a 25 GB download, not after
+
+    base_files = list(_PIPELINE_FILES)
+    if spec.transformer:
+        base_files = [p for p in base_files if not p.startswith("transformer/")]
+    base_path = fetch_source(spec.model, base_files, on_progress)
+    transformer_path = (
+        fetch_source(spec.transformer, _TRANSFORMER_FILES, on_progress)
+        if spec.transformer
+        else None
+    )
+
+    on_progress(ProgressEvent(Stage.LOADING, 0.0, message="Loading the model into memory …"))
+    from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # Our own progress events replace the libraries' console bars.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    components: dict[str, Any] = {}
+    try:
+        components["vae"] = AutoencoderKLAllegro.from_pretrained(
+            base_path, subfolder="vae", dtype=torch_dtype(vae_precision)
+        )
+        if transformer_path is not None:
+            components["transformer"] = AllegroTransformer3DModel.from_pretrained(
+                transformer_path,
+                subfolder=_transformer_subfolder(transformer_path),
+                dtype=torch_dtype(precision),
+                use_safetensors=True,
+            )
+        pipe = AllegroPipeline.from_pretrained(
+            base_path, dtype=torch_dtype(precision), use_safetensors=True, **components
+        )
+    except (OSError, ValueError) as error:
+        raise ModelUnavailableError(
+            f"{spec.model} is not a complete Allegro checkpoint ({error}). Files may be "
+            "missing or partly downloaded: run the download again, or check the folder. "
+            + _download_hint(DEFAULT_MODEL)
+        ) from None
+
+    # The VAE cannot decode without tiling, and the setting is not saved with the model.
+    pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.transformer.config
+    native = NativeSize(
+        frames=config.sample_frames * pipe.vae_scale_factor_temporal,
+        height=config.sample_height * pipe.vae_scale_factor_spatial,
+        width=config.sample_width * pipe.vae_scale_factor_spatial,
+    )
+    offload = choose_offload(spec.offload, device, precision, native)
+    apply_offload(pipe, offload.mode, device)
+    logger.info("Offload: %s (%s)", offload.mode, offload.reason)
+    from allegro.preview import fit_latent_to_rgb
+
+    preview_map = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
+    return LoadedPipeline(
+        pipe=pipe,
+        spec=replace(spec, precision=precision, vae_precision=vae_precision),
+        offload=offload,
+        device=device,
+        native=native,
+        official=spec.model in OFFICIAL_MODELS,
+        load_seconds=time.monotonic() - started,
+        preview_map=preview_map,
+    )
+
+
+def free_accelerator_memory() -> None:
+    gc.collect()
+    if cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+class PipelineCache:
+    """One pipeline per process, keyed by (source, transformer, precision, offload).
+
+    The same key never reloads; a new key releases the old pipeline first (one model per
+    GPU); concurrent callers wait for a single load."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._loaded: LoadedPipeline | None = None
+        self.load_count = 0
+
+    @staticmethod
+    def key(spec: PipelineSpec) -> tuple:
+        device = execution_device()
+        return (
+            spec.model,
+            spec.transformer,
+            resolve_precision(spec.precision, device),
+            resolve_precision(spec.vae_precision, device),
+            spec.offload,
+        )
+
+    @property
+    def loaded(self) -> LoadedPipeline | None:
+        return self._loaded
+
+    def get(self, spec: PipelineSpec, on_progress: ProgressCallback = ignore_progress):
+        key = self.key(spec)
+        with self._lock:
+            if self._key == key and self._loaded is not None:
+                return self._loaded
+            self.release_locked()
+            self._loaded = load_pipeline(spec, on_progress)
+            self._key = key
+            self.load_count += 1
+            return self._loaded
+
+    def release(self) -> None:
+        with self._lock:
+            self.release_locked()
+
+    def release_locked(self) -> None:
+        if self._loaded is not None:
+            self._loaded.prompt_cache.clear()
+            self._loaded = None
+            self._key = None
+            free_accelerator_memory()
+
+
+# The process's one pipeline cache: the only module-level mutable state in the engine.
+PIPELINE_CACHE = PipelineCache()

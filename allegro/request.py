@@ -1,0 +1,273 @@
+"""Generation requests: the dataclass, official defaults, presets and validation.
+
+Pure Python (no torch), so the UI and the CLI can validate and describe requests
+without loading anything.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any
+
+from allegro.errors import InvalidRequestError
+
+DEFAULT_MODEL = "rhymes-ai/Allegro"
+OFFICIAL_MODELS = frozenset(
+    {DEFAULT_MODEL, "rhymes-ai/Allegro-T2V-40x720P", "rhymes-ai/Allegro-T2V-40x360P"}
+)
+
+# The official inference script's quality template and negative prompt (model card).
+PROMPT_TEMPLATE = (
+    "(masterpiece), (best quality), (ultra-detailed), (unwatermarked), {} emotional, "
+    "harmonious, vignette, 4k epic detailed, shot on kodak, 35mm photo, sharp focus, "
+    "high budget, cinemascope, moody, epic, gorgeous"
+)
+DEFAULT_NEGATIVE_PROMPT = (
+    "nsfw, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
+    "fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, "
+    "signature, watermark, username, blurry."
+)
+
+OFFICIAL_STEPS = 100
+OFFICIAL_GUIDANCE = 7.5
+FPS = 15
+MAX_PROMPT_TOKENS = 512
+MAX_SEED = 2**32 - 1
+STEPS_RANGE = (1, 500)
+GUIDANCE_RANGE = (1.0, 20.0)
+
+# Accepted lengths: the VAE decodes 24-frame tiles (6 latent frames) moved by 16 frames, the
+# geometry it was trained with, so a length is decodable when it is 24 + 16k frames.
+# 88 and 40 are the lengths the released checkpoints were trained for.
+ACCEPTED_FRAMES = (24, 40, 56, 72, 88, 104, 120)
+# Sides must be multiples of 16: 8x VAE downsampling, then 2x2 transformer patches.
+SIZE_MULTIPLE = 16
+MIN_SIDE = 128
+MAX_SIDE = 1280
+MAX_PIXELS = 720 * 1280
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    label: str
+    height: int
+    width: int
+
+
+SIZE_PRESETS: tuple[SizePreset, ...] = (
+    SizePreset("720p landscape (1280x720)", 720, 1280),
+    SizePreset("720p portrait (720x1280)", 1280, 720),
+    SizePreset("360p landscape (640x368)", 368, 640),
+    SizePreset("360p portrait (368x640)", 640, 368),
+    SizePreset("square (720x720)", 720, 720),
+)
+
+LENGTH_PRESETS: dict[str, int] = {
+    f"{frames} frames ({frames / FPS:.1f} s)": frames for frames in ACCEPTED_FRAMES
+}
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named model: the base repo plus, for the fast variants, a transformer-only repo."""
+
+    name: str
+    model: str
+    transformer: str | None
+    frames: int
+    height: int
+    width: int
+    description: str
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    preset.name: preset
+    for preset in (
+        ModelPreset(
+            "allegro",
+            DEFAULT_MODEL,
+            None,
+            88,
+            720,
+            1280,
+            "Allegro, 88 frames at 720x1280 (best quality, ~20 min on an H100)",
+        ),
+        ModelPreset(
+            "allegro-40x720p",
+            DEFAULT_MODEL,
+            "rhymes-ai/Allegro-T2V-40x720P",
+            40,
+            720,
+            1280,
+            "40-frame 720p variant (about 3x faster)",
+        ),
+        ModelPreset(
+            "allegro-40x360p",
+            DEFAULT_MODEL,
+            "rhymes-ai/Allegro-T2V-40x360P",
+            40,
+            368,
+            640,
+            "40-frame 368x640 variant (a draft in minutes)",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class NativeSize:
+    """What a loaded model makes by default (from its transformer config)."""
+
+    frames: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One video to make. ``None`` fields take defaults when the request is resolved:
+    seed -> random, frames/height/width -> the model's native size, negative prompt ->
+    the official one."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int = OFFICIAL_STEPS
+    guidance_scale: float = OFFICIAL_GUIDANCE
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    use_template: bool = True
+    interpolate: bool = False
+    interpolation_method: str | None = None
+    fast_mode: bool = False
+
+
+def apply_template(prompt: str) -> str:
+    """The official script lower-cases and strips the user's text before templating."""
+    return PROMPT_TEMPLATE.format(prompt.lower().strip())
+
+
+def positive_prompt(request: GenerationRequest) -> str:
+    return apply_template(request.prompt) if request.use_template else request.prompt.strip()
+
+
+def accepted_sizes_text() -> str:
+    lengths = ", ".join(str(f) for f in ACCEPTED_FRAMES)
+    return (
+        f"lengths of {lengths} frames; heights and widths that are multiples of "
+        f"{SIZE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE} pixels, at most "
+        f"{MAX_PIXELS:,} pixels per frame (720x1280), e.g. 720x1280, 1280x720, 368x640"
+    )
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequestError(f"{name} must be a whole number, not {value!r}.")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidRequestError(f"{name} must be a whole number, not {value}.")
+        return int(value)
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise InvalidRequestError(f"{name} must be a whole number, not {value!r}.") from None
+
+
+def _as_float(value: Any, name: str) -> float:
+    if isinstance(value, bool):
+        raise InvalidRequestError(f"{name} must be a number, not {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"{name} must be a number, not {value!r}.") from None
+    if not math.isfinite(number):
+        raise InvalidRequestError(f"{name} must be a finite number, not {value!r}.")
+    return number
+
+
+def parse_seed(value: Any) -> int | None:
+    """None, "" and -1 mean "pick a random seed"; anything else must be 0..2^32-1."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "-1")):
+        return None
+    seed = _as_int(value, "Seed")
+    if seed == -1:
+        return None
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidRequestError(
+            f"Seed must be between 0 and {MAX_SEED} (or empty for a random one), not {seed}."
+        )
+    return seed
+
+
+def validate_size(frames: int, height: int, width: int) -> None:
+    problems = []
+    if frames not in ACCEPTED_FRAMES:
+        problems.append(f"{frames} frames")
+    for side_name, side in (("height", height), ("width", width)):
+        if side % SIZE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
+            problems.append(f"{side_name} {side}")
+    if not problems and height * width > MAX_PIXELS:
+        problems.append(f"{height}x{width} ({height * width:,} pixels per frame)")
+    if problems:
+        raise InvalidRequestError(
+            f"Allegro cannot make {' and '.join(problems)}. Accepted: {accepted_sizes_text()}."
+        )
+
+
+def resolve_request(request: GenerationRequest, native: NativeSize) -> GenerationRequest:
+    """Check every field and fill in the defaults; returns a request with no ``None`` left
+    (the seed actually used included). Raises InvalidRequestError with a readable message."""
+    prompt = request.prompt if isinstance(request.prompt, str) else ""
+    if not prompt.strip():
+        raise InvalidRequestError("Please write a prompt: describe the video you want.")
+    negative = request.negative_prompt
+    if negative is None:
+        negative = DEFAULT_NEGATIVE_PROMPT
+    elif not isinstance(negative, str):
+        raise InvalidRequestError("The negative prompt must be text.")
+
+    steps = _as_int(request.steps, "Steps")
+    if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
+        raise InvalidRequestError(
+            f"Steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}, not {steps} "
+            f"(the official setting is {OFFICIAL_STEPS})."
+        )
+    guidance = _as_float(request.guidance_scale, "Guidance scale")
+    if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
+        raise InvalidRequestError(
+            f"Guidance scale must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}, "
+            f"not {guidance:g} (the official setting is {OFFICIAL_GUIDANCE})."
+        )
+    frames = native.frames if request.frames is None else _as_int(request.frames, "Frames")
+    height = native.height if request.height is None else _as_int(request.height, "Height")
+    width = native.width if request.width is None else _as_int(request.width, "Width")
+    validate_size(frames, height, width)
+
+    seed = parse_seed(request.seed)
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 1)
+    return replace(
+        request,
+        prompt=prompt,
+        negative_prompt=negative,
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance,
+        frames=frames,
+        height=height,
+        width=width,
+        use_template=bool(request.use_template),
+        interpolate=bool(request.interpolate),
+        fast_mode=bool(request.fast_mode),
+    )
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Validate the fields a request sets, before any model is loaded (fields left to the
+    model's defaults are checked again once it is)."""
+    resolve_request(request, NativeSize(ACCEPTED_FRAMES[0], MIN_SIDE, MIN_SIDE))
