@@ -1,0 +1,211 @@
+"""The engine on the tiny checkpoint: reproducibility, caches, cancel, OOM, saving."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from allegro.engine import Engine
+from allegro.errors import AllegroError, Cancelled, GpuOutOfMemoryError
+from allegro.events import CancelToken, Stage
+from allegro.loading import PipelineCache, PipelineSpec
+from allegro.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, apply_template
+from allegro.video import read_frames, read_settings
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def cache() -> PipelineCache:
+    return PipelineCache()
+
+
+@pytest.fixture
+def engine(tiny_model, cache, tmp_path) -> Engine:
+    return Engine(PipelineSpec(model=str(tiny_model)), tmp_path / "outputs", cache=cache)
+
+
+def request(**fields) -> GenerationRequest:
+    return GenerationRequest(
+        **{"prompt": "pink fish swim in the sea", "seed": 7, "steps": STEPS, **fields}
+    )
+
+
+def test_generate_writes_video_settings_and_poster(engine):
+    events = []
+    result = engine.generate(request(), on_progress=events.append)
+    assert result.video_path.is_file() and result.settings_path.is_file()
+    assert result.poster_path.is_file()
+    frames, fps = read_frames(result.video_path)
+    assert frames.shape == (24, 160, 160, 3) and fps == 15
+    settings = read_settings(result.video_path)
+    assert settings["seed"] == 7 and settings["steps"] == STEPS
+    assert settings["negative_prompt"] == DEFAULT_NEGATIVE_PROMPT
+    assert settings["model"] == engine.spec.model and settings["offload"] == "none"
+
+    stages = [event.stage for event in events]
+    for stage in (Stage.ENCODING, Stage.DENOISING, Stage.DECODING, Stage.SAVING, Stage.DONE):
+        assert stage in stages
+    fractions = [event.fraction for event in events]
+    assert fractions == sorted(fractions), "progress never goes backwards"
+    assert all(
+        f < 1.0 for event, f in zip(events, fractions, strict=True) if event.stage != Stage.DONE
+    )
+    assert events[-1].fraction == 1.0
+    denoise = [e for e in events if e.stage == Stage.DENOISING and e.step]
+    assert [e.step for e in denoise] == list(range(1, STEPS + 1))
+    assert all(e.eta is not None for e in denoise)
+    previews = [e.preview for e in events if e.preview is not None]
+    assert previews and previews[0].dtype == np.uint8 and previews[0].shape[2] == 3
+
+
+def test_same_seed_gives_identical_frames(engine):
+    first = engine.generate(request())
+    second = engine.generate(request())
+    other = engine.generate(request(seed=8))
+    frames_a, _ = read_frames(first.video_path)
+    frames_b, _ = read_frames(second.video_path)
+    frames_c, _ = read_frames(other.video_path)
+    assert first.video_path != second.video_path
+    np.testing.assert_array_equal(frames_a, frames_b)
+    assert np.abs(frames_a.astype(int) - frames_c).mean() > 1
+
+
+def test_random_seed_is_recorded(engine):
+    result = engine.generate(request(seed=None))
+    assert read_settings(result.video_path)["seed"] == result.seed
+
+
+def test_pipeline_is_loaded_once_per_key_and_replaced_for_a_new_key(tiny_model, tmp_path):
+    cache = PipelineCache()
+    spec = PipelineSpec(model=str(tiny_model))
+    threads = [threading.Thread(target=cache.get, args=(spec,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cache.load_count == 1
+    first = cache.loaded
+    assert cache.get(spec) is first and cache.load_count == 1
+    cache.get(PipelineSpec(model=str(tiny_model), precision="bf16"))
+    assert cache.load_count == 2 and cache.loaded is not first
+    assert cache.loaded.spec.precision == "bf16"
+
+
+def test_prompt_embedding_cache_gives_the_frames_of_a_plain_pipeline_call(engine, cache):
+    """Cached embeddings must change nothing: compare with diffusers called with strings."""
+    from allegro.engine import _clean_caption_available
+
+    engine.generate(request())  # warms the cache with this prompt and the negative prompt
+    loaded = cache.loaded
+    hits_before = loaded.prompt_cache.hits
+    ours = engine._make_frames(
+        loaded,
+        engine_resolved(loaded),
+        _silent_clock(),
+        CancelToken(),
+        [],
+    )
+    assert loaded.prompt_cache.hits == hits_before + 2  # both texts came from the cache
+    plain = loaded.pipe(
+        prompt=apply_template("pink fish swim in the sea"),
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        num_frames=24,
+        height=160,
+        width=160,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+        clean_caption=_clean_caption_available(),
+    ).frames[0]
+    np.testing.assert_array_equal(ours, np.round(np.clip(plain, 0, 1) * 255).astype(np.uint8))
+
+
+def engine_resolved(loaded):
+    from allegro.request import resolve_request
+
+    return resolve_request(request(), loaded.native)
+
+
+def _silent_clock():
+    from allegro.engine import _ProgressClock
+
+    return _ProgressClock(lambda event: None, interpolate=False)
+
+
+def test_cancel_mid_run_writes_nothing_and_the_next_run_works(engine):
+    cancel = CancelToken()
+    steps_seen = []
+
+    def on_progress(event):
+        if event.stage == Stage.DENOISING and event.step:
+            steps_seen.append(event.step)
+            if event.step == 2:
+                cancel.cancel()
+        assert event.stage != Stage.DECODING or not event.step, "decoded after cancel"
+
+    with pytest.raises(Cancelled):
+        engine.generate(request(steps=6), on_progress=on_progress, cancel=cancel)
+    assert steps_seen == [1, 2]  # stopped within one step
+    assert not list(engine.output_dir.glob("*")) if engine.output_dir.exists() else True
+    result = engine.generate(request())
+    assert result.video_path.is_file()
+
+
+def test_gpu_out_of_memory_gives_advice_and_the_next_run_works(engine, cache, monkeypatch):
+    engine.load()
+    transformer = cache.loaded.pipe.transformer
+    real_forward = transformer.forward
+    calls = {"n": 0}
+
+    def forward_that_runs_out_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(transformer, "forward", forward_that_runs_out_once)
+    with pytest.raises(GpuOutOfMemoryError) as caught:
+        engine.generate(request())
+    message = str(caught.value)
+    assert "ran out of memory" in message
+    assert "--offload model" in message and "--offload sequential" in message
+    assert "368x640" in message
+    assert not engine.output_dir.exists() or not list(engine.output_dir.glob("*"))
+    assert engine.generate(request()).video_path.is_file()
+
+
+def test_failed_save_leaves_no_file_and_a_clear_error(engine, monkeypatch):
+    import allegro.video
+
+    def encode_then_fail(path, *args):
+        path.write_bytes(b"\x00" * 1000)  # a half-written file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(allegro.video, "_encode_mp4", encode_then_fail)
+    with pytest.raises(AllegroError, match="No space left on device"):
+        engine.generate(request())
+    assert list(engine.output_dir.iterdir()) == []
+
+
+def test_prompt_over_the_token_limit_is_cut_with_a_warning(engine):
+    long_prompt = "a cat " * 150  # 900 characters; the tiny tokenizer has a token per character
+    result = engine.generate(request(prompt=long_prompt, use_template=False))
+    assert len(result.warnings) == 1
+    assert "Allegro reads at most 512" in result.warnings[0] and "cut before" in result.warnings[0]
+
+
+def test_transformer_from_a_second_source(tiny_model, tmp_path):
+    from allegro.tiny import make_tiny_pipeline
+
+    other = make_tiny_pipeline(seed=123).transformer
+    other.save_pretrained(tmp_path / "variant")  # transformer-only repo layout (root)
+    cache = PipelineCache()
+    loaded = cache.get(PipelineSpec(model=str(tiny_model), transformer=str(tmp_path / "variant")))
+    ours = loaded.pipe.transformer.state_dict()
+    for name, tensor in other.state_dict().items():
+        torch.testing.assert_close(ours[name], tensor)

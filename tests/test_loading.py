@@ -1,0 +1,111 @@
+"""Loading: offload modes (GPU faked where only a GPU can answer), missing weights."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from allegro.errors import ModelUnavailableError, UnsupportedSetupError
+from allegro.loading import (
+    PipelineCache,
+    PipelineSpec,
+    apply_offload,
+    choose_offload,
+    fetch_source,
+    load_pipeline,
+)
+from allegro.request import NativeSize
+
+OFFICIAL = NativeSize(88, 720, 1280)
+GB = 1024**3
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential", "group"])
+def test_gpu_offload_modes_are_a_clear_error_without_a_gpu(mode):
+    with pytest.raises(UnsupportedSetupError, match="no CUDA GPU"):
+        choose_offload(mode, "cpu", "fp32", OFFICIAL)
+
+
+def test_auto_offload_on_cpu_means_none():
+    choice = choose_offload("auto", "cpu", "fp32", OFFICIAL)
+    assert choice.mode == "none" and "no GPU" in choice.reason
+
+
+def test_unknown_offload_mode():
+    with pytest.raises(UnsupportedSetupError, match="choose one of auto, none"):
+        choose_offload("turbo", "cpu", "fp32", OFFICIAL)
+
+
+@pytest.mark.parametrize(
+    ("free_gb", "expected"), [(80, "none"), (24, "model"), (14, "group"), (6, "sequential")]
+)
+def test_auto_offload_picks_from_free_gpu_memory(monkeypatch, free_gb, expected):
+    """Only the GPU's answer is faked: torch.cuda.mem_get_info."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free_gb * GB, 80 * GB))
+    choice = choose_offload("auto", "cuda", "bf16", OFFICIAL)
+    assert choice.mode == expected
+    assert "GB" in choice.reason  # says why, with the numbers
+
+
+def test_apply_offload_uses_diffusers_mechanisms(tiny_model, monkeypatch):
+    """Each mode calls the pipeline's own offload API; the calls that need a GPU are
+    recorded instead of run."""
+    from diffusers import AllegroPipeline
+
+    calls = []
+    for name in (
+        "enable_model_cpu_offload",
+        "enable_sequential_cpu_offload",
+        "enable_group_offload",
+    ):
+        monkeypatch.setattr(
+            AllegroPipeline, name, lambda self, *a, _name=name, **k: calls.append((_name, k))
+        )
+    pipe = AllegroPipeline.from_pretrained(tiny_model)
+    apply_offload(pipe, "model", "cuda")
+    apply_offload(pipe, "sequential", "cuda")
+    monkeypatch.setattr(pipe.vae, "to", lambda device: calls.append(("vae.to", device)))
+    apply_offload(pipe, "group", "cuda")
+    assert [c[0] for c in calls] == [
+        "enable_model_cpu_offload",
+        "enable_sequential_cpu_offload",
+        "enable_group_offload",
+        "vae.to",
+    ]
+    group_kwargs = calls[2][1]
+    assert group_kwargs["offload_type"] == "block_level" and group_kwargs["use_stream"]
+    assert group_kwargs["exclude_modules"] == ["vae"]
+
+
+def test_missing_hub_weights_explain_what_to_do(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelUnavailableError) as caught:
+        fetch_source("rhymes-ai/Allegro", ["model_index.json"])
+    message = str(caught.value)
+    assert "not (fully) in the Hugging Face cache" in message
+    assert "hf download rhymes-ai/Allegro --exclude '*.bin'" in message
+    assert "--model /path/to/folder" in message
+
+
+def test_missing_local_folder_is_explained():
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        fetch_source("./no/such/folder", [])
+
+
+def test_partly_copied_checkpoint_is_explained(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelUnavailableError, match="not a complete Allegro checkpoint"):
+        load_pipeline(PipelineSpec(model=str(broken)))
+
+
+def test_gpu_mode_on_cpu_fails_before_loading(tiny_model):
+    cache = PipelineCache()
+    with pytest.raises(UnsupportedSetupError):
+        cache.get(PipelineSpec(model=str(tiny_model), offload="sequential"))
+    assert cache.load_count == 0
