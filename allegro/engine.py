@@ -458,11 +458,13 @@ def interpolation_settings(method: str, result) -> dict[str, Any]:
 
 
 def _set_fast_mode(pipe, enabled: bool) -> None:
-    """Pyramid Attention Broadcast through diffusers' cache API, with the pipeline's
-    current timestep wired in; off means the plain transformer."""
+    """Pyramid Attention Broadcast through diffusers' cache API, with the pipeline's current
+    timestep wired in. The cache is re-armed for every run: its hooks keep state (the last
+    attention output, an iteration count) that must not leak from one video into the next."""
     transformer = pipe.transformer
-    active = getattr(transformer, "is_cache_enabled", False)
-    if enabled and not active:
+    if transformer.is_cache_enabled:
+        transformer.disable_cache()
+    if enabled:
         from diffusers import PyramidAttentionBroadcastConfig
 
         transformer.enable_cache(
@@ -472,8 +474,6 @@ def _set_fast_mode(pipe, enabled: bool) -> None:
                 current_timestep_callback=lambda: pipe.current_timestep,
             )
         )
-    elif not enabled and active:
-        transformer.disable_cache()
 
 
 def _clean_caption_available() -> bool:

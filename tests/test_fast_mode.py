@@ -1,0 +1,65 @@
+"""Fast mode (Pyramid Attention Broadcast) really skips attention and stays reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from allegro.engine import Engine
+from allegro.loading import PipelineCache, PipelineSpec
+from allegro.request import GenerationRequest
+from allegro.video import read_frames, read_settings
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tmp_path_factory) -> Engine:
+    return Engine(
+        PipelineSpec(model=str(tiny_model)), tmp_path_factory.mktemp("fast"), cache=PipelineCache()
+    )
+
+
+def generate_counting_attention(engine, fast: bool):
+    """Generate, counting the self- and cross-attention computations actually run (their
+    query projections run only when the attention is computed, not when PAB reuses it)."""
+    block = engine.load().pipe.transformer.transformer_blocks[0]
+    calls = {"self": 0, "cross": 0}
+    handles = [
+        block.attn1.to_q.register_forward_hook(
+            lambda *_: calls.__setitem__("self", calls["self"] + 1)
+        ),
+        block.attn2.to_q.register_forward_hook(
+            lambda *_: calls.__setitem__("cross", calls["cross"] + 1)
+        ),
+    ]
+    try:
+        request = GenerationRequest(prompt="a red kite", seed=3, steps=STEPS, fast_mode=fast)
+        result = engine.generate(request)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, calls
+
+
+def test_fast_mode_skips_attention_and_is_reproducible(engine):
+    plain, plain_calls = generate_counting_attention(engine, fast=False)
+    fast, fast_calls = generate_counting_attention(engine, fast=True)
+    again, again_calls = generate_counting_attention(engine, fast=True)
+    # Guidance runs both halves in one batch: one self- and one cross-attention per step.
+    assert plain_calls == {"self": STEPS, "cross": STEPS}
+    # PAB reuses self-attention on every other step inside the timestep window (100, 800)
+    # and never touches cross-attention.
+    assert fast_calls["cross"] == STEPS
+    assert STEPS // 2 <= fast_calls["self"] <= STEPS - STEPS // 4
+    assert again_calls == fast_calls
+    frames_fast, _ = read_frames(fast.video_path)
+    frames_again, _ = read_frames(again.video_path)
+    frames_plain, _ = read_frames(plain.video_path)
+    np.testing.assert_array_equal(frames_fast, frames_again)
+    assert not np.array_equal(frames_fast, frames_plain)
+    assert read_settings(fast.video_path)["fast_mode"] is True
+    # Turning it off restores the plain transformer exactly.
+    off, off_calls = generate_counting_attention(engine, fast=False)
+    assert off_calls == plain_calls
+    np.testing.assert_array_equal(read_frames(off.video_path)[0], frames_plain)
