@@ -139,6 +139,30 @@ def _recover_from_oom(loaded: LoadedPipeline, request: GenerationRequest) -> Ite
         free_accelerator_memory()
 
 
+def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> float | None:
+    """The cost model's time for the rest of the job, until real steps are measured; None
+    where it has nothing to say (CPU, or a checkpoint that is not Allegro-sized)."""
+    if loaded.device != "cuda" or not loaded.official:
+        return None
+    import torch
+
+    from allegro import costs
+
+    estimate = costs.estimate_seconds(
+        request.frames,
+        request.height,
+        request.width,
+        costs.gpu_class_for(torch.cuda.get_device_name()),
+        steps=request.steps,
+        guidance=request.guidance_scale > 1,
+        offload=loaded.offload.mode,
+        precision=loaded.spec.precision or "bf16",
+        vae_precision=loaded.spec.vae_precision,
+        config=loaded.pipe.transformer.config,
+    )
+    return estimate.transformer_seconds + estimate.vae_decode_seconds
+
+
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
     """What to change after running out of GPU memory, most effective first."""
     from allegro import costs
@@ -295,7 +319,14 @@ class Engine:
             )
             return {}
 
-        clock.emit(Stage.DENOISING, 0.0, step=0, total=steps, message="Denoising …")
+        clock.emit(
+            Stage.DENOISING,
+            0.0,
+            step=0,
+            total=steps,
+            eta=estimated_seconds(loaded, request),
+            message="Denoising …",
+        )
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         latents = pipe(
             prompt_embeds=positive.embeds,
@@ -370,6 +401,7 @@ class Engine:
             "precision": spec.precision,
             "vae_precision": spec.vae_precision,
             "offload": loaded.offload.mode,
+            "offload_reason": loaded.offload.reason,
             "device": loaded.device,
             "run_seconds": round(seconds, 2),
             "labels": dict(labels or {}),

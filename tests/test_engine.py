@@ -209,3 +209,27 @@ def test_transformer_from_a_second_source(tiny_model, tmp_path):
     ours = loaded.pipe.transformer.state_dict()
     for name, tensor in other.state_dict().items():
         torch.testing.assert_close(ours[name], tensor)
+
+
+def test_eta_before_the_first_step_comes_from_the_cost_model(monkeypatch):
+    """On a GPU (faked: only its name is asked) the official request is quoted at about
+    the public 20 minutes on an H100."""
+    from types import SimpleNamespace
+
+    from allegro import costs
+    from allegro.engine import estimated_seconds
+    from allegro.loading import OffloadChoice
+    from allegro.request import NativeSize, resolve_request
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    loaded = SimpleNamespace(
+        device="cuda",
+        official=True,
+        offload=OffloadChoice("none", "chosen by the user"),
+        spec=PipelineSpec(precision="bf16"),
+        pipe=SimpleNamespace(transformer=SimpleNamespace(config=costs.ALLEGRO_TRANSFORMER_CONFIG)),
+    )
+    official = resolve_request(GenerationRequest(prompt="a cat"), NativeSize(88, 720, 1280))
+    assert 18 * 60 < estimated_seconds(loaded, official) < 23 * 60
+    loaded.device = "cpu"
+    assert estimated_seconds(loaded, official) is None
