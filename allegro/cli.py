@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from allegro import __version__
+from allegro import __version__, costs
 from allegro.errors import AllegroError, Cancelled
 from allegro.loading import OFFLOAD_MODES, PRECISIONS, PipelineSpec
 from allegro.request import (
@@ -45,6 +45,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "generate",
         help="make one video",
         description=f"Make one video. Accepted sizes: {accepted_sizes_text()}.",
+        epilog=costs.memory_table_markdown(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_argument("--model", default=None, help=f"hub id or local folder ({DEFAULT_MODEL})")
     gen.add_argument(
