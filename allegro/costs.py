@@ -1,0 +1,638 @@
+"""What a video costs: FLOPs, time on a class of GPU, and peak GPU memory per offload mode.
+
+Pure Python (no torch at import), so the CLI, the UI and ``--help`` can quote costs without
+loading anything. The transformer is described by its config as a plain mapping
+(``pipe.transformer.config`` or a dict); ``ALLEGRO_TRANSFORMER_CONFIG`` is the released model.
+
+How FLOPs are counted
+    A multiply-add is 2 FLOPs. Only matrix products are counted: linear layers, the patch
+    embedding convolution and attention's two products (QK^T and AV), which are what
+    ``torch.utils.flop_counter`` counts; the tests check this model against it on the real
+    layer shapes. Norms, softmax, RoPE, GELU, bias and residual adds are left out (under 1%).
+    With classifier-free guidance the pipeline runs the transformer on a batch of two, so
+    every product runs twice. The released model at 88x720x1280 (79,200 tokens) comes out at
+    4.48 PFLOP per step, 448 PFLOP for 100 steps, 82.6% of it in self-attention: the public
+    figures.
+
+Time
+    FLOPs divided by a GPU's dense peak times an efficiency. 0.38 is what the official
+    20 minutes on one H100 implies; other GPUs and sizes will differ. Offload slowdowns are
+    rough factors, not measurements.
+
+Memory (all estimates until measured on a GPU)
+    Peak = weights on the GPU in the heaviest phase (text encoding, denoising or VAE decode)
+    + that phase's activations + a fixed allowance for CUDA workspaces and allocator slack.
+    Weights come from parameter counts. Activations come from the diffusers 0.42.1 code,
+    traced on the meta device: the transformer peaks at a feed-forward GELU (SDPA never
+    materialises the tokens^2 score matrix), the VAE inside one decoded tile plus the buffer
+    that keeps every decoded tile. The allowance (0.6 GB) is the one fitted constant: with
+    it, no offload in bf16 (VAE fp32) needs 26.5 GB against the published 27.5 GB, and
+    sequential offload with everything in bf16 needs 9.6 GB against the published "9.3G
+    BF16". With the VAE in fp32 (the default) the tiled decode, about 10.1 GB of
+    activations, sets the floor of every offload mode at 88x720x1280.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from allegro.tiling import fit_tiling
+
+GB = 1e9  # decimal gigabytes, as torch.cuda.mem_get_info counts bytes
+
+# The released transformer's config (the values of rhymes-ai/Allegro, which are also
+# diffusers' defaults for AllegroTransformer3DModel); only what the cost model reads.
+ALLEGRO_TRANSFORMER_CONFIG: Mapping[str, Any] = MappingProxyType(
+    {
+        "patch_size": 2,
+        "patch_size_t": 1,
+        "num_attention_heads": 24,
+        "attention_head_dim": 96,
+        "in_channels": 4,
+        "out_channels": 4,
+        "num_layers": 32,
+        "cross_attention_dim": 2304,
+        "attention_bias": True,
+        "caption_channels": 4096,
+        "norm_elementwise_affine": False,
+        "activation_fn": "gelu-approximate",
+    }
+)
+
+VAE_TEMPORAL_FACTOR = 4
+VAE_SPATIAL_FACTOR = 8
+VAE_PARAMETERS = 174_955_751  # AutoencoderKLAllegro with the released config
+VAE_OUT_CHANNELS = 3
+# The VAE decoder is fully convolutional, so its cost and its activation peak grow with the
+# pixels x frames ("voxels") of a tile. Both were measured on the meta device for the
+# released config (diffusers 0.42.1, eval mode) with 24-frame tiles:
+VAE_DECODE_FLOPS_PER_VOXEL = 12.41e6
+# At the last up block, alive at once: that block's 256-channel input (held by the caller),
+# a 128-channel resnet output and three 128-channel copies padded to 26 frames.
+VAE_DECODE_PEAK_ELEMENTS_PER_VOXEL = 802
+
+FF_MULT = 4  # diffusers' FeedForward default; not part of the config
+TIMESTEP_CHANNELS = 256  # sinusoidal timestep features entering adaLN-single
+DEFAULT_TEXT_TOKENS = 512  # the pipeline pads every prompt to max_sequence_length
+
+PRECISION_BYTES: Mapping[str, int] = MappingProxyType({"bf16": 2, "fp16": 2, "fp32": 4})
+PRECISIONS = tuple(PRECISION_BYTES)
+
+OFFLOAD_ORDER = ("none", "model", "group", "sequential")  # fastest first
+# Rough factors on compute time. Model offload moves each component once per video; group
+# offload streams transformer blocks every step, overlapped with compute; sequential
+# offload moves every layer every step without overlap (users report 40-70 min on an H100
+# against the official 20 min, so 2-3.5x).
+OFFLOAD_SLOWDOWN: Mapping[str, float] = MappingProxyType(
+    {"none": 1.0, "model": 1.05, "group": 1.2, "sequential": 2.75}
+)
+OVERHEAD_BYTES = int(0.6 * GB)  # CUDA/cuDNN workspaces, allocator rounding and fragmentation
+SAFETY_MARGIN = 0.10
+DEFAULT_EFFICIENCY = 0.38
+
+OFFICIAL_SIZES: tuple[tuple[int, int, int], ...] = (
+    (88, 720, 1280),
+    (40, 720, 1280),
+    (40, 368, 640),
+)
+
+
+@dataclass(frozen=True)
+class T5Geometry:
+    vocab: int
+    d_model: int
+    d_ff: int
+    heads: int
+    d_kv: int
+    layers: int
+    relative_buckets: int
+
+    @property
+    def inner(self) -> int:
+        return self.heads * self.d_kv
+
+    @property
+    def block_parameters(self) -> int:
+        # q, k, v, o; gated FF (wi_0, wi_1, wo); two RMSNorms. The relative position bias
+        # lives in the first block only and is counted once in parameter_count.
+        return 4 * self.d_model * self.inner + 3 * self.d_model * self.d_ff + 2 * self.d_model
+
+    @property
+    def parameter_count(self) -> int:
+        embedding = self.vocab * self.d_model
+        bias = self.relative_buckets * self.heads
+        return embedding + self.layers * self.block_parameters + bias + self.d_model
+
+    @property
+    def fp32_in_fp16_parameters(self) -> int:
+        """transformers keeps T5's ``wo`` in fp32 when loading in fp16 (not in bf16)."""
+        return self.layers * self.d_ff * self.d_model
+
+    def weight_bytes(self, precision: str) -> int:
+        if precision == "fp16":
+            kept = self.fp32_in_fp16_parameters
+            return (self.parameter_count - kept) * 2 + kept * 4
+        return self.parameter_count * PRECISION_BYTES[precision]
+
+
+# T5 v1.1 XXL encoder: 4.76B parameters.
+T5_XXL = T5Geometry(
+    vocab=32128, d_model=4096, d_ff=10240, heads=64, d_kv=64, layers=24, relative_buckets=32
+)
+
+
+@dataclass(frozen=True)
+class _TransformerDims:
+    width: int  # heads x head_dim
+    blocks: int
+    ff: int
+    cross: int
+    caption: int
+    in_channels: int
+    out_channels: int
+    patch: int
+    patch_t: int
+    attention_bias: bool
+    norm_affine: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> _TransformerDims:
+        if config["activation_fn"] not in ("gelu", "gelu-approximate"):
+            # Gated FFs (geglu, swiglu) have a twice-wider first projection: not modelled.
+            raise ValueError(f"unsupported activation_fn {config['activation_fn']!r}")
+        width = config["num_attention_heads"] * config["attention_head_dim"]
+        return cls(
+            width=width,
+            blocks=config["num_layers"],
+            ff=FF_MULT * width,
+            cross=config["cross_attention_dim"],
+            caption=config["caption_channels"],
+            in_channels=config["in_channels"],
+            out_channels=config["out_channels"],
+            patch=config["patch_size"],
+            patch_t=config["patch_size_t"],
+            attention_bias=bool(config["attention_bias"]),
+            norm_affine=bool(config["norm_elementwise_affine"]),
+        )
+
+
+def _linear(fan_in: int, fan_out: int, bias: bool = True) -> int:
+    return fan_in * fan_out + (fan_out if bias else 0)
+
+
+def _block_parameters(dims: _TransformerDims) -> int:
+    d, qkv_bias = dims.width, dims.attention_bias
+    self_attention = 3 * _linear(d, d, qkv_bias) + _linear(d, d)
+    cross_attention = _linear(d, d, qkv_bias) + 2 * _linear(dims.cross, d, qkv_bias) + _linear(d, d)
+    feed_forward = _linear(d, dims.ff) + _linear(dims.ff, d)
+    norms = 3 * 2 * d if dims.norm_affine else 0  # norm1..norm3 (norm3 is built, never used)
+    scale_shift_table = 6 * d
+    return self_attention + cross_attention + feed_forward + norms + scale_shift_table
+
+
+def _non_block_parameters(dims: _TransformerDims) -> int:
+    d = dims.width
+    patch_embed = dims.in_channels * dims.patch**2 * d + d
+    proj_out = _linear(d, dims.patch**2 * dims.out_channels)
+    adaln_single = _linear(TIMESTEP_CHANNELS, d) + _linear(d, d) + _linear(d, 6 * d)
+    caption_projection = _linear(dims.caption, d) + _linear(d, d)
+    scale_shift_table = 2 * d
+    return patch_embed + proj_out + adaln_single + caption_projection + scale_shift_table
+
+
+def transformer_parameter_count(config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG) -> int:
+    dims = _TransformerDims.from_config(config)
+    return dims.blocks * _block_parameters(dims) + _non_block_parameters(dims)
+
+
+def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """(frames, height, width) of the latent (4 channels), as AllegroPipeline.prepare_latents."""
+    if frames % 2 == 0:
+        latent_frames = math.ceil(frames / VAE_TEMPORAL_FACTOR)
+    else:  # odd lengths keep the first frame on its own
+        latent_frames = math.ceil((frames - 1) / VAE_TEMPORAL_FACTOR) + 1
+    return latent_frames, height // VAE_SPATIAL_FACTOR, width // VAE_SPATIAL_FACTOR
+
+
+def token_count(
+    frames: int, height: int, width: int, config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG
+) -> int:
+    latent_frames, latent_height, latent_width = latent_shape(frames, height, width)
+    patch, patch_t = config["patch_size"], config["patch_size_t"]
+    return (latent_frames // patch_t) * (latent_height // patch) * (latent_width // patch)
+
+
+@dataclass(frozen=True)
+class FlopBreakdown:
+    """FLOPs of one transformer forward, i.e. one denoising step (both halves with guidance)."""
+
+    self_attention: int  # QK^T and AV over the video tokens
+    cross_attention: int  # QK^T and AV against the text tokens
+    attention_projections: int  # Q, K, V and output projections of both attentions
+    feed_forward: int
+    embeddings: int  # patch embedding, proj_out, timestep/adaLN MLP, caption projection
+
+    @property
+    def linear(self) -> int:
+        return self.attention_projections + self.feed_forward + self.embeddings
+
+    @property
+    def total(self) -> int:
+        return self.self_attention + self.cross_attention + self.linear
+
+    @property
+    def self_attention_share(self) -> float:
+        return self.self_attention / self.total
+
+    def per_video(self, steps: int) -> int:
+        return self.total * steps
+
+
+def transformer_flops(
+    config: Mapping[str, Any],
+    frames: int,
+    height: int,
+    width: int,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+    guidance: bool = True,
+) -> FlopBreakdown:
+    dims = _TransformerDims.from_config(config)
+    tokens = token_count(frames, height, width, config)
+    d, blocks = dims.width, dims.blocks
+    fma = 2 * (2 if guidance else 1)  # 2 FLOPs per multiply-add, per batch item
+    # Each attention product (QK^T, AV) is tokens x keys x width multiply-adds.
+    self_attention = blocks * fma * 2 * tokens * tokens * d
+    cross_attention = blocks * fma * 2 * tokens * text_tokens * d
+    # Self: Q, K, V, out on the video tokens; cross: Q, out on the video tokens and K, V on
+    # the (projected) text tokens.
+    projections = 4 * tokens * d * d + 2 * tokens * d * d + 2 * text_tokens * dims.cross * d
+    feed_forward = 2 * tokens * d * dims.ff
+    embeddings = (
+        tokens * dims.in_channels * dims.patch**2 * d  # patch embedding (a strided conv)
+        + tokens * d * dims.patch**2 * dims.out_channels  # proj_out
+        + (TIMESTEP_CHANNELS * d + d * d + d * 6 * d)  # adaLN-single, once per sample
+        + text_tokens * (dims.caption * d + d * d)  # caption projection
+    )
+    return FlopBreakdown(
+        self_attention=self_attention,
+        cross_attention=cross_attention,
+        attention_projections=blocks * fma * projections,
+        feed_forward=blocks * fma * feed_forward,
+        embeddings=fma * embeddings,
+    )
+
+
+def text_encoder_flops(
+    text_tokens: int = DEFAULT_TEXT_TOKENS, guidance: bool = True, t5: T5Geometry = T5_XXL
+) -> int:
+    """T5 encoder over the padded prompt, and over the negative prompt with guidance."""
+    prompts = 2 if guidance else 1
+    linear = 2 * text_tokens * (4 * t5.d_model * t5.inner + 3 * t5.d_model * t5.d_ff)
+    attention = 2 * 2 * text_tokens * text_tokens * t5.inner
+    return prompts * t5.layers * (linear + attention)
+
+
+def _tiles(frames: int, height: int, width: int) -> tuple[int, int]:
+    """(tile count, voxels per tile) with the geometry the engine fits to each request."""
+    geometry = fit_tiling(frames, height, width)
+    return geometry.tile_count(frames, height, width), math.prod(geometry.kernel)
+
+
+def vae_decode_flops(frames: int, height: int, width: int) -> int:
+    """Rough: decoder FLOPs per output voxel (measured) x voxels of all tiles decoded.
+
+    Overlapping tiles are decoded in full, so this exceeds the video's own voxels. About
+    2.3 PFLOP at 88x720x1280, half a percent of the transformer's 448.
+    """
+    tiles, tile_voxels = _tiles(frames, height, width)
+    return round(tiles * tile_voxels * VAE_DECODE_FLOPS_PER_VOXEL)
+
+
+@dataclass(frozen=True)
+class GpuClass:
+    name: str
+    half_tflops: float  # dense FP16/BF16 tensor-core peak (no sparsity)
+    tf32_tflops: float  # dense TF32 peak: PyTorch lets cuDNN convolutions (the VAE) use it
+    fp32_tflops: float  # plain FP32: PyTorch keeps TF32 off for matmuls by default
+    memory_gb: float
+    source: str
+
+
+# Dense peaks (vendor sheets often quote twice these, "with sparsity").
+GPU_CLASSES: Mapping[str, GpuClass] = MappingProxyType(
+    {
+        gpu.name: gpu
+        for gpu in (
+            GpuClass("H100 SXM", 989.4, 494.7, 66.9, 80, "NVIDIA H100 datasheet (SXM5)"),
+            GpuClass(
+                "H100 PCIe", 756.5, 378.0, 51.2, 80, "NVIDIA H100 datasheet (PCIe); also H100 NVL"
+            ),
+            GpuClass("H200", 989.4, 494.7, 66.9, 141, "NVIDIA H200 datasheet (SXM)"),
+            GpuClass("A100 80GB", 312.0, 156.0, 19.5, 80, "NVIDIA A100 datasheet"),
+            GpuClass("A100 40GB", 312.0, 156.0, 19.5, 40, "NVIDIA A100 datasheet"),
+            GpuClass("L40S", 362.05, 183.0, 91.6, 48, "NVIDIA L40S datasheet"),
+            GpuClass("L40", 181.05, 90.5, 90.5, 48, "NVIDIA L40 datasheet"),
+            GpuClass("RTX A6000", 154.8, 77.4, 38.7, 48, "NVIDIA RTX A6000 datasheet"),
+            GpuClass("RTX 4090", 165.2, 82.6, 82.6, 24, "NVIDIA Ada whitepaper, FP32 accumulate"),
+            GpuClass("A10", 125.0, 62.5, 31.2, 24, "NVIDIA A10 datasheet"),
+            GpuClass(
+                "A10G", 70.0, 35.0, 35.0, 24, "approximate: AWS publishes none; third-party specs"
+            ),
+            GpuClass("L4", 121.0, 60.0, 30.3, 24, "NVIDIA L4 datasheet"),
+            GpuClass("T4", 65.0, 8.1, 8.1, 16, "NVIDIA T4 datasheet: FP16 only, no BF16 or TF32"),
+        )
+    }
+)
+# For a GPU the table does not know: T4-class figures, so estimates err on the slow side.
+UNKNOWN_GPU = GpuClass("unknown GPU", 65.0, 8.1, 8.1, 16, "conservative stand-in (T4 figures)")
+
+# Searched in order on the upper-cased torch.cuda.get_device_name(); specific names first.
+_GPU_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"H200", "H200"),
+    (r"H100.*(PCIE|NVL)", "H100 PCIe"),
+    (r"H100", "H100 SXM"),
+    (r"A100.*80\s?GB", "A100 80GB"),
+    (r"A100", "A100 40GB"),
+    (r"L40S", "L40S"),
+    (r"\bL40\b", "L40"),
+    (r"RTX A6000", "RTX A6000"),
+    (r"RTX 4090", "RTX 4090"),
+    (r"\bA10G\b", "A10G"),
+    (r"\bA10\b", "A10"),
+    (r"\bL4\b", "L4"),
+    (r"\bT4\b", "T4"),
+)
+
+
+def gpu_class_for(device_name: str) -> GpuClass:
+    """Map e.g. "NVIDIA H100 80GB HBM3" to its class; unknown names get UNKNOWN_GPU."""
+    name = device_name.upper()
+    for pattern, gpu in _GPU_NAME_PATTERNS:
+        if re.search(pattern, name):
+            return GPU_CLASSES[gpu]
+    return UNKNOWN_GPU
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    gpu: str
+    efficiency: float
+    offload: str
+    offload_slowdown: float
+    step_seconds: float  # one denoising step, offload slowdown included
+    transformer_seconds: float  # all steps
+    text_encoder_seconds: float
+    vae_decode_seconds: float
+
+    @property
+    def total_seconds(self) -> float:
+        return self.transformer_seconds + self.text_encoder_seconds + self.vae_decode_seconds
+
+
+def _check_offload(offload: str) -> None:
+    if offload not in OFFLOAD_ORDER:
+        raise ValueError(f"unknown offload mode {offload!r}; choose one of {OFFLOAD_ORDER}")
+
+
+def _matmul_flops_per_second(gpu: GpuClass, precision: str) -> float:
+    if precision not in PRECISION_BYTES:
+        raise ValueError(f"unknown precision {precision!r}")
+    return (gpu.fp32_tflops if precision == "fp32" else gpu.half_tflops) * 1e12
+
+
+def estimate_seconds(
+    frames: int,
+    height: int,
+    width: int,
+    gpu: GpuClass,
+    steps: int = 100,
+    guidance: bool = True,
+    efficiency: float = DEFAULT_EFFICIENCY,
+    offload: str = "none",
+    precision: str = "bf16",
+    vae_precision: str = "fp32",
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+) -> TimeEstimate:
+    """Compute-bound estimate: FLOPs / (dense peak x efficiency) x offload slowdown.
+
+    The VAE in fp32 runs its convolutions in TF32 (PyTorch's cuDNN default). The same
+    efficiency is used for every part; the text encoder and VAE figures are rougher still.
+    """
+    _check_offload(offload)
+    slowdown = OFFLOAD_SLOWDOWN[offload]
+    matmul = _matmul_flops_per_second(gpu, precision) * efficiency
+    vae_peak = gpu.tf32_tflops if vae_precision == "fp32" else gpu.half_tflops
+    step = transformer_flops(config, frames, height, width, guidance=guidance).total
+    step_seconds = step / matmul * slowdown
+    return TimeEstimate(
+        gpu=gpu.name,
+        efficiency=efficiency,
+        offload=offload,
+        offload_slowdown=slowdown,
+        step_seconds=step_seconds,
+        transformer_seconds=step_seconds * steps,
+        text_encoder_seconds=text_encoder_flops(guidance=guidance) / matmul * slowdown,
+        vae_decode_seconds=(
+            vae_decode_flops(frames, height, width) / (vae_peak * 1e12 * efficiency) * slowdown
+        ),
+    )
+
+
+def transformer_activation_bytes(
+    config: Mapping[str, Any],
+    frames: int,
+    height: int,
+    width: int,
+    precision: str = "bf16",
+    guidance: bool = True,
+) -> int:
+    """Peak activations of one transformer forward, at a block's feed-forward GELU: per token
+    and sample, the 4x-wide projection and its GELU output plus four width-wide tensors (the
+    block's input, still held by the model's loop; the residual stream; the cross-attention
+    output, still bound to a local; the modulated norm output)."""
+    dims = _TransformerDims.from_config(config)
+    batch = 2 if guidance else 1
+    tokens = token_count(frames, height, width, config)
+    return batch * tokens * (2 * dims.ff + 4 * dims.width) * PRECISION_BYTES[precision]
+
+
+def text_encoder_activation_bytes(
+    precision: str = "bf16", text_tokens: int = DEFAULT_TEXT_TOKENS, t5: T5Geometry = T5_XXL
+) -> int:
+    """Rough: one prompt at a time (the pipeline encodes the negative prompt separately);
+    attention scores, position bias and an fp32 softmax for all heads, plus the gated FF."""
+    scores = 3 * t5.heads * text_tokens * text_tokens * 4
+    feed_forward = 3 * text_tokens * t5.d_ff * PRECISION_BYTES[precision]
+    return scores + feed_forward
+
+
+def vae_decode_activation_bytes(
+    frames: int, height: int, width: int, vae_precision: str = "fp32"
+) -> int:
+    """Tiled decode: every decoded tile is kept until the blend, plus the larger of one
+    tile's decoder peak and the assembled video."""
+    element = PRECISION_BYTES[vae_precision]
+    tiles, tile_voxels = _tiles(frames, height, width)
+    decoded_tiles = tiles * VAE_OUT_CHANNELS * tile_voxels * element
+    decoder_peak = VAE_DECODE_PEAK_ELEMENTS_PER_VOXEL * tile_voxels * element
+    video = VAE_OUT_CHANNELS * frames * height * width * element
+    return decoded_tiles + max(decoder_peak, video)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak GPU memory of one video; ``parts`` add up to the peak."""
+
+    offload: str
+    phase: str  # where the peak falls: "text encoding", "denoising" or "VAE decode"
+    parts: tuple[tuple[str, int], ...]
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(size for _, size in self.parts)
+
+
+def estimate_memory(
+    offload: str,
+    precision: str,
+    frames: int,
+    height: int,
+    width: int,
+    vae_precision: str = "fp32",
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+    guidance: bool = True,
+) -> MemoryEstimate:
+    """Peak GPU memory with the engine's offload modes (see loading.apply_offload).
+
+    none: all weights stay on the GPU. model: one component at a time. group: block-level
+    groups with stream prefetch, so two transformer blocks plus its small non-block layers;
+    the text encoder moves whole (T5EncoderModel's children are an embedding and a T5Stack,
+    not a ModuleList, so block-level grouping finds no blocks in it); the VAE stays on the
+    GPU. sequential: one layer at a time, the largest being T5's 32128x4096 embedding.
+    """
+    _check_offload(offload)
+    dims = _TransformerDims.from_config(config)
+    element = PRECISION_BYTES[precision]  # transformer and text encoder
+    transformer = transformer_parameter_count(config) * element
+    text_encoder = T5_XXL.weight_bytes(precision)
+    vae = VAE_PARAMETERS * PRECISION_BYTES[vae_precision]
+    activations = {
+        "text encoding": text_encoder_activation_bytes(precision),
+        "denoising": transformer_activation_bytes(
+            config, frames, height, width, precision, guidance
+        ),
+        "VAE decode": vae_decode_activation_bytes(frames, height, width, vae_precision),
+    }
+    transformer_label = f"transformer weights ({precision})"
+    text_label = f"text encoder weights ({precision})"
+    vae_label = f"VAE weights ({vae_precision})"
+    if offload == "none":
+        everything = (
+            (transformer_label, transformer),
+            (text_label, text_encoder),
+            (vae_label, vae),
+        )
+        resident = dict.fromkeys(activations, everything)
+    elif offload == "model":
+        resident = {
+            "text encoding": ((text_label, text_encoder),),
+            "denoising": ((transformer_label, transformer),),
+            "VAE decode": ((vae_label, vae),),
+        }
+    elif offload == "group":
+        streamed = (2 * _block_parameters(dims) + _non_block_parameters(dims)) * element
+        resident = {
+            "text encoding": ((vae_label, vae), (text_label, text_encoder)),
+            "denoising": ((vae_label, vae), ("two transformer blocks + embeddings", streamed)),
+            "VAE decode": ((vae_label, vae),),
+        }
+    else:  # sequential
+        largest_layer = T5_XXL.vocab * T5_XXL.d_model * element
+        resident = dict.fromkeys(activations, (("largest single layer", largest_layer),))
+
+    def phase_bytes(phase: str) -> int:
+        return sum(size for _, size in resident[phase]) + activations[phase]
+
+    phase = max(activations, key=phase_bytes)
+    parts = (
+        *resident[phase],
+        (f"activations ({phase})", activations[phase]),
+        ("CUDA workspaces and allocator slack", OVERHEAD_BYTES),
+    )
+    return MemoryEstimate(offload=offload, phase=phase, parts=parts)
+
+
+@dataclass(frozen=True)
+class OffloadChoice:
+    mode: str
+    reason: str  # for a person, with the numbers behind the choice
+    needed_bytes: int
+
+
+def _gb(size: float) -> str:
+    return f"{size / GB:.1f} GB"
+
+
+def _mode_label(mode: str) -> str:
+    return "no offload" if mode == "none" else f"'{mode}' offload"
+
+
+def choose_offload(
+    free_gpu_bytes: int,
+    precision: str,
+    frames: int,
+    height: int,
+    width: int,
+    vae_precision: str = "fp32",
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+    guidance: bool = True,
+    margin: float = SAFETY_MARGIN,
+) -> OffloadChoice:
+    """The fastest offload mode whose estimate, plus ``margin``, fits in the free memory."""
+    needs = {
+        mode: estimate_memory(
+            mode, precision, frames, height, width, vae_precision, config, guidance
+        ).peak_bytes
+        for mode in OFFLOAD_ORDER
+    }
+    free = _gb(free_gpu_bytes)
+    for index, mode in enumerate(OFFLOAD_ORDER):
+        if needs[mode] * (1 + margin) <= free_gpu_bytes:
+            reason = f"auto: {_mode_label(mode)} — needs ~{_gb(needs[mode])}, {free} free"
+            if index:
+                faster = OFFLOAD_ORDER[index - 1]
+                reason += f" ({_mode_label(faster)} needs ~{_gb(needs[faster])})"
+            return OffloadChoice(mode, reason, needs[mode])
+    need = needs["sequential"]
+    return OffloadChoice(
+        "sequential",
+        f"auto: 'sequential' offload — needs ~{_gb(need)} but only {free} free, so it may "
+        "still run out of GPU memory; a shorter or smaller video needs less",
+        need,
+    )
+
+
+def memory_table_markdown(
+    sizes: tuple[tuple[int, int, int], ...] = OFFICIAL_SIZES, vae_precision: str = "fp32"
+) -> str:
+    """Estimated peak GPU memory per offload mode and precision, as a Markdown table."""
+    columns = [f"{frames}x{height}x{width}" for frames, height, width in sizes]
+    lines = [
+        f"Estimated peak GPU memory in GB (VAE in {vae_precision}; estimates, not measurements):",
+        "",
+        "| Offload | Precision | " + " | ".join(columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for mode in OFFLOAD_ORDER:
+        for precision in PRECISIONS:
+            cells = [
+                f"{estimate_memory(mode, precision, *size, vae_precision).peak_bytes / GB:.1f}"
+                for size in sizes
+            ]
+            lines.append(f"| {mode} | {precision} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
