@@ -511,9 +511,9 @@ def estimate_memory(
 
     none: all weights stay on the GPU. model: one component at a time. group: block-level
     groups with stream prefetch, so two transformer blocks plus its small non-block layers;
-    the text encoder moves whole (T5EncoderModel's children are an embedding and a T5Stack,
-    not a ModuleList, so block-level grouping finds no blocks in it); the VAE stays on the
-    GPU. sequential: one layer at a time, the largest being T5's 32128x4096 embedding.
+    the text encoder leaf by leaf with prefetch (two layers at once, the largest being its
+    32128x4096 embedding); the VAE stays on the GPU. sequential: one layer at a time, the
+    largest being T5's embedding.
     """
     _check_offload(offload)
     dims = _TransformerDims.from_config(config)
@@ -546,8 +546,9 @@ def estimate_memory(
         }
     elif offload == "group":
         streamed = (2 * _block_parameters(dims) + _non_block_parameters(dims)) * element
+        t5_layers = 2 * T5_XXL.vocab * T5_XXL.d_model * element
         resident = {
-            "text encoding": ((vae_label, vae), (text_label, text_encoder)),
+            "text encoding": ((vae_label, vae), ("two text encoder layers", t5_layers)),
             "denoising": ((vae_label, vae), ("two transformer blocks + embeddings", streamed)),
             "VAE decode": ((vae_label, vae),),
         }
