@@ -1,0 +1,73 @@
+"""Allegro Studio: ``python app.py`` serves the page and the API (``--help`` lists the flags).
+
+Only wiring lives here: settings -> model loader + handlers -> page -> server. Gradio is
+imported after the flags are parsed and torch only by the background model loader, so
+``--help`` is instant and the page answers before the model has loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ui.config import AppConfig, parse_config
+
+logger = logging.getLogger("allegro_studio")
+
+
+def mcp_missing_message() -> str | None:
+    """Why --mcp cannot work here, or None if it can."""
+    if importlib.util.find_spec("mcp") is None:
+        return (
+            "--mcp needs Gradio's MCP extras, which are not installed. Install them with "
+            "pip install 'gradio[mcp]', or start without --mcp."
+        )
+    return None
+
+
+def launch(config: AppConfig) -> None:
+    from ui.layout import FAVICON, STYLE, build_blocks, theme
+    from ui.model_status import ModelLoader
+    from ui.studio import Studio
+
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    loader = ModelLoader(config)
+    demo = build_blocks(Studio(config, loader, os.environ))
+    demo.queue(max_size=config.max_queue, default_concurrency_limit=None)
+    demo.launch(
+        server_name=config.host,
+        server_port=config.port,
+        share=config.share,
+        allowed_paths=[str(config.output_dir)],
+        mcp_server=config.mcp,
+        theme=theme(),
+        css_paths=[STYLE],
+        favicon_path=FAVICON,
+        footer_links=["api", "gradio"],
+        prevent_thread_lock=True,
+    )
+    # Loading starts once the page answers: importing torch on the side would slow that down.
+    loader.start()
+    logger.info("Serving %s on %s:%s", loader.config.output_dir, config.host, config.port)
+    demo.block_thread()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if config.mcp and (problem := mcp_missing_message()):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    launch(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

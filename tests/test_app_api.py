@@ -1,0 +1,256 @@
+"""The app as a process: ``python app.py`` with the tiny checkpoint, driven through its API with
+gradio_client (generate, history, errors, cancel, a full queue, restarts, shared galleries).
+
+API callers identify themselves with the ``X-Allegro-Owner`` header (any 8-128 letters,
+digits, '-' or '_'); without it, by their address.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.utils import Status
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ALICE, BOB = "alice-key-0001", "bob-key-0002"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class StudioServer:
+    process: subprocess.Popen
+    url: str
+    output_dir: Path
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def client(self, owner: str | None = None, downloads: Path | None = None) -> Client:
+        headers = {"X-Allegro-Owner": owner} if owner else None
+        return Client(
+            self.url,
+            headers=headers,
+            verbose=False,
+            download_files=str(downloads or self.output_dir.parent / "downloads"),
+        )
+
+    def videos(self) -> set[str]:
+        return {path.name for path in self.output_dir.glob("*.mp4")}
+
+
+def wait_for_page(process: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"the page did not answer within {timeout} s:\n{log.read_text()}")
+
+
+def start_studio(model: Path, output_dir: Path, log: Path, *flags: str) -> StudioServer:
+    """Launch ``python app.py`` on a free port and wait for the page to answer."""
+    port = free_port()
+    command = [sys.executable, "app.py", "--model", str(model), "--port", str(port)]
+    command += ["--output-dir", str(output_dir), *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://127.0.0.1:{port}/"
+    wait_for_page(process, url, log)
+    return StudioServer(process, url, output_dir, log)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("studio-api")
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_model, workdir) -> Iterator[StudioServer]:
+    """A local (unshared) app with room for one waiting request."""
+    server = start_studio(
+        tiny_model, workdir / "outputs", workdir / "first.log", "--max-queue", "1"
+    )
+    yield server
+    server.stop()
+
+
+def generate(client: Client, timeout: float = 120, **params):
+    return client.submit(api_name="/generate", **params).result(timeout=timeout)
+
+
+def test_help_explains_every_setting_without_importing_torch():
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "app.py", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in run.stderr.splitlines()}
+    assert "torch" not in imported and "gradio" not in imported
+    for flag in ("--model", "--transformer", "--precision", "--offload", "--host", "--port"):
+        assert flag in run.stdout
+    for flag in ("--share", "--output-dir", "--preview", "--public-gallery", "--ema-vfi-weights"):
+        assert flag in run.stdout
+    assert "--mcp" in run.stdout and "--max-queue" in run.stdout
+    for variable in ("ALLEGRO_MODEL", "ALLEGRO_OUTPUT_DIR", "GRADIO_SERVER_NAME", "PORT"):
+        assert variable in run.stdout
+
+
+def test_mcp_without_its_extras_gives_a_clear_message(tmp_path):
+    if subprocess.run([sys.executable, "-c", "import mcp"], capture_output=True).returncode == 0:
+        pytest.skip("gradio[mcp] is installed here")
+    run = subprocess.run(
+        [sys.executable, "app.py", "--mcp", "--output-dir", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "pip install 'gradio[mcp]'" in run.stderr
+
+
+def test_generate_returns_the_video_and_its_settings(studio):
+    video, settings = generate(
+        studio.client(ALICE), prompt="Pink fish swim in the sea", seed=1234, steps=2
+    )
+    assert Path(video).read_bytes()[4:8] == b"ftyp"  # an MP4
+    assert settings["seed"] == 1234 and settings["steps"] == 2
+    assert (settings["frames"], settings["height"], settings["width"]) == (24, 160, 160)
+    assert settings["labels"] == {"owner": ALICE}
+    assert settings["warnings"] == []
+    assert Path(video).name in studio.videos()
+
+    _video, settings = generate(studio.client(ALICE), prompt="An astronaut riding a horse", steps=2)
+    assert isinstance(settings["seed"], int)  # a random seed, reported
+
+
+def test_history_lists_videos_newest_first_with_working_links(studio):
+    history = studio.client(ALICE).predict(api_name="/history")
+    assert [record["prompt"] for record in history[:2]] == [
+        "An astronaut riding a horse",
+        "Pink fish swim in the sea",
+    ]
+    response = httpx.get(studio.url.rstrip("/") + history[0]["video_url"], timeout=10)
+    assert response.status_code == 200 and response.content[4:8] == b"ftyp"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"prompt": ""}, "Please write a prompt"),
+        ({"prompt": "a cat", "steps": 0}, "Steps must be between 1 and 500, not 0"),
+        ({"prompt": "a cat", "frames": 50}, "Allegro cannot make 50 frames"),
+        ({"prompt": "a cat", "seed": "x"}, "Seed must be a whole number, not 'x'"),
+        ({"prompt": "a cat", "guidance_scale": 99}, "Guidance scale must be between 1 and 20"),
+        ({"prompt": "a cat", "interpolation_method": "magic"}, "Unknown interpolation method"),
+    ],
+)
+def test_bad_input_gets_the_engine_message(studio, params, message):
+    with pytest.raises(Exception, match=message):
+        generate(studio.client(ALICE), **params)
+
+
+def test_the_app_keeps_serving_after_bad_input(studio):
+    before = studio.videos()
+    with pytest.raises(Exception, match="Please write a prompt"):
+        generate(studio.client(ALICE), prompt="   ")
+    video, _settings = generate(studio.client(ALICE), prompt="still working", steps=2)
+    assert studio.videos() - before == {Path(video).name}
+
+
+def test_only_the_output_folder_is_served(studio, tiny_model):
+    base = studio.url.rstrip("/") + "/gradio_api/file="
+    for outside in (tiny_model / "model_index.json", Path("/etc/passwd"), REPO_ROOT / "app.py"):
+        assert httpx.get(base + str(outside), timeout=10).status_code in (403, 404)
+
+
+def test_cancel_a_running_and_a_queued_job_and_refuse_a_full_queue(studio):
+    client = studio.client(ALICE)
+    before = studio.videos()
+    running = client.submit(api_name="/generate", prompt="cancel me", steps=500)
+    _wait_for(lambda: running.status().code == Status.PROCESSING, "the long job to start")
+    time.sleep(1.0)  # well into denoising
+    queued = client.submit(api_name="/generate", prompt="queued then cancelled", steps=2)
+    _wait_for(lambda: queued.status().code == Status.IN_QUEUE, "the second job to wait")
+    with pytest.raises(Exception, match="Queue is full"):
+        generate(client, prompt="one too many", steps=2, timeout=30)
+
+    queued.cancel()
+    running.cancel()
+    time.sleep(2)
+    assert studio.videos() == before
+    # The engine really stopped: a new video is made at once, not after 500 steps.
+    started = time.monotonic()
+    video, _settings = generate(client, prompt="after the cancel", steps=2, timeout=60)
+    assert time.monotonic() - started < 20
+    assert studio.videos() - before == {Path(video).name}
+    assert not [name for name in studio.videos() if "cancel-me" in name or "queued" in name]
+
+
+def test_restart_keeps_history_and_shared_galleries_are_per_caller(studio, tiny_model, workdir):
+    made_before = studio.client(ALICE).predict(api_name="/history")
+    studio.stop()
+    # Listening on all addresses: others could connect, so each caller sees only theirs.
+    shared = start_studio(
+        tiny_model, studio.output_dir, workdir / "second.log", "--host", "0.0.0.0"
+    )
+    try:
+        alice, bob = shared.client(ALICE), shared.client(BOB)
+        assert [r["name"] for r in alice.predict(api_name="/history")] == [
+            r["name"] for r in made_before
+        ]
+        assert bob.predict(api_name="/history") == []
+        assert shared.client().predict(api_name="/history") == []  # by address: not Alice
+
+        bob_video, _settings = generate(bob, prompt="Bob's video", steps=2)
+        assert [r["video"] for r in bob.predict(api_name="/history")] == [Path(bob_video).name]
+        assert Path(bob_video).name not in {r["video"] for r in alice.predict(api_name="/history")}
+    finally:
+        shared.stop()
+    assert "Traceback" not in shared.log_text() + studio.log_text()
+
+
+def _wait_for(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")

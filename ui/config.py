@@ -1,0 +1,265 @@
+"""The app's settings: command-line flags, each with an environment variable behind it.
+
+Flags win over environment variables, which win over the defaults. Parsing imports nothing
+heavy, so ``python app.py --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from allegro.loading import OFFLOAD_MODES, PRECISIONS
+from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_OUTPUT_DIR = "outputs"
+DEFAULT_MAX_QUEUE = 20
+# ZeroGPU gives a call at most this long unless the Space is configured otherwise.
+DEFAULT_ZERO_GPU_MAX_SECONDS = 300
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the app cannot use."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    model: str | None  # None: rhymes-ai/Allegro with a CUDA GPU, the preview model without
+    transformer: str | None
+    precision: str | None
+    offload: str
+    host: str
+    port: int
+    share: bool
+    output_dir: Path
+    preview: bool  # run the built-in preview model even if a GPU is present
+    public_gallery: bool
+    ema_vfi_weights: str | None
+    mcp: bool
+    max_queue: int
+    space_id: str | None  # set on Hugging Face Spaces
+    zero_gpu: bool  # a ZeroGPU Space: the GPU is lent per call, for a limited time
+    zero_gpu_max_seconds: int
+
+    @property
+    def shared(self) -> bool:
+        """Reachable by other people: a share link, a Space, or a non-loopback address."""
+        return self.share or self.space_id is not None or not is_loopback(self.host)
+
+    @property
+    def per_browser_gallery(self) -> bool:
+        """Each browser sees (and deletes) only its own videos."""
+        return self.shared and not self.public_gallery
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: assume others can reach it
+
+
+def env_bool(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={environ[name]!r} is not a yes/no value (use 1 or 0).")
+
+
+def env_int(environ: Mapping[str, str], names: Sequence[str], default: int, minimum: int) -> int:
+    """The first of ``names`` that is set, as a whole number of at least ``minimum``."""
+    for name in names:
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number.") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={value} must be at least {minimum}.")
+        return value
+    return default
+
+
+def _env_text(environ: Mapping[str, str], name: str) -> str | None:
+    return environ.get(name, "").strip() or None
+
+
+def _bounded_int(minimum: int, maximum: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"{value} must be {bounds}")
+        return value
+
+    return parse
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Flags whose defaults come from ``environ``; raises ConfigError for bad variables."""
+    presets = "; ".join(f"{p.name}: {p.description}" for p in MODEL_PRESETS.values())
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description=(
+            "Allegro Studio: a web page (and API) for making short videos from text with "
+            "Allegro. Real videos need an NVIDIA GPU and the Allegro weights (~25 GB download; "
+            "~27.5 GB of GPU memory without offload, ~9.3 GB with --offload sequential). "
+            "Without a GPU the app runs a built-in preview model whose output is noise."
+        ),
+        epilog="Every flag can also be set with the environment variable named in its help.",
+    )
+    parser.add_argument(
+        "--model",
+        default=_env_text(environ, "ALLEGRO_MODEL"),
+        help=f"Hugging Face repo id, local folder (diffusers layout) or preset name ({presets}). "
+        f"Default: {DEFAULT_MODEL} with a CUDA GPU, the preview model without. [ALLEGRO_MODEL]",
+    )
+    parser.add_argument(
+        "--transformer",
+        default=_env_text(environ, "ALLEGRO_TRANSFORMER"),
+        help="take the transformer from this repo or folder instead (e.g. "
+        "rhymes-ai/Allegro-T2V-40x360P). [ALLEGRO_TRANSFORMER]",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=_choice(environ, "ALLEGRO_PRECISION", PRECISIONS),
+        help="weights precision. Default: bf16 on a GPU, fp32 on the CPU. [ALLEGRO_PRECISION]",
+    )
+    parser.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        default=_choice(environ, "ALLEGRO_OFFLOAD", OFFLOAD_MODES) or "auto",
+        help="move weights between CPU and GPU to save GPU memory: none (~27.5 GB, fastest), "
+        "model, group, sequential (~9.3 GB, 2-3x slower); auto picks the fastest that fits "
+        "the free GPU memory. Default: auto. [ALLEGRO_OFFLOAD]",
+    )
+    parser.add_argument(
+        "--host",
+        default=_env_text(environ, "GRADIO_SERVER_NAME") or DEFAULT_HOST,
+        help="address to listen on; 0.0.0.0 lets other machines connect (then each browser "
+        f"gets its own gallery). Default: {DEFAULT_HOST}. [GRADIO_SERVER_NAME]",
+    )
+    parser.add_argument(
+        "--port",
+        type=_bounded_int(1, 65535),
+        default=env_int(environ, ("GRADIO_SERVER_PORT", "PORT"), DEFAULT_PORT, 1),
+        help=f"port to listen on. Default: {DEFAULT_PORT}. [GRADIO_SERVER_PORT or PORT]",
+    )
+    parser.add_argument(
+        "--share",
+        action=argparse.BooleanOptionalAction,
+        default=env_bool(environ, "GRADIO_SHARE"),
+        help="also publish the page on a public gradio.live link (each browser then gets its "
+        "own gallery). [GRADIO_SHARE]",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path(_env_text(environ, "ALLEGRO_OUTPUT_DIR") or DEFAULT_OUTPUT_DIR),
+        help="folder for the videos (each MP4 with a .json of its settings and a .jpg poster); "
+        "the gallery lists it and it is the only folder the server serves. "
+        f"Default: {DEFAULT_OUTPUT_DIR}. [ALLEGRO_OUTPUT_DIR]",
+    )
+    parser.add_argument(
+        "--preview",
+        action=argparse.BooleanOptionalAction,
+        default=env_bool(environ, "ALLEGRO_PREVIEW"),
+        help="run the built-in preview model (tiny, random weights: its videos are noise) "
+        "even if a GPU is present, to try the app without the 25 GB download. Used "
+        "automatically when there is no GPU and no --model. [ALLEGRO_PREVIEW]",
+    )
+    parser.add_argument(
+        "--public-gallery",
+        action=argparse.BooleanOptionalAction,
+        default=env_bool(environ, "ALLEGRO_PUBLIC_GALLERY"),
+        help="when shared, let every visitor see and delete every video (by default each "
+        "browser sees only its own). [ALLEGRO_PUBLIC_GALLERY]",
+    )
+    parser.add_argument(
+        "--ema-vfi-weights",
+        default=_env_text(environ, "ALLEGRO_EMA_VFI_WEIGHTS"),
+        help="EMA-VFI checkpoint (.pkl) for the ema-vfi 30 fps interpolation method. "
+        "[ALLEGRO_EMA_VFI_WEIGHTS]",
+    )
+    parser.add_argument(
+        "--mcp",
+        action=argparse.BooleanOptionalAction,
+        default=env_bool(environ, "ALLEGRO_MCP") or env_bool(environ, "GRADIO_MCP_SERVER"),
+        help="also serve the API as an MCP server for AI assistants (needs "
+        "pip install 'gradio[mcp]'). [ALLEGRO_MCP or GRADIO_MCP_SERVER]",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=_bounded_int(1),
+        default=env_int(environ, ("ALLEGRO_MAX_QUEUE",), DEFAULT_MAX_QUEUE, 1),
+        help="how many requests may wait while one video is made; more are turned away with "
+        f"a 'queue is full' message. Default: {DEFAULT_MAX_QUEUE}. [ALLEGRO_MAX_QUEUE]",
+    )
+    parser.add_argument(
+        "--zero-gpu-max-seconds",
+        type=_bounded_int(1),
+        default=env_int(
+            environ, ("ALLEGRO_ZERO_GPU_MAX_SECONDS",), DEFAULT_ZERO_GPU_MAX_SECONDS, 1
+        ),
+        help="on a ZeroGPU Space, refuse requests estimated to take longer than this. "
+        f"Default: {DEFAULT_ZERO_GPU_MAX_SECONDS}. [ALLEGRO_ZERO_GPU_MAX_SECONDS]",
+    )
+    return parser
+
+
+def _choice(environ: Mapping[str, str], name: str, choices: Sequence[str]) -> str | None:
+    value = _env_text(environ, name)
+    if value is not None and value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}.")
+    return value
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> AppConfig:
+    """Flags and environment -> AppConfig. Bad values exit with argparse's usage message."""
+    environ = os.environ if environ is None else environ
+    try:
+        parser = build_parser(environ)
+        zero_gpu = env_bool(environ, "SPACES_ZERO_GPU")
+    except ConfigError as error:
+        # Same exit as a bad flag, so scripts and Docker see one kind of failure.
+        argparse.ArgumentParser(prog="python app.py").error(str(error))
+    args = parser.parse_args(argv)
+    return AppConfig(
+        model=args.model,
+        transformer=args.transformer,
+        precision=args.precision,
+        offload=args.offload,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        output_dir=args.output_dir.expanduser().resolve(),
+        preview=args.preview,
+        public_gallery=args.public_gallery,
+        ema_vfi_weights=args.ema_vfi_weights,
+        mcp=args.mcp,
+        max_queue=args.max_queue,
+        space_id=_env_text(environ, "SPACE_ID"),
+        zero_gpu=zero_gpu,
+        zero_gpu_max_seconds=args.zero_gpu_max_seconds,
+    )

@@ -1,0 +1,115 @@
+"""How long a request will take on the machine the model was loaded on, from the engine's cost
+model (``allegro.costs``), and the short hint shown next to Generate."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Pyramid Attention Broadcast skips about a third of the transformer's work (~1.4x faster
+# denoising); only the hint counts on it, the ZeroGPU duration does not.
+FAST_MODE_SPEEDUP = 1.4
+# H100/H200 MIG slices: "3g" is 3 of the 7 compute slices (ZeroGPU lends such slices).
+_MIG_SLICE = re.compile(r"MIG\s+(\d)g\.", re.IGNORECASE)
+MIG_SLICES = 7
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the estimate needs about the loaded model and its machine."""
+
+    gpu_name: str | None  # torch.cuda.get_device_name(); None when running on the CPU
+    offload: str = "none"
+    precision: str = "bf16"
+    vae_precision: str = "fp32"
+    transformer_config: Mapping[str, Any] | None = None  # None: the released Allegro's
+
+    @property
+    def gpu_label(self) -> str:
+        if self.gpu_name is None:
+            return "CPU"
+        from allegro import costs
+
+        gpu = costs.gpu_class_for(self.gpu_name)
+        return self.gpu_name if gpu is costs.UNKNOWN_GPU else gpu.name
+
+
+def _gpu_class(gpu_name: str):
+    from allegro import costs
+
+    gpu = costs.gpu_class_for(gpu_name)
+    match = _MIG_SLICE.search(gpu_name.upper())
+    if match:
+        share = int(match.group(1)) / MIG_SLICES
+        gpu = dataclasses.replace(
+            gpu,
+            half_tflops=gpu.half_tflops * share,
+            tf32_tflops=gpu.tf32_tflops * share,
+            fp32_tflops=gpu.fp32_tflops * share,
+        )
+    return gpu
+
+
+def estimate_seconds(
+    hardware: Hardware,
+    frames: int,
+    height: int,
+    width: int,
+    steps: int,
+    fast_mode: bool = False,
+) -> float | None:
+    """Seconds for one video on ``hardware``; None where the cost model cannot say (CPU,
+    or a transformer it does not model)."""
+    if hardware.gpu_name is None:
+        return None
+    from allegro import costs
+
+    config = hardware.transformer_config or costs.ALLEGRO_TRANSFORMER_CONFIG
+    try:
+        estimate = costs.estimate_seconds(
+            frames,
+            height,
+            width,
+            _gpu_class(hardware.gpu_name),
+            steps=steps,
+            offload=hardware.offload if hardware.offload in costs.OFFLOAD_SLOWDOWN else "none",
+            precision=hardware.precision,
+            vae_precision=hardware.vae_precision,
+            config=config,
+        )
+    except (KeyError, ValueError):
+        return None
+    seconds = estimate.total_seconds
+    if fast_mode:
+        seconds -= estimate.transformer_seconds * (1 - 1 / FAST_MODE_SPEEDUP)
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """42 s, 3 min 5 s, 21 min, 1 h 5 min: as precise as a person needs."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 10:
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def cost_hint(seconds: float | None, hardware: Hardware | None) -> str:
+    """The line next to Generate: "about 21 min on this H100 SXM"."""
+    if hardware is None:
+        return ""
+    if hardware.gpu_name is None:
+        return "Runs on the CPU (no NVIDIA GPU found)."
+    if seconds is None:
+        return f"Runs on this {hardware.gpu_label}."
+    rounded = f"about {format_duration(seconds)}" if seconds >= 60 else "under a minute"
+    return f"{rounded[0].upper()}{rounded[1:]} on this {hardware.gpu_label} (estimate)."

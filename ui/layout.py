@@ -1,0 +1,360 @@
+"""The page: components, where they sit, and which Studio handler each event calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from allegro.request import (
+    DEFAULT_NEGATIVE_PROMPT,
+    GUIDANCE_RANGE,
+    MAX_SEED,
+    OFFICIAL_GUIDANCE,
+    OFFICIAL_STEPS,
+    STEPS_RANGE,
+)
+from ui.presets import MODEL_DEFAULT, RANDOM_SEED, length_choices, size_choices
+from ui.studio import JobSlot, Studio
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+STYLE = ASSETS / "style.css"
+FAVICON = ASSETS / "favicon.svg"
+STATUS_POLL_SECONDS = 1.0
+# Steps above this are offered by the API only; the slider stays usable on a phone.
+SLIDER_MAX_STEPS = 200
+
+EXAMPLE_PROMPTS = [
+    "Pink fish swim in the sea",
+    "An astronaut riding a horse",
+    "A seaside harbor with bright sunlight and sparkling seawater, many boats in the water, "
+    "seen from above",
+    "A cozy cabin in a snowy forest at dusk, warm light glowing from the windows, smoke "
+    "curling from the chimney",
+    "Close-up of a hummingbird hovering beside a red flower, wings blurred in motion",
+]
+
+HEADER = """
+<div class="studio-header">
+  <div class="studio-title">
+    <span class="studio-logo" aria-hidden="true">▶</span>
+    <h1>Allegro Studio</h1>
+  </div>
+  <p class="studio-tagline">Describe a scene, get a 6-second 720p video.
+  <a href="https://huggingface.co/rhymes-ai/Allegro" target="_blank" rel="noopener">Allegro</a>
+  is an open text-to-video model by Rhymes AI (88 frames at 15 fps, 1280x720).</p>
+</div>
+"""
+
+
+def _interpolation_methods() -> tuple[list[str], str] | None:
+    """Method names and the default, or None where interpolation is not installed (the toggle
+    is then hidden). Availability needs torch, so the loader fills it in later."""
+    try:
+        from allegro.interpolation import DEFAULT_METHOD, METHODS
+    except ImportError:
+        return None
+    return list(METHODS), DEFAULT_METHOD
+
+
+def theme() -> gr.themes.Base:
+    system_fonts = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"]
+    return gr.themes.Soft(
+        primary_hue="violet",
+        secondary_hue="pink",
+        neutral_hue="slate",
+        radius_size="lg",
+        font=system_fonts,
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
+    )
+
+
+def build_blocks(studio: Studio) -> gr.Blocks:
+    interpolation = _interpolation_methods()
+    private = {"api_visibility": "private"}
+    light = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+
+    with gr.Blocks(
+        title="Allegro Studio",
+        analytics_enabled=False,
+        delete_cache=(3600, 24 * 3600),  # copies of served videos, after a day
+    ) as demo:
+        owner = gr.BrowserState("", storage_key="allegro-studio-owner")
+        job = gr.State(JobSlot())
+        last_seed = gr.State(None)
+        gallery_names = gr.State([])
+        selected_name = gr.State(None)
+        timer = gr.Timer(STATUS_POLL_SECONDS)
+
+        gr.HTML(HEADER, elem_id="studio-header-block", js_on_load=None)
+        with gr.Row(elem_id="model-banner-row"):
+            banner = gr.Markdown("**Starting …**", elem_id="model-banner")
+            retry = gr.Button("Retry loading", visible=False, size="sm", scale=0, min_width=140)
+
+        with gr.Row(equal_height=False, elem_id="workspace"):
+            with gr.Column(scale=5, min_width=320, elem_id="controls"):
+                prompt = gr.Textbox(
+                    label="Prompt",
+                    placeholder="Describe the video: subject, action, setting, camera, light…",
+                    lines=3,
+                    max_lines=8,
+                    autofocus=True,
+                    elem_id="prompt",
+                )
+                with gr.Row(elem_id="run-row"):
+                    generate = gr.Button(
+                        "Loading model…",
+                        variant="primary",
+                        interactive=False,
+                        scale=3,
+                        min_width=140,
+                        elem_id="generate",
+                    )
+                    cancel = gr.Button(
+                        "Cancel", variant="stop", scale=1, min_width=90, elem_id="cancel"
+                    )
+                hint = gr.Markdown("", elem_id="cost-hint")
+                with gr.Row():
+                    # Wide enough for their labels: side by side on a laptop, stacked on a phone.
+                    length = gr.Dropdown(
+                        length_choices(None),
+                        value=MODEL_DEFAULT,
+                        label="Length",
+                        min_width=240,
+                        elem_id="length",
+                    )
+                    size = gr.Dropdown(
+                        size_choices(None),
+                        value=MODEL_DEFAULT,
+                        label="Size",
+                        min_width=240,
+                        elem_id="size",
+                    )
+                with gr.Row(elem_id="seed-row", equal_height=True):
+                    seed = gr.Number(
+                        RANDOM_SEED,
+                        label="Seed",
+                        info="-1 picks a new random seed each time",
+                        precision=0,
+                        minimum=-1,
+                        maximum=MAX_SEED,
+                        scale=4,
+                        elem_id="seed",
+                    )
+                    random_seed = gr.Button("🎲", scale=0, min_width=52, elem_classes="icon-button")
+                    reuse_seed = gr.Button("♻️", scale=0, min_width=52, elem_classes="icon-button")
+                with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+                    negative = gr.Textbox(
+                        DEFAULT_NEGATIVE_PROMPT,
+                        label="Negative prompt",
+                        info="What to avoid; prefilled with the official one.",
+                        lines=3,
+                    )
+                    steps = gr.Slider(
+                        STEPS_RANGE[0],
+                        SLIDER_MAX_STEPS,
+                        value=OFFICIAL_STEPS,
+                        step=1,
+                        label="Steps",
+                        info=f"Official: {OFFICIAL_STEPS}. Fewer is faster but rougher.",
+                        elem_id="steps",
+                    )
+                    guidance = gr.Slider(
+                        GUIDANCE_RANGE[0],
+                        GUIDANCE_RANGE[1],
+                        value=OFFICIAL_GUIDANCE,
+                        step=0.5,
+                        label="Guidance scale",
+                        info=f"How closely to follow the prompt. Official: {OFFICIAL_GUIDANCE}.",
+                    )
+                    with gr.Row():
+                        use_template = gr.Checkbox(
+                            True,
+                            label="Official quality template",
+                            info="Wraps the prompt in the model card's quality words.",
+                        )
+                        fast_mode = gr.Checkbox(
+                            False,
+                            label="Fast mode",
+                            info="About 1.4x faster, slightly less detail.",
+                        )
+                    with gr.Row(visible=interpolation is not None) as interpolation_row:
+                        interpolate = gr.Checkbox(
+                            False,
+                            label="30 fps",
+                            info="Adds a frame between each pair (smoother motion).",
+                            visible=interpolation is not None,
+                        )
+                        method = gr.Dropdown(
+                            interpolation[0] if interpolation else [],
+                            value=interpolation[1] if interpolation else None,
+                            label="Interpolation method",
+                            visible=False,
+                        )
+                gr.Examples(
+                    [[text] for text in EXAMPLE_PROMPTS],
+                    inputs=[prompt],
+                    label="Try a prompt",
+                    examples_per_page=len(EXAMPLE_PROMPTS),
+                )
+                with gr.Accordion("Reuse a video's settings", open=False, elem_id="drop-video"):
+                    dropped = gr.File(
+                        label="Drop an MP4 made by Allegro Studio",
+                        file_types=[".mp4"],
+                        height=120,
+                        elem_id="dropped-video",
+                    )
+
+            with gr.Column(scale=6, min_width=320, elem_id="result"):
+                preview = gr.Image(
+                    label="Live preview",
+                    visible=False,
+                    interactive=False,
+                    show_label=True,
+                    height=420,
+                    buttons=[],
+                    elem_id="live-preview",
+                )
+                video = gr.Video(
+                    label="Result",
+                    interactive=False,
+                    autoplay=True,
+                    loop=True,
+                    buttons=["download"],
+                    height=420,
+                    elem_id="result-video",
+                )
+                run_status = gr.Markdown("", elem_id="run-status")
+                result_info = gr.Markdown("", elem_id="result-info")
+                with gr.Accordion("Settings of this video", open=False):
+                    result_settings = gr.JSON(label="Settings", show_label=False)
+
+        with gr.Column(elem_id="gallery-section"):
+            with gr.Row(equal_height=True, elem_id="gallery-header"):
+                gr.Markdown("### Your videos", elem_id="gallery-title")
+                refresh = gr.Button("Refresh", size="sm", scale=0, min_width=100)
+            gallery_view = gr.Gallery(
+                label="Past generations",
+                show_label=False,
+                columns=5,
+                fit_columns=False,  # a lone video stays a thumbnail, not a banner
+                height="auto",
+                allow_preview=False,
+                object_fit="cover",
+                interactive=False,
+                elem_id="gallery",
+            )
+            with gr.Row(visible=False, equal_height=False, elem_id="selected") as selected_row:
+                with gr.Column(scale=6, min_width=300):
+                    selected_video = gr.Video(
+                        label="Selected video",
+                        interactive=False,
+                        buttons=["download"],
+                        loop=True,
+                        height=360,
+                    )
+                with gr.Column(scale=5, min_width=300):
+                    selected_info = gr.Markdown("")
+                    with gr.Row():
+                        reuse = gr.Button("Reuse settings", variant="secondary", elem_id="reuse")
+                        delete = gr.Button("Delete", variant="stop", elem_id="delete")
+                    with gr.Row(visible=False, elem_id="confirm-delete") as confirm_row:
+                        confirm = gr.Button("Delete for good", variant="stop", size="sm")
+                        keep = gr.Button("Keep it", size="sm")
+                    with gr.Accordion("All settings", open=False):
+                        selected_settings = gr.JSON(show_label=False)
+
+        gr.Markdown(
+            "Videos are saved with their settings in the output folder. Drop one back on the "
+            "page to reuse its settings. Use the API: see the footer link.",
+            elem_id="footer-note",
+        )
+
+        controls = [
+            prompt,
+            negative,
+            seed,
+            steps,
+            guidance,
+            length,
+            size,
+            use_template,
+            interpolate,
+            method,
+            fast_mode,
+        ]
+        hint_inputs = [steps, length, size, fast_mode]
+        status_outputs = [banner, generate, retry, timer, length, size, interpolation_row, method]
+
+        demo.load(studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **private)
+        demo.load(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
+        timer.tick(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
+        retry.click(studio.retry_loading, None, [timer, retry], **light)
+        gr.on(
+            [steps.change, length.change, size.change, fast_mode.change],
+            studio.hint,
+            hint_inputs,
+            hint,
+            **light,
+        )
+        interpolate.change(lambda on: gr.update(visible=on), interpolate, method, **light)
+        random_seed.click(lambda: RANDOM_SEED, None, seed, **light)
+        reuse_seed.click(reuse_last_seed, last_seed, seed, **private, show_progress="hidden")
+
+        run = generate.click(
+            studio.generate_page,
+            [*controls, owner, job],
+            [preview, run_status, video, result_info, result_settings, last_seed],
+            concurrency_limit=1,
+            concurrency_id="generation",
+            show_progress_on=[run_status],
+            scroll_to_output=True,
+            **private,
+        )
+        run.then(studio.after_run, None, [preview, video], **light).then(
+            studio.refresh_gallery, owner, [gallery_view, gallery_names], **light
+        )
+        cancel.click(studio.cancel_page, job, [preview, run_status, video], cancels=[run], **light)
+
+        refresh.click(studio.refresh_gallery, owner, [gallery_view, gallery_names], **light)
+        gallery_view.select(
+            studio.select_entry,
+            [gallery_names, owner],
+            [selected_name, selected_video, selected_info, selected_settings, selected_row],
+            **private,
+            show_progress="hidden",
+        )
+        reuse.click(studio.reuse_entry, [selected_name, owner], controls, **private)
+        # Deleting asks once more, in the page (a second button), before anything is removed.
+        delete.click(lambda: gr.update(visible=True), None, confirm_row, **light)
+        keep.click(lambda: gr.update(visible=False), None, confirm_row, **light)
+        confirm.click(
+            studio.delete_entry,
+            [selected_name, owner],
+            [
+                gallery_view,
+                gallery_names,
+                selected_name,
+                selected_video,
+                selected_info,
+                selected_settings,
+                selected_row,
+            ],
+            **private,
+        ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
+        dropped.upload(studio.load_dropped_video, dropped, controls, **private)
+
+        gr.api(
+            studio.api_generate,
+            api_name="generate",
+            concurrency_limit=1,
+            concurrency_id="generation",
+        )
+        gr.api(studio.api_history, api_name="history", concurrency_limit=None)
+    return demo
+
+
+def reuse_last_seed(last: int | None) -> int:
+    if last is None:
+        raise gr.Error("No video made in this session yet: there is no last seed.")
+    return last

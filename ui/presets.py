@@ -1,0 +1,178 @@
+"""The page's controls as plain values: dropdown choices, controls -> request, and a video's
+settings -> controls ("reuse settings", a dropped MP4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from allegro.request import (
+    ACCEPTED_FRAMES,
+    DEFAULT_NEGATIVE_PROMPT,
+    FPS,
+    LENGTH_PRESETS,
+    OFFICIAL_GUIDANCE,
+    OFFICIAL_STEPS,
+    SIZE_PRESETS,
+    GenerationRequest,
+    NativeSize,
+)
+
+MODEL_DEFAULT = "default"  # dropdown value: the loaded model's native length or size
+RANDOM_SEED = -1
+
+
+def _length_key(frames: int) -> str:
+    return str(frames)
+
+
+def _size_key(height: int, width: int) -> str:
+    return f"{height}x{width}"
+
+
+def length_choices(native: NativeSize | None) -> list[tuple[str, str]]:
+    """(label, value) pairs; the first is the model's own length."""
+    default = (
+        f"Model default ({native.frames} frames, {native.frames / FPS:.1f} s)"
+        if native
+        else "Model default"
+    )
+    return [(default, MODEL_DEFAULT)] + [
+        (label, _length_key(frames)) for label, frames in LENGTH_PRESETS.items()
+    ]
+
+
+def size_choices(native: NativeSize | None) -> list[tuple[str, str]]:
+    default = f"Model default ({native.width}x{native.height})" if native else "Model default"
+    return [(default, MODEL_DEFAULT)] + [
+        (preset.label, _size_key(preset.height, preset.width)) for preset in SIZE_PRESETS
+    ]
+
+
+def frames_for(length: str | None) -> int | None:
+    """A length value -> frames; None for the model's default."""
+    if not length or length == MODEL_DEFAULT:
+        return None
+    return int(length)
+
+
+def size_for(size: str | None) -> tuple[int | None, int | None]:
+    """A size value -> (height, width); (None, None) for the model's default."""
+    if not size or size == MODEL_DEFAULT:
+        return None, None
+    height, width = size.split("x")
+    return int(height), int(width)
+
+
+def resolved_shape(
+    length: str | None, size: str | None, native: NativeSize
+) -> tuple[int, int, int]:
+    """(frames, height, width) that the controls ask for once the model is known."""
+    frames = frames_for(length)
+    height, width = size_for(size)
+    return (
+        native.frames if frames is None else frames,
+        native.height if height is None else height,
+        native.width if width is None else width,
+    )
+
+
+@dataclass(frozen=True)
+class ControlValues:
+    """Everything the Generate button sends, as the page's components hold it."""
+
+    prompt: str = ""
+    negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
+    seed: float | int | None = RANDOM_SEED
+    steps: float | int = OFFICIAL_STEPS
+    guidance_scale: float = OFFICIAL_GUIDANCE
+    length: str = MODEL_DEFAULT
+    size: str = MODEL_DEFAULT
+    use_template: bool = True
+    interpolate: bool = False
+    interpolation_method: str | None = None
+    fast_mode: bool = False
+
+    def to_request(self) -> GenerationRequest:
+        height, width = size_for(self.size)
+        return GenerationRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed,
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            frames=frames_for(self.length),
+            height=height,
+            width=width,
+            use_template=self.use_template,
+            interpolate=self.interpolate,
+            interpolation_method=self.interpolation_method if self.interpolate else None,
+            fast_mode=self.fast_mode,
+        )
+
+
+@dataclass(frozen=True)
+class LoadedControls:
+    values: ControlValues
+    notes: tuple[str, ...]  # what could not be carried over exactly, for a person
+
+
+def controls_from_settings(
+    settings: Mapping[str, Any], native: NativeSize | None
+) -> LoadedControls:
+    """A video's saved settings -> control values. Sizes that are not presets fall back to
+    the model default (with a note), unless they are the loaded model's native size."""
+    notes: list[str] = []
+    frames = settings.get("frames")
+    height, width = settings.get("height"), settings.get("width")
+
+    if native is not None and (frames, height, width) == (
+        native.frames,
+        native.height,
+        native.width,
+    ):
+        length, size = MODEL_DEFAULT, MODEL_DEFAULT
+    else:
+        length = _length_key(frames) if frames in ACCEPTED_FRAMES else MODEL_DEFAULT
+        if length == MODEL_DEFAULT and frames is not None:
+            notes.append(f"{frames} frames is not an available length; using the model default.")
+        preset_keys = {_size_key(p.height, p.width) for p in SIZE_PRESETS}
+        size = _size_key(height, width) if height and width else MODEL_DEFAULT
+        if size not in preset_keys:
+            if height and width:
+                notes.append(f"{width}x{height} is not an available size; using the model default.")
+            size = MODEL_DEFAULT
+
+    interpolation = settings.get("interpolation")
+    method = interpolation.get("method") if isinstance(interpolation, Mapping) else None
+    negative = settings.get("negative_prompt")
+    values = ControlValues(
+        prompt=str(settings.get("prompt", "")),
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else str(negative),
+        seed=settings.get("seed", RANDOM_SEED),
+        steps=settings.get("steps", OFFICIAL_STEPS),
+        guidance_scale=settings.get("guidance_scale", OFFICIAL_GUIDANCE),
+        length=length,
+        size=size,
+        use_template=bool(settings.get("use_template", True)),
+        interpolate=method is not None,
+        interpolation_method=method,
+        fast_mode=bool(settings.get("fast_mode", False)),
+    )
+    return LoadedControls(values, tuple(notes))
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    name: str
+    available: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return self.name if self.available else f"{self.name} (unavailable: {self.reason})"
+
+
+def interpolation_choices(methods: list[MethodChoice]) -> list[tuple[str, str]]:
+    return [(method.label, method.name) for method in methods]

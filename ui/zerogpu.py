@@ -1,0 +1,125 @@
+"""Hugging Face Spaces: ``spaces.GPU`` around generation, with a duration from the cost model,
+and on ZeroGPU a refusal (with settings that fit) for requests longer than a call may last.
+
+Off Spaces nothing here imports ``spaces`` and the generation function is used as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from allegro.errors import InvalidRequestError
+from allegro.request import GenerationRequest
+from ui.estimates import format_duration
+
+logger = logging.getLogger(__name__)
+
+# A ZeroGPU call also moves the weights onto the lent GPU, decodes, interpolates and saves;
+# the cost model's figure gets a margin and a fixed allowance for that.
+DURATION_MARGIN = 1.25
+DURATION_OVERHEAD_SECONDS = 30
+
+# Fallbacks offered when a request does not fit, cheapest change first.
+_FALLBACK_STEPS = (50, 30, 20)
+_FALLBACK_SHAPES = ((40, 720, 1280), (40, 368, 640))
+
+Estimator = Callable[[int, int, int, int, bool], "float | None"]  # frames, h, w, steps, fast
+F = TypeVar("F", bound=Callable)
+
+
+def gpu_duration(estimate_seconds: float | None, default: int) -> int:
+    """Seconds to ask ZeroGPU for; ``default`` where there is no estimate."""
+    if estimate_seconds is None:
+        return default
+    return math.ceil(estimate_seconds * DURATION_MARGIN + DURATION_OVERHEAD_SECONDS)
+
+
+@dataclass(frozen=True)
+class Option:
+    frames: int
+    height: int
+    width: int
+    steps: int
+    fast_mode: bool
+    seconds: int  # the duration it would ask for
+
+    def describe(self) -> str:
+        fast = ", fast mode" if self.fast_mode else ""
+        return (
+            f"{self.frames} frames at {self.width}x{self.height}, {self.steps} steps{fast} "
+            f"(about {format_duration(self.seconds)})"
+        )
+
+
+def _shapes(request: GenerationRequest) -> list[tuple[int, int, int]]:
+    """The request's own (frames, height, width), then smaller fallbacks."""
+    own = (request.frames, request.height, request.width)
+    smaller = [shape for shape in _FALLBACK_SHAPES if math.prod(shape) < math.prod(own)]
+    return [own, *smaller]
+
+
+def fitting_options(
+    request: GenerationRequest, estimate: Estimator, limit: int, default: int, count: int = 3
+) -> list[Option]:
+    """Up to ``count`` variants of a resolved ``request`` that fit in ``limit`` seconds: for
+    each size (its own first, then smaller ones), the most steps that fit, without fast mode
+    if possible."""
+    found: list[Option] = []
+    for frames, height, width in _shapes(request):
+        step_counts = (request.steps, *[s for s in _FALLBACK_STEPS if s < request.steps])
+        for steps in step_counts:
+            for fast in sorted({request.fast_mode, True}):
+                seconds = gpu_duration(estimate(frames, height, width, steps, fast), default)
+                if seconds <= limit:
+                    found.append(Option(frames, height, width, steps, fast, seconds))
+                    break
+            else:
+                continue
+            break
+        if len(found) == count:
+            break
+    return found
+
+
+def check_fits(request: GenerationRequest, estimate: Estimator, limit: int, default: int) -> int:
+    """The duration to ask for; InvalidRequestError (proposing settings that fit) when it is
+    over ``limit``. ``request`` must be resolved (no None sizes)."""
+    seconds = gpu_duration(
+        estimate(request.frames, request.height, request.width, request.steps, request.fast_mode),
+        default,
+    )
+    if seconds <= limit:
+        return seconds
+    message = (
+        f"This video would need about {format_duration(seconds)} of GPU time, but a call on "
+        f"this ZeroGPU Space may last at most {format_duration(limit)}."
+    )
+    options = fitting_options(request, estimate, limit, default)
+    if options:
+        message += " Settings that fit: " + "; ".join(o.describe() for o in options) + "."
+    else:
+        message += (
+            " No setting of this model fits; run Allegro Studio on a dedicated GPU "
+            "(duplicate the Space with GPU hardware, or run it locally)."
+        )
+    raise InvalidRequestError(message)
+
+
+def wrap_for_spaces(function: F, duration: Callable[..., int], environ: Mapping[str, str]) -> F:
+    """``spaces.GPU(duration=...)(function)`` on a Space; ``function`` itself elsewhere."""
+    if not environ.get("SPACE_ID"):
+        return function
+    try:
+        import spaces
+    except ImportError:
+        if environ.get("SPACES_ZERO_GPU"):
+            raise RuntimeError(
+                "This is a ZeroGPU Space but the 'spaces' package is missing."
+            ) from None
+        logger.info("Not wrapping generation in spaces.GPU: the spaces package is missing.")
+        return function
+    return spaces.GPU(duration=duration)(function)
