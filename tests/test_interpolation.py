@@ -1,0 +1,299 @@
+"""Frame interpolation: the driver's contract, the flow method's accuracy, the registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+import allegro.interpolation
+from allegro.errors import Cancelled, InterpolationError
+from allegro.events import CancelToken
+from allegro.interpolation import (
+    METHODS,
+    Availability,
+    create_interpolator,
+    method_availability,
+)
+from allegro.interpolation.blend import BlendInterpolator, blend_pairs
+from allegro.interpolation.driver import interpolate_frames
+from allegro.interpolation.flow import FlowInterpolator
+
+HEIGHT, WIDTH = 96, 128
+SUPERSAMPLE = 4
+
+
+class RecordingInterpolator:
+    """Returns the inverted earlier frame, so each in-between frame says which pair made it."""
+
+    name = "fake"
+
+    def __init__(self, batch_size: int = 2) -> None:
+        self.batch_size = batch_size
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        self.calls.append((before.copy(), after.copy()))
+        return 255 - before
+
+
+def texture(seed: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """Smooth random RGB texture with detail at several scales."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width, 3), np.float32)
+    for sigma in (1.0, 3.0, 8.0):
+        noise = rng.normal(size=(height, width, 3)).astype(np.float32)
+        image += cv2.GaussianBlur(noise, (0, 0), sigma) * sigma
+    image = (image - image.min()) / (image.max() - image.min()) * 255.0
+    return image.astype(np.uint8)
+
+
+def panning_clip(count: int, step: int = 2) -> np.ndarray:
+    """A texture panning ``step`` whole pixels per frame: motion, never a scene cut."""
+    base = texture(0, HEIGHT, WIDTH + step * count)
+    return np.stack([base[:, step * i : step * i + WIDTH] for i in range(count)])
+
+
+def shifted_render(big: np.ndarray, shift: float) -> np.ndarray:
+    """``big`` (SUPERSAMPLE times the size) moved right by ``shift`` output pixels, then area
+    averaged: an exact sub-pixel shift with no interpolation kernel to favour."""
+    offset = round(shift * SUPERSAMPLE)
+    assert offset == shift * SUPERSAMPLE, "shift must be a multiple of 1 / SUPERSAMPLE"
+    moved = big[:, SUPERSAMPLE * 4 - offset : SUPERSAMPLE * (4 + WIDTH) - offset]
+    return cv2.resize(moved, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+
+
+# --- driver -----------------------------------------------------------------------------
+
+
+def test_keeps_every_frame_exactly_and_inserts_one_between_each_pair() -> None:
+    frames = panning_clip(5)
+    fake = RecordingInterpolator(batch_size=2)
+
+    output = interpolate_frames(frames, fake).frames
+
+    assert output.shape == (10, HEIGHT, WIDTH, 3)
+    assert output.dtype == np.uint8
+    for i in range(5):
+        assert np.array_equal(output[2 * i], frames[i])
+    for i in range(4):
+        assert np.array_equal(output[2 * i + 1], 255 - frames[i])
+    # The last frame is held for one more 30 fps frame so the duration stays N / 15 s.
+    assert np.array_equal(output[-1], frames[-1])
+    seen = [(before, after) for call in fake.calls for before, after in zip(*call, strict=True)]
+    assert len(seen) == 4
+    for i, (before, after) in enumerate(seen):
+        assert np.array_equal(before, frames[i])
+        assert np.array_equal(after, frames[i + 1])
+
+
+def test_batches_pairs_and_reports_progress_after_each_batch() -> None:
+    fake = RecordingInterpolator(batch_size=2)
+    progress: list[tuple[int, int]] = []
+
+    interpolate_frames(
+        panning_clip(6), fake, on_progress=lambda done, total: progress.append((done, total))
+    )
+
+    assert [len(before) for before, _ in fake.calls] == [2, 2, 1]
+    assert progress == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_cancel_between_batches_raises_cancelled() -> None:
+    fake = RecordingInterpolator(batch_size=2)
+    token = CancelToken()
+
+    def cancel_after_first_batch(done: int, total: int) -> None:
+        token.cancel()
+
+    with pytest.raises(Cancelled):
+        interpolate_frames(
+            panning_clip(8), fake, on_progress=cancel_after_first_batch, cancel=token
+        )
+    assert len(fake.calls) == 1
+
+
+def test_already_cancelled_token_stops_before_any_work() -> None:
+    fake = RecordingInterpolator()
+    token = CancelToken()
+    token.cancel()
+
+    with pytest.raises(Cancelled):
+        interpolate_frames(panning_clip(3), fake, cancel=token)
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        (np.zeros((1, 8, 8, 3), np.uint8), "at least 2 frames"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "at least 2 frames"),
+        (np.zeros((3, 8, 8, 3), np.float32), "uint8"),
+        (np.zeros((3, 8, 8), np.uint8), "shaped"),
+        (np.zeros((3, 8, 8, 4), np.uint8), "shaped"),
+        (np.zeros((3, 0, 8, 3), np.uint8), "empty"),
+        ([np.zeros((8, 8, 3), np.uint8)] * 3, "array"),
+    ],
+)
+def test_rejects_bad_input_with_a_clear_error(frames: np.ndarray, message: str) -> None:
+    with pytest.raises(InterpolationError, match=message):
+        interpolate_frames(frames, RecordingInterpolator())
+
+
+def test_a_method_returning_wrong_frames_is_reported() -> None:
+    class HalfSize(RecordingInterpolator):
+        def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+            return before[:, ::2]
+
+    with pytest.raises(InterpolationError, match="wrong shape"):
+        interpolate_frames(panning_clip(3), HalfSize())
+
+
+def test_scene_cut_repeats_the_earlier_frame_instead_of_interpolating() -> None:
+    bright = np.clip(texture(1).astype(np.int16) // 2 + 128, 0, 255).astype(np.uint8)
+    dark = texture(2) // 3
+    frames = np.stack([bright, bright, dark])
+    fake = RecordingInterpolator(batch_size=4)
+
+    result = interpolate_frames(frames, fake)
+
+    assert result.scene_cuts == 1
+    assert result.fallback_pairs == 1
+    assert result.pairs == 2
+    assert np.array_equal(result.frames[3], bright)  # the cut pair: earlier frame repeated
+    assert np.array_equal(result.frames[1], 255 - bright)  # the other pair: interpolated
+    assert len(fake.calls) == 1 and len(fake.calls[0][0]) == 1
+
+
+def test_a_fast_pan_is_not_a_scene_cut() -> None:
+    result = interpolate_frames(panning_clip(4, step=12), RecordingInterpolator())
+    assert result.scene_cuts == 0
+
+
+def test_blend_is_the_rounded_mean() -> None:
+    before = np.array([[[0, 1, 254]]], np.uint8)
+    after = np.array([[[1, 2, 255]]], np.uint8)
+    assert blend_pairs(before, after).tolist() == [[[1, 2, 255]]]
+    middles = BlendInterpolator().midframes(before[None], after[None])
+    assert middles.tolist() == [[[[1, 2, 255]]]]
+
+
+# --- flow -------------------------------------------------------------------------------
+
+
+def test_flow_recovers_a_subpixel_shift_far_better_than_blending() -> None:
+    big = texture(3, HEIGHT * SUPERSAMPLE, (WIDTH + 8) * SUPERSAMPLE)
+    frame0, truth, frame1 = (shifted_render(big, shift) for shift in (0.0, 1.25, 2.5))
+    flow = FlowInterpolator(workers=1)
+
+    middle = flow.midframes(frame0[None], frame1[None])[0]
+    blended = blend_pairs(frame0, frame1)
+
+    def error(image: np.ndarray) -> float:
+        # Inside a margin: at the left edge new content enters that neither frame shows.
+        inner = (slice(4, -4), slice(4, -4))
+        return float(np.mean(np.abs(image[inner].astype(np.float32) - truth[inner])))
+
+    assert flow.blended_pairs == 0
+    assert error(middle) < 0.5 * error(blended)
+
+
+def test_flow_returns_a_static_clip_unchanged() -> None:
+    frames = np.stack([texture(4)] * 3)
+    output = interpolate_frames(frames, FlowInterpolator()).frames
+    assert all(np.array_equal(frame, frames[0]) for frame in output)
+
+
+def test_flow_falls_back_to_a_blend_when_motion_estimation_fails() -> None:
+    # Unrelated noise frames: nothing to track, and no scene cut either (same histogram).
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (2, HEIGHT, WIDTH, 3), dtype=np.uint8)
+
+    result = interpolate_frames(frames, FlowInterpolator(workers=1))
+
+    assert result.scene_cuts == 0
+    assert result.blended == 1
+    assert np.array_equal(result.frames[1], blend_pairs(frames[0], frames[1]))
+
+
+def test_flow_handles_frames_too_small_for_optical_flow() -> None:
+    frames = np.stack([texture(6, 8, 8), texture(7, 8, 8)])
+    flow = FlowInterpolator(workers=1)
+    middle = flow.midframes(frames[:1], frames[1:])[0]
+    assert np.array_equal(middle, blend_pairs(frames[0], frames[1]))
+    assert flow.blended_pairs == 1
+
+
+def test_flow_batch_on_threads_matches_one_pair_at_a_time() -> None:
+    frames = panning_clip(5, step=3)
+    threaded = FlowInterpolator(workers=2).midframes(frames[:-1], frames[1:])
+    single = FlowInterpolator(workers=1).midframes(frames[:-1], frames[1:])
+    assert np.array_equal(threaded, single)
+
+
+# --- registry ---------------------------------------------------------------------------
+
+
+def test_importing_the_package_stays_light() -> None:
+    code = (
+        "import sys, allegro.interpolation, allegro.interpolation.driver, "
+        "allegro.interpolation.blend; "
+        "print(sorted({'torch', 'cv2'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_unknown_method_names_the_choices() -> None:
+    with pytest.raises(InterpolationError) as error:
+        create_interpolator("rife")
+    for name in METHODS:
+        assert name in str(error.value)
+    with pytest.raises(InterpolationError):
+        method_availability("rife")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("flow", FlowInterpolator), ("blend", BlendInterpolator)]
+)
+def test_builtin_methods_are_always_available(name: str, kind: type) -> None:
+    assert method_availability(name).available
+    interpolator = create_interpolator(name)
+    assert isinstance(interpolator, kind)
+    assert interpolator.name == name
+
+
+def fake_ema_vfi(monkeypatch: pytest.MonkeyPatch, availability: Availability) -> list[tuple]:
+    """Stand in for the EMA-VFI module (it needs PyTorch and weights); returns the
+    constructor calls it receives."""
+    created: list[tuple] = []
+    module = types.ModuleType("allegro.interpolation.ema_vfi")
+    module.availability = lambda explicit=None: availability
+    module.find_weights = lambda explicit=None: explicit or "/found/ema-vfi.pkl"
+    module.EmaVfiInterpolator = lambda weights, device=None: created.append((weights, device))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(allegro.interpolation, "ema_vfi", module, raising=False)
+    return created
+
+
+def test_unavailable_ema_vfi_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_ema_vfi(monkeypatch, Availability(False, "No EMA-VFI weights found."))
+
+    assert not method_availability("ema-vfi").available
+    with pytest.raises(InterpolationError, match="No EMA-VFI weights found"):
+        create_interpolator("ema-vfi")
+
+
+def test_available_ema_vfi_gets_its_weights_and_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    created = fake_ema_vfi(monkeypatch, Availability(True))
+
+    create_interpolator("ema-vfi", weights="/w.pkl", device="cpu")
+    create_interpolator("ema-vfi")
+
+    assert created == [("/w.pkl", "cpu"), ("/found/ema-vfi.pkl", None)]
