@@ -125,18 +125,25 @@ def _count_decoded_tiles(vae, on_tile) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _recover_from_oom(loaded: LoadedPipeline, request: GenerationRequest) -> Iterator[None]:
-    """Turn a CUDA out-of-memory error into advice, and leave the GPU clean for the next
-    request whatever happened (error, cancel or success)."""
+    """Turn a CUDA out-of-memory error into advice; after any failure or cancel, leave the
+    GPU clean for the next request. (On success the pipeline has already released its
+    offload hooks itself.)"""
     import torch
 
     try:
         yield
     except torch.OutOfMemoryError:
+        _release(loaded)
         raise GpuOutOfMemoryError(oom_advice(loaded, request)) from None
-    finally:
-        with contextlib.suppress(Exception):
-            loaded.pipe.maybe_free_model_hooks()
-        free_accelerator_memory()
+    except BaseException:  # cancel or error: the next request starts from a clean GPU
+        _release(loaded)
+        raise
+
+
+def _release(loaded: LoadedPipeline) -> None:
+    with contextlib.suppress(Exception):
+        loaded.pipe.maybe_free_model_hooks()  # offloaded components back to the CPU
+    free_accelerator_memory()
 
 
 def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> float | None:
@@ -373,6 +380,7 @@ class Engine:
         clock.emit(Stage.DECODING, 0.0, step=0, total=tiles, message="Decoding …")
         with torch.inference_mode(), _count_decoded_tiles(pipe.vae, on_tile):
             video = pipe.decode_latents(latents.to(pipe.vae.dtype))
+        pipe.maybe_free_model_hooks()  # the VAE back to the CPU under model offload
         loaded.seconds_per_tile = (time.monotonic() - started) / max(tiles, 1)
         video = video[:, :, : request.frames, : request.height, : request.width]
         frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]

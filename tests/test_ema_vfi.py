@@ -19,17 +19,15 @@ import pytest
 import torch
 
 from allegro.errors import InterpolationError
-from allegro.interpolation import ema_vfi
+from allegro.interpolation import ema_vfi_weights
 from allegro.interpolation.ema_vfi import (
     VARIANTS,
-    WEIGHTS_ENV_VAR,
     EmaVfiInterpolator,
     EmaVfiNet,
-    availability,
-    find_weights,
     load_checkpoint,
     pad_to_multiple,
 )
+from allegro.interpolation.ema_vfi_weights import WEIGHTS_ENV_VAR, availability, find_weights
 
 GOLDEN = Path(__file__).parent / "data" / "ema_vfi_golden"
 FAKE_WEIGHTS_SHA256 = {
@@ -165,6 +163,24 @@ def test_interpolator_feeds_bgr_and_returns_rgb(fake_model, caplog) -> None:
     assert not np.array_equal(frames, network_frames(before, after))
 
 
+def test_registry_and_driver_run_the_real_network(fake_model) -> None:
+    """The unfaked path the engine takes: registry -> EmaVfiInterpolator -> driver."""
+    from allegro.interpolation import create_interpolator, method_availability
+    from allegro.interpolation.driver import interpolate_frames
+
+    path, _ = fake_model("ours_small_t")
+    assert method_availability("ema-vfi", path).available
+    interpolator = create_interpolator("ema-vfi", weights=path, device="cpu")
+    base = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    frames = np.stack([np.roll(base, 2 * index, axis=1) for index in range(3)])  # a slow pan
+    result = interpolate_frames(frames, interpolator)
+    assert result.frames.shape == (6, 48, 64, 3)
+    assert result.scene_cuts == 0  # the pairs went through the network
+    np.testing.assert_array_equal(result.frames[0::2], frames)
+    direct = interpolator.midframes(frames[:1], frames[1:2])[0]
+    np.testing.assert_array_equal(result.frames[1], direct)
+
+
 def test_explicit_variant_must_match_the_weights(fake_model) -> None:
     path, _ = fake_model("ours_small_t")
     assert load_checkpoint(path, variant="ours_small").config == VARIANTS["ours_small"]
@@ -219,7 +235,7 @@ def test_no_weights_anywhere_is_unavailable_offline(empty_offline_hub) -> None:
     assert find_weights() is None
     result = availability()
     assert not result.available
-    for hint in (WEIGHTS_ENV_VAR, ema_vfi.WEIGHTS_FLAG, "ours_t.pkl", "drive.google.com"):
+    for hint in (WEIGHTS_ENV_VAR, ema_vfi_weights.WEIGHTS_FLAG, "ours_t.pkl", "drive.google.com"):
         assert hint in result.reason
 
 
@@ -234,10 +250,10 @@ def test_missing_explicit_path_is_named(empty_offline_hub, tmp_path, monkeypatch
 
 def test_weights_are_found_locally_in_order(empty_offline_hub, tmp_path, monkeypatch) -> None:
     # A hub cache entry as huggingface_hub lays it out: refs/main names the snapshot.
-    repo = empty_offline_hub / f"models--{ema_vfi.EMA_VFI_HUB_REPO.replace('/', '--')}"
+    repo = empty_offline_hub / f"models--{ema_vfi_weights.EMA_VFI_HUB_REPO.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0123abcd")
-    cached = repo / "snapshots" / "0123abcd" / ema_vfi.EMA_VFI_HUB_FILENAME
+    cached = repo / "snapshots" / "0123abcd" / ema_vfi_weights.EMA_VFI_HUB_FILENAME
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights")
     assert find_weights() == cached

@@ -241,7 +241,7 @@ def test_flow_batch_on_threads_matches_one_pair_at_a_time() -> None:
 def test_importing_the_package_stays_light() -> None:
     code = (
         "import sys, allegro.interpolation, allegro.interpolation.driver, "
-        "allegro.interpolation.blend; "
+        "allegro.interpolation.blend; allegro.interpolation.method_availability('ema-vfi'); "
         "print(sorted({'torch', 'cv2'} & set(sys.modules)))"
     )
     result = subprocess.run(
@@ -272,10 +272,14 @@ def test_builtin_methods_are_always_available(name: str, kind: type) -> None:
 def fake_ema_vfi(monkeypatch: pytest.MonkeyPatch, availability: Availability) -> list[tuple]:
     """Stand in for the EMA-VFI module (it needs PyTorch and weights); returns the
     constructor calls it receives."""
+    from allegro.interpolation import ema_vfi_weights
+
     created: list[tuple] = []
+    monkeypatch.setattr(ema_vfi_weights, "availability", lambda explicit=None: availability)
+    monkeypatch.setattr(
+        ema_vfi_weights, "find_weights", lambda explicit=None: explicit or "/found/ema-vfi.pkl"
+    )
     module = types.ModuleType("allegro.interpolation.ema_vfi")
-    module.availability = lambda explicit=None: availability
-    module.find_weights = lambda explicit=None: explicit or "/found/ema-vfi.pkl"
     module.EmaVfiInterpolator = lambda weights, device=None: created.append((weights, device))
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setattr(allegro.interpolation, "ema_vfi", module, raising=False)

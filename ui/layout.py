@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from allegro.interpolation import DEFAULT_METHOD, METHODS
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
     GUIDANCE_RANGE,
@@ -47,16 +48,6 @@ HEADER = """
 """
 
 
-def _interpolation_methods() -> tuple[list[str], str] | None:
-    """Method names and the default, or None where interpolation is not installed (the toggle
-    is then hidden). Availability needs torch, so the loader fills it in later."""
-    try:
-        from allegro.interpolation import DEFAULT_METHOD, METHODS
-    except ImportError:
-        return None
-    return list(METHODS), DEFAULT_METHOD
-
-
 def theme() -> gr.themes.Base:
     system_fonts = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"]
     return gr.themes.Soft(
@@ -70,7 +61,6 @@ def theme() -> gr.themes.Base:
 
 
 def build_blocks(studio: Studio) -> gr.Blocks:
-    interpolation = _interpolation_methods()
     private = {"api_visibility": "private"}
     light = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
@@ -178,16 +168,15 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                             label="Fast mode",
                             info="About 1.4x faster, slightly less detail.",
                         )
-                    with gr.Row(visible=interpolation is not None) as interpolation_row:
+                    with gr.Row() as interpolation_row:
                         interpolate = gr.Checkbox(
                             False,
                             label="30 fps",
                             info="Adds a frame between each pair (smoother motion).",
-                            visible=interpolation is not None,
                         )
                         method = gr.Dropdown(
-                            interpolation[0] if interpolation else [],
-                            value=interpolation[1] if interpolation else None,
+                            list(METHODS),
+                            value=DEFAULT_METHOD,
                             label="Interpolation method",
                             visible=False,
                         )

@@ -72,7 +72,7 @@ class ModelStatus:
     hardware: Hardware | None = None
     device: str | None = None
     offload_reason: str | None = None
-    interpolation: tuple[MethodChoice, ...] | None = None  # None: not importable here
+    interpolation: tuple[MethodChoice, ...] | None = None  # None until the loader checked
     error: str | None = None
 
     @property
@@ -171,19 +171,13 @@ def generate_button(status: ModelStatus) -> tuple[str, bool]:
     return "Loading model…", False
 
 
-def _interpolation_methods(weights: str | None) -> tuple[MethodChoice, ...] | None:
-    try:
-        from allegro.interpolation import METHODS, method_availability
-    except ImportError:
-        return None
+def _interpolation_methods(weights: str | None) -> tuple[MethodChoice, ...]:
+    from allegro.interpolation import METHODS, method_availability
+
     choices = []
     for name in METHODS:
-        try:
-            availability = method_availability(name, weights)
-        except (AllegroError, ImportError) as error:
-            choices.append(MethodChoice(name, False, str(error)))
-        else:
-            choices.append(MethodChoice(name, availability.available, availability.reason))
+        availability = method_availability(name, weights)
+        choices.append(MethodChoice(name, availability.available, availability.reason))
     return tuple(choices)
 
 

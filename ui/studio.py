@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData
 
-from allegro.errors import AllegroError, Cancelled, InterpolationError, UnsupportedSetupError
+from allegro.errors import AllegroError, Cancelled, InterpolationError
 from allegro.events import CancelToken, ProgressEvent
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -123,12 +123,8 @@ class Studio:
         return request
 
     def _check_interpolation(self, method: str | None) -> None:
-        try:
-            from allegro.interpolation import DEFAULT_METHOD, method_availability
-        except ImportError:
-            raise UnsupportedSetupError(
-                "30 fps interpolation is not installed in this copy of Allegro Studio."
-            ) from None
+        from allegro.interpolation import DEFAULT_METHOD, method_availability
+
         name = method or DEFAULT_METHOD
         availability = method_availability(name, self.config.ema_vfi_weights)
         if not availability.available:

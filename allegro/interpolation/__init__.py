@@ -43,9 +43,9 @@ def method_availability(name: str, weights: str | os.PathLike[str] | None = None
     """Whether ``name`` can run here; ``weights`` is an explicit EMA-VFI weights path."""
     _check_name(name)
     if name == "ema-vfi":
-        from allegro.interpolation import ema_vfi
+        from allegro.interpolation import ema_vfi_weights
 
-        return ema_vfi.availability(weights)
+        return ema_vfi_weights.availability(weights)
     # flow and blend need only what the app already depends on.
     return Availability(True)
 
@@ -67,9 +67,11 @@ def create_interpolator(
         from allegro.interpolation.blend import BlendInterpolator
 
         return BlendInterpolator()
-    from allegro.interpolation import ema_vfi
+    from allegro.interpolation import ema_vfi_weights
 
-    availability = ema_vfi.availability(weights)
+    availability = ema_vfi_weights.availability(weights)
     if not availability.available:
         raise InterpolationError(f"EMA-VFI interpolation is not available: {availability.reason}")
-    return ema_vfi.EmaVfiInterpolator(ema_vfi.find_weights(weights), device=device)
+    from allegro.interpolation import ema_vfi  # PyTorch, only now
+
+    return ema_vfi.EmaVfiInterpolator(ema_vfi_weights.find_weights(weights), device=device)
