@@ -161,9 +161,29 @@ def test_generate_returns_the_video_and_its_settings(studio):
     assert isinstance(settings["seed"], int)  # a random seed, reported
 
 
+def test_the_30_fps_toggle_through_the_api(studio):
+    from allegro.video import read_frames
+
+    video, settings = generate(
+        studio.client(ALICE), prompt="a slow pan over hills", seed=5, steps=2, interpolate=True
+    )
+    frames, fps = read_frames(video)
+    assert fps == 30 and len(frames) == 48  # 24 frames at 15 fps -> 48 at 30 fps
+    assert settings["fps"] == 30 and settings["interpolation"]["method"] == "flow"
+    # A method that cannot run here says why, and nothing is queued.
+    with pytest.raises(Exception, match="EMA-VFI weights were not found"):
+        generate(
+            studio.client(ALICE),
+            prompt="a cat",
+            interpolate=True,
+            interpolation_method="ema-vfi",
+        )
+
+
 def test_history_lists_videos_newest_first_with_working_links(studio):
     history = studio.client(ALICE).predict(api_name="/history")
-    assert [record["prompt"] for record in history[:2]] == [
+    assert [record["prompt"] for record in history[:3]] == [
+        "a slow pan over hills",
         "An astronaut riding a horse",
         "Pink fish swim in the sea",
     ]

@@ -233,3 +233,53 @@ def test_eta_before_the_first_step_comes_from_the_cost_model(monkeypatch):
     assert 18 * 60 < estimated_seconds(loaded, official) < 23 * 60
     loaded.device = "cpu"
     assert estimated_seconds(loaded, official) is None
+
+
+def test_generate_with_interpolation_to_30_fps(engine):
+    events = []
+    result = engine.generate(request(interpolate=True), on_progress=events.append)
+    frames, fps = read_frames(result.video_path)
+    assert fps == 30 and frames.shape[0] == 48
+    interpolation = read_settings(result.video_path)["interpolation"]
+    assert interpolation["method"] == "flow" and interpolation["fps"] == 30
+    steps = [e.step for e in events if e.stage == Stage.INTERPOLATING and e.total]
+    assert steps and steps[-1] == 23  # pairs of neighbouring frames
+
+
+def test_interpolation_keeps_every_frame_the_model_made(engine, monkeypatch):
+    import allegro.engine
+
+    saved = {}
+    real_save = allegro.engine.save_video
+
+    def capture(path, frames, fps, settings):
+        saved[fps] = frames
+        real_save(path, frames, fps, settings)
+
+    monkeypatch.setattr(allegro.engine, "save_video", capture)
+    engine.generate(request())
+    engine.generate(request(interpolate=True))
+    np.testing.assert_array_equal(saved[30][0::2], saved[15])
+    np.testing.assert_array_equal(saved[30][-1], saved[15][-1])  # last repeated: same length
+
+
+def test_interpolate_command_keeps_settings_and_rejects_bad_input(engine, tmp_path):
+    from allegro.cli import main
+
+    made = engine.generate(request())
+    output = tmp_path / "smooth.mp4"
+    assert main(["interpolate", str(made.video_path), str(output)]) == 0
+    settings = read_settings(output)
+    assert settings["seed"] == 7 and settings["interpolation"]["method"] == "flow"
+    assert read_frames(output)[0].shape[0] == 48
+
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("hello")
+    assert main(["interpolate", str(not_a_video), str(tmp_path / "x.mp4")]) == 2
+    from allegro.video import write_video
+
+    single = tmp_path / "single.mp4"
+    write_video(single, np.zeros((1, 64, 64, 3), np.uint8), 15, {"prompt": "one"})
+    assert main(["interpolate", str(single), str(tmp_path / "y.mp4")]) == 2
+    assert main(["interpolate", str(tmp_path / "missing.mp4"), str(tmp_path / "z.mp4")]) == 2
+    assert not list(tmp_path.glob("[xyz].mp4"))
