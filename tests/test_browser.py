@@ -58,18 +58,19 @@ def browser():
 
 
 class Studio:
-    """``python app.py`` with the tiny checkpoint on a free port."""
+    """``python app.py`` on a free port (with the tiny checkpoint unless told otherwise)."""
 
-    def __init__(self, model: Path, workdir: Path) -> None:
+    def __init__(self, model: Path | None, workdir: Path, env: dict[str, str] | None = None):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/"
         self.output_dir = workdir / "outputs"
         self.log = workdir / "app.log"
-        command = [sys.executable, "app.py", "--model", str(model), "--port", str(port)]
+        command = [sys.executable, "app.py", "--port", str(port)]
+        command += ["--model", str(model)] if model else []  # None: what `python app.py` picks
         command += ["--output-dir", str(self.output_dir)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         with self.log.open("wb") as sink:
             self.process = subprocess.Popen(
                 command, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env
@@ -251,3 +252,22 @@ def _write_plain_mp4(path: Path) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def test_plain_start_without_a_gpu_runs_the_preview_model(browser, tmp_path):
+    """`python app.py` alone on a machine with no GPU: the built-in preview model is made on
+    first run (in the Hugging Face cache folder) and the page says so."""
+    plain = Studio(None, tmp_path, env={"HF_HOME": str(tmp_path / "hf-home")})
+    try:
+        plain.wait_for_page()
+        context = browser.new_context(viewport=DESKTOP)
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(plain.url)
+        page.wait_for_selector("#generate:not([disabled])")
+        assert "preview model" in page.locator("body").inner_text()
+        screenshot(page, "preview-model-banner")
+        context.close()
+        assert any((tmp_path / "hf-home").rglob("model_index.json"))
+    finally:
+        plain.stop()
