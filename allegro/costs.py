@@ -287,6 +287,45 @@ def transformer_flops(
     )
 
 
+# Fast mode: Pyramid Attention Broadcast reuses a block's self-attention output on every
+# other step while the timestep lies inside this window (the engine configures diffusers
+# with these values).
+FAST_MODE_BLOCK_SKIP = 2
+FAST_MODE_TIMESTEP_WINDOW = (100, 800)
+TRAIN_TIMESTEPS = 1000
+
+
+def fast_mode_skipped_steps(steps: int) -> int:
+    """Steps whose self-attention fast mode reuses, following diffusers' rule on the
+    scheduler's linspace timesteps (999 .. 0)."""
+    low, high = FAST_MODE_TIMESTEP_WINDOW
+    last = TRAIN_TIMESTEPS - 1
+    skipped = 0
+    for index in range(steps):
+        timestep = last - index * last / max(steps - 1, 1)
+        if index and index % FAST_MODE_BLOCK_SKIP and low < timestep < high:
+            skipped += 1
+    return skipped
+
+
+def fast_mode_speedup(
+    frames: int,
+    height: int,
+    width: int,
+    steps: int = 100,
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+) -> float:
+    """Transformer time without fast mode over time with it: a skipped self-attention saves
+    its two products and its Q, K, V and output projections."""
+    step = transformer_flops(config, frames, height, width)
+    dims = _TransformerDims.from_config(config)
+    tokens = token_count(frames, height, width, config)
+    self_projections = dims.blocks * 2 * 2 * 4 * tokens * dims.width * dims.width
+    saved = fast_mode_skipped_steps(steps) * (step.self_attention + self_projections)
+    total = step.per_video(steps)
+    return total / (total - saved)
+
+
 def text_encoder_flops(
     text_tokens: int = DEFAULT_TEXT_TOKENS, guidance: bool = True, t5: T5Geometry = T5_XXL
 ) -> int:

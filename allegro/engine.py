@@ -149,17 +149,15 @@ def _release(loaded: LoadedPipeline) -> None:
 def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> float | None:
     """The cost model's time for the rest of the job, until real steps are measured; None
     where it has nothing to say (CPU, or a checkpoint that is not Allegro-sized)."""
-    if loaded.device != "cuda" or not loaded.official:
+    if loaded.device_name is None or not loaded.official:
         return None
-    import torch
-
     from allegro import costs
 
     estimate = costs.estimate_seconds(
         request.frames,
         request.height,
         request.width,
-        costs.gpu_class_for(torch.cuda.get_device_name()),
+        costs.gpu_class_for(loaded.device_name),
         steps=request.steps,
         guidance=request.guidance_scale > 1,
         offload=loaded.offload.mode,
@@ -507,10 +505,12 @@ def _set_fast_mode(pipe, enabled: bool) -> None:
     if enabled:
         from diffusers import PyramidAttentionBroadcastConfig
 
+        from allegro.costs import FAST_MODE_BLOCK_SKIP, FAST_MODE_TIMESTEP_WINDOW
+
         transformer.enable_cache(
             PyramidAttentionBroadcastConfig(
-                spatial_attention_block_skip_range=2,
-                spatial_attention_timestep_skip_range=(100, 800),
+                spatial_attention_block_skip_range=FAST_MODE_BLOCK_SKIP,
+                spatial_attention_timestep_skip_range=FAST_MODE_TIMESTEP_WINDOW,
                 current_timestep_callback=lambda: pipe.current_timestep,
             )
         )

@@ -67,6 +67,7 @@ class LoadedPipeline:
     spec: PipelineSpec  # precision resolved; offload as asked
     offload: OffloadChoice  # what was applied, and why
     device: str
+    device_name: str | None  # e.g. "NVIDIA H100 80GB HBM3"; None on the CPU
     native: NativeSize
     official: bool
     load_seconds: float
@@ -315,8 +316,11 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
     from allegro.preview import fit_latent_to_rgb
 
     preview_map = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
+    import torch
+
     return LoadedPipeline(
         pipe=pipe,
+        device_name=torch.cuda.get_device_name() if device == "cuda" else None,
         spec=replace(spec, precision=precision, vae_precision=vae_precision),
         offload=offload,
         device=device,

@@ -9,9 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Pyramid Attention Broadcast skips about a third of the transformer's work (~1.4x faster
-# denoising); only the hint counts on it, the ZeroGPU duration does not.
-FAST_MODE_SPEEDUP = 1.4
 # H100/H200 MIG slices: "3g" is 3 of the 7 compute slices (ZeroGPU lends such slices).
 _MIG_SLICE = re.compile(r"MIG\s+(\d)g\.", re.IGNORECASE)
 MIG_SLICES = 7
@@ -84,7 +81,8 @@ def estimate_seconds(
         return None
     seconds = estimate.total_seconds
     if fast_mode:
-        seconds -= estimate.transformer_seconds * (1 - 1 / FAST_MODE_SPEEDUP)
+        speedup = costs.fast_mode_speedup(frames, height, width, steps, config)
+        seconds -= estimate.transformer_seconds * (1 - 1 / speedup)
     return seconds
 
 

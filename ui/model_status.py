@@ -298,14 +298,9 @@ class ModelLoader:
 
 
 def _hardware(loaded) -> Hardware:
-    gpu_name = None
-    if loaded.device == "cuda":
-        import torch
-
-        gpu_name = torch.cuda.get_device_name()
     spec = loaded.spec
     return Hardware(
-        gpu_name=gpu_name,
+        gpu_name=loaded.device_name,
         offload=loaded.offload.mode,
         precision=spec.precision or "bf16",
         vae_precision=spec.vae_precision,
