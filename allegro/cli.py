@@ -48,7 +48,9 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=costs.memory_table_markdown(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    gen.add_argument("--model", default=None, help=f"hub id or local folder ({DEFAULT_MODEL})")
+    gen.add_argument(
+        "--model", default=None, help=f"hub id, local folder or preset name ({DEFAULT_MODEL})"
+    )
     gen.add_argument(
         "--preset",
         choices=sorted(MODEL_PRESETS),
@@ -110,8 +112,12 @@ class _ProgressBar:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    preset = MODEL_PRESETS.get(args.preset) if args.preset else None
-    model = args.model or (preset.model if preset else DEFAULT_MODEL)
+    # A preset comes from --preset, or from --model naming one (as the app's --model does).
+    preset = MODEL_PRESETS.get(args.preset or args.model or "")
+    if preset and args.model in (None, preset.name):
+        model = preset.model
+    else:
+        model = args.model or DEFAULT_MODEL
     transformer = args.transformer or (preset.transformer if preset else None)
     request = GenerationRequest(
         prompt=args.prompt,
