@@ -56,7 +56,7 @@ class PipelineSpec:
 
 
 @dataclass(frozen=True)
-class OffloadChoice:
+class AppliedOffload:
     mode: str
     reason: str
 
@@ -65,7 +65,7 @@ class OffloadChoice:
 class LoadedPipeline:
     pipe: Any  # diffusers.AllegroPipeline
     spec: PipelineSpec  # precision resolved; offload as asked
-    offload: OffloadChoice  # what was applied, and why
+    offload: AppliedOffload  # what was applied, and why
     device: str
     device_name: str | None  # e.g. "NVIDIA H100 80GB HBM3"; None on the CPU
     native: NativeSize
@@ -117,20 +117,20 @@ def check_offload_mode(requested: str, device: str) -> None:
 
 def choose_offload(
     requested: str, device: str, precision: str, native: NativeSize
-) -> OffloadChoice:
+) -> AppliedOffload:
     """Apply the user's offload choice; ``auto`` decides from the free GPU memory."""
     check_offload_mode(requested, device)
     if device != "cuda":
-        return OffloadChoice("none", "no GPU: everything runs on the CPU")
+        return AppliedOffload("none", "no GPU: everything runs on the CPU")
     if requested != "auto":
-        return OffloadChoice(requested, "chosen by the user")
+        return AppliedOffload(requested, "chosen by the user")
     import torch
 
     from allegro import costs
 
     free_bytes, _total = torch.cuda.mem_get_info()
     choice = costs.choose_offload(free_bytes, precision, native.frames, native.height, native.width)
-    return OffloadChoice(choice.mode, choice.reason)
+    return AppliedOffload(choice.mode, choice.reason)
 
 
 def apply_offload(pipe, mode: str, device: str) -> None:

@@ -218,14 +218,14 @@ def test_eta_before_the_first_step_comes_from_the_cost_model():
 
     from allegro import costs
     from allegro.engine import estimated_seconds
-    from allegro.loading import OffloadChoice
+    from allegro.loading import AppliedOffload
     from allegro.request import NativeSize, resolve_request
 
     loaded = SimpleNamespace(
         device="cuda",
         device_name="NVIDIA H100 80GB HBM3",
         official=True,
-        offload=OffloadChoice("none", "chosen by the user"),
+        offload=AppliedOffload("none", "chosen by the user"),
         spec=PipelineSpec(precision="bf16"),
         pipe=SimpleNamespace(transformer=SimpleNamespace(config=costs.ALLEGRO_TRANSFORMER_CONFIG)),
     )

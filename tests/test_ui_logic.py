@@ -655,3 +655,17 @@ def test_requests_are_resolved_with_the_loaded_models_native_size():
     assert (request.frames, request.height, request.width, request.seed) == (24, 160, 160, 5)
     with pytest.raises(InvalidRequestError, match="Allegro cannot make 50 frames"):
         studio.prepare(GenerationRequest("a cat", frames=50))
+
+
+def test_method_labels_say_why_a_method_is_unavailable_or_slow(tmp_path):
+    from ui.model_status import _interpolation_methods
+
+    weights = tmp_path / "ours_t.pkl"
+    weights.write_bytes(b"weights")
+    on_cpu = {choice.name: choice.label for choice in _interpolation_methods(str(weights), "cpu")}
+    assert on_cpu["flow"] == "flow"
+    assert on_cpu["ema-vfi"] == "ema-vfi (slow without a GPU: seconds per frame)"
+    on_gpu = {choice.name: choice.label for choice in _interpolation_methods(str(weights), "cuda")}
+    assert on_gpu["ema-vfi"] == "ema-vfi"
+    missing = {c.name: c.label for c in _interpolation_methods(str(tmp_path / "none.pkl"), "cpu")}
+    assert missing["ema-vfi"].startswith("ema-vfi (unavailable: ")

@@ -171,13 +171,16 @@ def generate_button(status: ModelStatus) -> tuple[str, bool]:
     return "Loading model…", False
 
 
-def _interpolation_methods(weights: str | None) -> tuple[MethodChoice, ...]:
+def _interpolation_methods(weights: str | None, device: str) -> tuple[MethodChoice, ...]:
     from allegro.interpolation import METHODS, method_availability
 
     choices = []
     for name in METHODS:
         availability = method_availability(name, weights)
-        choices.append(MethodChoice(name, availability.available, availability.reason))
+        reason = availability.reason
+        if availability.available and name == "ema-vfi" and device != "cuda":
+            reason = "slow without a GPU: seconds per frame"
+        choices.append(MethodChoice(name, availability.available, reason))
     return tuple(choices)
 
 
@@ -283,7 +286,7 @@ class ModelLoader:
                 device=loaded.device,
                 hardware=_hardware(loaded),
                 offload_reason=None if loaded.device == "cpu" else loaded.offload.reason,
-                interpolation=_interpolation_methods(self.config.ema_vfi_weights),
+                interpolation=_interpolation_methods(self.config.ema_vfi_weights, loaded.device),
             )
             logger.info("Model ready: %s on %s", choice.label, loaded.device)
         except AllegroError as error:

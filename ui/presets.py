@@ -171,7 +171,9 @@ class MethodChoice:
 
     @property
     def label(self) -> str:
-        return self.name if self.available else f"{self.name} (unavailable: {self.reason})"
+        if not self.available:
+            return f"{self.name} (unavailable: {self.reason})"
+        return f"{self.name} ({self.reason})" if self.reason else self.name
 
 
 def interpolation_choices(methods: list[MethodChoice]) -> list[tuple[str, str]]:
