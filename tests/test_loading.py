@@ -115,3 +115,18 @@ def test_gpu_mode_on_cpu_fails_before_loading(tiny_model):
     with pytest.raises(UnsupportedSetupError):
         cache.get(PipelineSpec(model=str(tiny_model), offload="sequential"))
     assert cache.load_count == 0
+
+
+def test_download_progress_becomes_events():
+    """snapshot_download reports bytes through the tqdm class it is given."""
+    from allegro.events import Stage
+    from allegro.loading import _progress_tqdm
+
+    events = []
+    bar = _progress_tqdm(events.append, started=0.0)(total=4_000_000_000, unit="B")
+    bar.update(1_000_000_000)
+    bar.close()
+    (event,) = events
+    assert event.stage == Stage.DOWNLOADING
+    assert (event.step, event.total) == (1_000_000_000, 4_000_000_000)
+    assert "1.00 of 4.00 GB" in event.message
