@@ -72,6 +72,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
     gen.add_argument("--no-template", action="store_true", help="skip the official template")
     gen.add_argument("--fast", action="store_true", help="Pyramid Attention Broadcast (~1.4x)")
+    gen.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer blocks (GPU)"
+    )
     gen.add_argument("--interpolate", action="store_true", help="30 fps output")
     gen.add_argument("--interpolation-method", choices=INTERPOLATION_METHODS, default=None)
     gen.add_argument("--weights", help="EMA-VFI checkpoint (.pkl) for --interpolation-method")
@@ -141,7 +144,11 @@ def _generate(args: argparse.Namespace) -> int:
     from allegro.events import CancelToken
 
     spec = PipelineSpec(
-        model=model, transformer=transformer, precision=args.precision, offload=args.offload
+        model=model,
+        transformer=transformer,
+        precision=args.precision,
+        offload=args.offload,
+        compile=args.compile,
     )
     engine = Engine(spec, output_dir="outputs", ema_vfi_weights=args.weights)
     cancel = CancelToken()

@@ -408,6 +408,7 @@ class Engine:
             "vae_precision": spec.vae_precision,
             "offload": loaded.offload.mode,
             "offload_reason": loaded.offload.reason,
+            "compiled": spec.compile,
             "device": loaded.device,
             "run_seconds": round(seconds, 2),
             "labels": dict(labels or {}),

@@ -37,6 +37,7 @@ class AppConfig:
     transformer: str | None
     precision: str | None
     offload: str
+    compile: bool
     host: str
     port: int
     share: bool
@@ -153,6 +154,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "the free GPU memory. Default: auto. [ALLEGRO_OFFLOAD]",
     )
     parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=env_bool(environ, "ALLEGRO_COMPILE"),
+        help="torch.compile the transformer blocks: the first video waits for the "
+        "compilation, later ones run faster (GPU). [ALLEGRO_COMPILE]",
+    )
+    parser.add_argument(
         "--host",
         default=_env_text(environ, "GRADIO_SERVER_NAME") or DEFAULT_HOST,
         help="address to listen on; 0.0.0.0 lets other machines connect (then each browser "
@@ -250,6 +258,7 @@ def parse_config(
         transformer=args.transformer,
         precision=args.precision,
         offload=args.offload,
+        compile=args.compile,
         host=args.host,
         port=args.port,
         share=args.share,

@@ -275,6 +275,7 @@ class ModelLoader:
                 transformer=choice.transformer,
                 precision=self.config.precision,
                 offload=self.config.offload,
+                compile=self.config.compile,
             )
             self._engine = Engine(spec, self.config.output_dir, self.config.ema_vfi_weights)
             self._engine_ready.set()
