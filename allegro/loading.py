@@ -181,14 +181,32 @@ def _download_hint(repo_id: str) -> str:
     )
 
 
-def _progress_tqdm(on_progress: ProgressCallback, started: float):
-    """A tqdm class that reports snapshot_download's byte counts as progress events."""
-    from huggingface_hub.utils import tqdm as hf_tqdm
+class _Discard:
+    """A text stream that drops everything: our events replace the console bar."""
 
-    class ProgressTqdm(hf_tqdm):
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _progress_tqdm(on_progress: ProgressCallback, started: float):
+    """A tqdm class that reports snapshot_download's byte counts as progress events.
+
+    A plain tqdm subclass, not huggingface_hub's: theirs disables itself without a terminal
+    (a server, a container), and then counts nothing."""
+    from tqdm import tqdm
+
+    class ProgressTqdm(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False, "file": _Discard()})
+
         def update(self, n=1):
             result = super().update(n)
-            if self.unit == "B" and self.total:
+            # Two byte bars exist: bytes written to disk (the one to show: its total is the
+            # download size) and network bytes, whose total is a moving guess.
+            if self.unit == "B" and self.total and not self.desc.startswith("Downloading bytes"):
                 on_progress(
                     ProgressEvent(
                         Stage.DOWNLOADING,

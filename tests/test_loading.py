@@ -126,7 +126,26 @@ def test_download_progress_becomes_events():
     bar = _progress_tqdm(events.append, started=0.0)(total=4_000_000_000, unit="B")
     bar.update(1_000_000_000)
     bar.close()
+    network = _progress_tqdm(events.append, started=0.0)(
+        desc="Downloading bytes", total=9_000_000_000, unit="B"
+    )
+    network.update(5)  # network bytes: a moving total, not shown
+    network.close()
     (event,) = events
     assert event.stage == Stage.DOWNLOADING
     assert (event.step, event.total) == (1_000_000_000, 4_000_000_000)
     assert "1.00 of 4.00 GB" in event.message
+
+
+def test_offline_mode_uses_the_hugging_face_cache(tmp_path, monkeypatch, no_network):
+    """With HF_HUB_OFFLINE=1 a cached snapshot is used as is, without any request."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--rhymes-ai--Allegro"
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    (snapshot / "vae").mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert fetch_source("rhymes-ai/Allegro", ["model_index.json"]) == snapshot
