@@ -107,10 +107,17 @@ class _ProgressClock:
         )
 
 
-def output_name(request: GenerationRequest, now: datetime) -> str:
-    """``20261125-031500-seed7-pink-fish-swim`` : sortable, readable, unique per second+seed."""
+def output_path_for(directory: Path, request: GenerationRequest, now: datetime) -> Path:
+    """``20261125-031500-seed7-pink-fish-swim.mp4``: sortable and readable. The same prompt
+    and seed twice in one second get ``-2``, ``-3``…: a finished video is never overwritten
+    (generations run one at a time, so checking for the files is enough)."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")[:40] or "video"
-    return f"{now:%Y%m%d-%H%M%S}-seed{request.seed}-{slug}"
+    stem = f"{now:%Y%m%d-%H%M%S}-seed{request.seed}-{slug}"
+    candidate, number = stem, 1
+    while any(directory.joinpath(candidate + suffix).exists() for suffix in (".mp4", ".json")):
+        number += 1
+        candidate = f"{stem}-{number}"
+    return directory / f"{candidate}.mp4"
 
 
 @contextlib.contextmanager
@@ -244,7 +251,7 @@ class Engine:
         path = (
             Path(output_path)
             if output_path
-            else self.output_dir / (output_name(request, now.astimezone()) + ".mp4")
+            else output_path_for(self.output_dir, request, now.astimezone())
         )
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)

@@ -345,6 +345,7 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
     from allegro.preview import fit_latent_to_rgb
 
     preview_map = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
+    pipe.maybe_free_model_hooks()  # under model offload the VAE goes back to the CPU
     import torch
 
     return LoadedPipeline(

@@ -304,3 +304,18 @@ def test_compiled_transformer_blocks(tiny_model, tmp_path):
     frames_compiled, _ = read_frames(result.video_path)
     frames_eager, _ = read_frames(plain.video_path)
     assert np.abs(frames_compiled.astype(int) - frames_eager).mean() < 1.0
+
+
+def test_same_prompt_and_seed_in_one_second_never_overwrite(tmp_path):
+    from datetime import datetime
+
+    from allegro.engine import output_path_for
+
+    now = datetime(2026, 11, 25, 3, 15, 0)
+    first = output_path_for(tmp_path, request(), now)
+    assert first.name == "20261125-031500-seed7-pink-fish-swim-in-the-sea.mp4"
+    first.write_bytes(b"video")
+    second = output_path_for(tmp_path, request(), now)
+    assert second.name == "20261125-031500-seed7-pink-fish-swim-in-the-sea-2.mp4"
+    second.with_suffix(".json").write_text("{}")  # a save under way reserves the name too
+    assert output_path_for(tmp_path, request(), now).name.endswith("-sea-3.mp4")
