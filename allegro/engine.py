@@ -236,14 +236,15 @@ class Engine:
         interpolator = self._interpolator(request) if request.interpolate else None
         cancel.raise_if_cancelled()
 
-        with loaded.run_lock, _recover_from_oom(loaded, request):
-            warnings: list[str] = []
-            frames = self._make_frames(loaded, request, clock, cancel, warnings)
+        warnings: list[str] = []
         fps: float = FPS
         interpolation: dict[str, Any] | None = None
-        if interpolator is not None:
-            frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
-            fps = INTERPOLATED_FPS
+        with loaded.run_lock:  # one job on the GPU at a time, interpolation included
+            with _recover_from_oom(loaded, request):
+                frames = self._make_frames(loaded, request, clock, cancel, warnings)
+            if interpolator is not None:
+                frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
+                fps = INTERPOLATED_FPS
         cancel.raise_if_cancelled()
 
         clock.emit(Stage.SAVING, message="Saving the video …")
