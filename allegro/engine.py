@@ -439,12 +439,16 @@ def save_video(path: Path, frames: np.ndarray, fps: float, settings: dict[str, A
 def _run_interpolation(frames, interpolator, clock: _ProgressClock, cancel: CancelToken):
     from allegro.interpolation.driver import interpolate_frames
 
+    started = time.monotonic()
+
     def on_pairs(done: int, total: int) -> None:
+        per_pair = (time.monotonic() - started) / max(done, 1)
         clock.emit(
             Stage.INTERPOLATING,
             done / max(total, 1),
             step=done,
             total=total,
+            eta=(total - done) * per_pair,
             message=f"Interpolating to {INTERPOLATED_FPS} fps: pair {done} of {total}",
         )
 
