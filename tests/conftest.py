@@ -12,6 +12,7 @@ import pytest
 # Tests never touch the network: the hub client is told so, and sockets to anything but
 # this machine fail loudly (see no_network).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
