@@ -69,6 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", help="default: the model's native height (720)")
     gen.add_argument("--width", help="default: the model's native width (1280)")
     gen.add_argument("--precision", choices=PRECISIONS, help="default: bf16 on GPU, fp32 on CPU")
+    gen.add_argument(
+        "--vae-precision", choices=PRECISIONS, default="fp32", help="default: fp32 (official)"
+    )
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
     gen.add_argument("--no-template", action="store_true", help="skip the official template")
     gen.add_argument("--fast", action="store_true", help="Pyramid Attention Broadcast (~1.4x)")
@@ -147,6 +150,7 @@ def _generate(args: argparse.Namespace) -> int:
         model=model,
         transformer=transformer,
         precision=args.precision,
+        vae_precision=args.vae_precision,
         offload=args.offload,
         compile=args.compile,
     )

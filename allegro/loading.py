@@ -117,7 +117,7 @@ def check_offload_mode(requested: str, device: str) -> None:
 
 
 def choose_offload(
-    requested: str, device: str, precision: str, native: NativeSize
+    requested: str, device: str, precision: str, native: NativeSize, vae_precision: str = "fp32"
 ) -> AppliedOffload:
     """Apply the user's offload choice; ``auto`` decides from the free GPU memory."""
     check_offload_mode(requested, device)
@@ -130,7 +130,9 @@ def choose_offload(
     from allegro import costs
 
     free_bytes, _total = torch.cuda.mem_get_info()
-    choice = costs.choose_offload(free_bytes, precision, native.frames, native.height, native.width)
+    choice = costs.choose_offload(
+        free_bytes, precision, native.frames, native.height, native.width, vae_precision
+    )
     return AppliedOffload(choice.mode, choice.reason)
 
 
@@ -337,7 +339,7 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
         height=config.sample_height * pipe.vae_scale_factor_spatial,
         width=config.sample_width * pipe.vae_scale_factor_spatial,
     )
-    offload = choose_offload(spec.offload, device, precision, native)
+    offload = choose_offload(spec.offload, device, precision, native, vae_precision)
     apply_offload(pipe, offload.mode, device)
     logger.info("Offload: %s (%s)", offload.mode, offload.reason)
     if spec.compile:

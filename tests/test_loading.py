@@ -149,3 +149,13 @@ def test_offline_mode_uses_the_hugging_face_cache(tmp_path, monkeypatch, no_netw
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert fetch_source("rhymes-ai/Allegro", ["model_index.json"]) == snapshot
+
+
+def test_auto_offload_counts_the_vae_precision(monkeypatch):
+    """The fp32 VAE's tiled decode sets the floor of every mode: at 11 GiB free nothing fits
+    with it, while a bf16 VAE lets group offload fit."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (11 * GB, 80 * GB))
+    fp32 = choose_offload("auto", "cuda", "bf16", OFFICIAL, vae_precision="fp32")
+    bf16 = choose_offload("auto", "cuda", "bf16", OFFICIAL, vae_precision="bf16")
+    assert fp32.mode == "sequential" and "may still run out of GPU memory" in fp32.reason
+    assert bf16.mode == "group" and "may still run out" not in bf16.reason

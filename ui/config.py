@@ -36,6 +36,7 @@ class AppConfig:
     model: str | None  # None: rhymes-ai/Allegro with a CUDA GPU, the preview model without
     transformer: str | None
     precision: str | None
+    vae_precision: str
     offload: str
     compile: bool
     host: str
@@ -144,6 +145,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=PRECISIONS,
         default=_choice(environ, "ALLEGRO_PRECISION", PRECISIONS),
         help="weights precision. Default: bf16 on a GPU, fp32 on the CPU. [ALLEGRO_PRECISION]",
+    )
+    parser.add_argument(
+        "--vae-precision",
+        choices=PRECISIONS,
+        default=_choice(environ, "ALLEGRO_VAE_PRECISION", PRECISIONS) or "fp32",
+        help="VAE precision. Default: fp32, the official setting; bf16 saves about 2 GB "
+        "of GPU memory in the decode. [ALLEGRO_VAE_PRECISION]",
     )
     parser.add_argument(
         "--offload",
@@ -257,6 +265,7 @@ def parse_config(
         model=args.model,
         transformer=args.transformer,
         precision=args.precision,
+        vae_precision=args.vae_precision,
         offload=args.offload,
         compile=args.compile,
         host=args.host,

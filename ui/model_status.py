@@ -274,6 +274,7 @@ class ModelLoader:
                 model=model,
                 transformer=choice.transformer,
                 precision=self.config.precision,
+                vae_precision=self.config.vae_precision,
                 offload=self.config.offload,
                 compile=self.config.compile,
             )
