@@ -40,7 +40,12 @@ _PIPELINE_FILES = [
     "vae/*.json",
     "vae/*.safetensors",
 ]
-_TRANSFORMER_FILES = ["*.json", "*.safetensors"]
+# A transformer-only source: at the root or in transformer/ (never a whole pipeline's T5).
+_TRANSFORMER_FILES = [
+    f"{folder}{name}"
+    for folder in ("", "transformer/")
+    for name in ("config.json", "diffusion_pytorch_model*.safetensors*")
+]
 _NEVER_FETCH = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx"]
 
 

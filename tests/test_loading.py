@@ -159,3 +159,39 @@ def test_auto_offload_counts_the_vae_precision(monkeypatch):
     bf16 = choose_offload("auto", "cuda", "bf16", OFFICIAL, vae_precision="bf16")
     assert fp32.mode == "sequential" and "may still run out of GPU memory" in fp32.reason
     assert bf16.mode == "group" and "may still run out" not in bf16.reason
+
+
+def test_hub_file_patterns_fetch_only_what_is_used():
+    """The filter snapshot_download applies: safetensors only, never the .bin duplicates,
+    and for a transformer source nothing but the transformer (even from a whole pipeline)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from allegro.loading import _NEVER_FETCH, _PIPELINE_FILES, _TRANSFORMER_FILES
+
+    repo = [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/spiece.model",
+        "tokenizer/tokenizer_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors.index.json",
+        "text_encoder/model-00001-of-00004.safetensors",
+        "text_encoder/pytorch_model-00001-of-00004.bin",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "README.md",
+    ]
+
+    def fetched(patterns):
+        return set(filter_repo_objects(repo, allow_patterns=patterns, ignore_patterns=_NEVER_FETCH))
+
+    assert fetched(_PIPELINE_FILES) == set(repo) - {
+        "text_encoder/pytorch_model-00001-of-00004.bin",
+        "README.md",
+    }
+    assert fetched(_TRANSFORMER_FILES) == {
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+    }
