@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +31,11 @@ from allegro.loading import (
     free_accelerator_memory,
 )
 from allegro.request import FPS, GenerationRequest, positive_prompt, resolve_request
-from allegro.tiling import apply_tiling, fit_tiling
+from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
+
+if TYPE_CHECKING:
+    from allegro.interpolation.base import Interpolator
+    from allegro.interpolation.driver import InterpolationResult
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
 INTERPOLATED_FPS = 30
@@ -267,7 +271,7 @@ class Engine:
             warnings=tuple(warnings),
         )
 
-    def _interpolator(self, request: GenerationRequest):
+    def _interpolator(self, request: GenerationRequest) -> Interpolator:
         from allegro.interpolation import DEFAULT_METHOD, create_interpolator
 
         method = request.interpolation_method or DEFAULT_METHOD
@@ -361,7 +365,16 @@ class Engine:
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
 
-    def _decode(self, loaded, latents, request, geometry, tiles, clock, cancel) -> np.ndarray:
+    def _decode(
+        self,
+        loaded: LoadedPipeline,
+        latents: Any,  # torch.Tensor (1, C, T, h, w)
+        request: GenerationRequest,
+        geometry: TileGeometry,
+        tiles: int,
+        clock: _ProgressClock,
+        cancel: CancelToken,
+    ) -> np.ndarray:
         import torch
 
         pipe = loaded.pipe
@@ -392,7 +405,16 @@ class Engine:
         frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
         return np.round(np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)
 
-    def _settings(self, loaded, request, fps, interpolation, seconds, now, labels):
+    def _settings(
+        self,
+        loaded: LoadedPipeline,
+        request: GenerationRequest,
+        fps: float,
+        interpolation: dict[str, Any] | None,
+        seconds: float,
+        now: datetime,
+        labels: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
         spec = loaded.spec
         return {
             "app": "Allegro Studio",
@@ -436,7 +458,9 @@ def save_video(path: Path, frames: np.ndarray, fps: float, settings: dict[str, A
         ) from None
 
 
-def _run_interpolation(frames, interpolator, clock: _ProgressClock, cancel: CancelToken):
+def _run_interpolation(
+    frames: np.ndarray, interpolator: Interpolator, clock: _ProgressClock, cancel: CancelToken
+) -> tuple[np.ndarray, dict[str, Any]]:
     from allegro.interpolation.driver import interpolate_frames
 
     started = time.monotonic()
@@ -497,7 +521,7 @@ def interpolate_video(
     return destination
 
 
-def interpolation_settings(method: str, result) -> dict[str, Any]:
+def interpolation_settings(method: str, result: InterpolationResult) -> dict[str, Any]:
     return {
         "method": method,
         "fps": INTERPOLATED_FPS,
