@@ -101,6 +101,12 @@ def execution_device() -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+# What PyPI's torch==2.13.0 (requirements.txt) is built for on Linux x86_64, and the oldest
+# NVIDIA driver that runs it; the Dockerfile's base image and the README say the same.
+TORCH_CUDA = "13.0"
+MIN_NVIDIA_DRIVER = 580
+
+
 def visible_nvidia_devices(dev: Path = Path("/dev")) -> list[str]:
     """The NVIDIA GPU device nodes this process sees (/dev/nvidia0 …): what the NVIDIA
     Container Toolkit gives a container started with --gpus, and the driver elsewhere."""
@@ -121,8 +127,9 @@ def cuda_unusable_message(devices: list[str]) -> str:
             reason = str(error).strip().splitlines()[0]
     return (
         f"An NVIDIA GPU is visible ({', '.join(devices)}) but PyTorch cannot use it: {reason}. "
-        "PyPI's torch 2.13.0 is built for CUDA 13.0 and needs NVIDIA driver 580 or newer and "
-        "a Turing or newer GPU: update the driver (check with nvidia-smi), or start with "
+        f"PyPI's torch 2.13.0 is built for CUDA {TORCH_CUDA} and needs NVIDIA driver "
+        f"{MIN_NVIDIA_DRIVER} or newer and a Turing or newer GPU: update the driver (check "
+        "with nvidia-smi), or start with "
         "--preview to run the CPU preview model on purpose."
     )
 
