@@ -12,16 +12,16 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from allegro import __version__
-from allegro.errors import AllegroError, GpuOutOfMemoryError
+from allegro.errors import AllegroError, Cancelled, GpuOutOfMemoryError
 from allegro.events import CancelToken, ProgressCallback, ProgressEvent, Stage, ignore_progress
 from allegro.loading import (
     PIPELINE_CACHE,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
 INTERPOLATED_FPS = 30
+T = TypeVar("T")
 
 # Share of the whole job each stage takes, for one progress bar over every stage.
 _STAGE_WEIGHTS = {
@@ -134,21 +135,28 @@ def _count_decoded_tiles(vae, on_tile) -> Iterator[None]:
         handle.remove()
 
 
-@contextlib.contextmanager
-def _recover_from_oom(loaded: LoadedPipeline, request: GenerationRequest) -> Iterator[None]:
-    """Turn a CUDA out-of-memory error into advice; after any failure or cancel, leave the
-    GPU clean for the next request. (On success the pipeline has already released its
-    offload hooks itself.)"""
+def _run_on_gpu(loaded: LoadedPipeline, work: Callable[[], T], advice: Callable[[], str]) -> T:
+    """``work()``, with a CUDA out-of-memory error turned into ``advice()``; after any failure
+    or cancel the GPU is left clean for the next request. (On success the pipeline has
+    already released its offload hooks itself.)
+
+    An OOM or a cancel is released only after its ``except`` block: until then the traceback
+    keeps the failed run's frames, and the activations they hold, alive, so empty_cache
+    would return little. Their replacement is raised without that traceback. A bug keeps its
+    traceback for the log, so it is released where it is caught."""
     import torch
 
     try:
-        yield
+        return work()
     except torch.OutOfMemoryError:
-        _release(loaded)
-        raise GpuOutOfMemoryError(oom_advice(loaded, request)) from None
-    except BaseException:  # cancel or error: the next request starts from a clean GPU
+        failure: AllegroError = GpuOutOfMemoryError(advice())
+    except Cancelled as cancelled:
+        failure = Cancelled(*cancelled.args)
+    except BaseException:
         _release(loaded)
         raise
+    _release(loaded)
+    raise failure
 
 
 def _release(loaded: LoadedPipeline) -> None:
@@ -168,7 +176,7 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
         request.frames,
         request.height,
         request.width,
-        costs.gpu_class_for(loaded.device_name),
+        costs.gpu_class_for(loaded.device_name, loaded.multiprocessors),
         steps=request.steps,
         guidance=request.guidance_scale > 1,
         offload=loaded.offload.mode,
@@ -180,27 +188,73 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
 
 
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
-    """What to change after running out of GPU memory, most effective first."""
+    """What to change after running out of GPU memory, most effective first: fast mode off
+    (its attention cache is the largest single item), then offload modes and a smaller size,
+    each counted with fast mode as asked, and only those that fit the GPU where known."""
     from allegro import costs
 
     offload = loaded.offload.mode
     precision = loaded.spec.precision or "bf16"
+    vae_precision = loaded.spec.vae_precision
+    fast = request.fast_mode
     size = f"{request.frames}x{request.height}x{request.width}"
+
+    def need(mode: str, frames: int, height: int, width: int, fast_mode: bool = fast) -> int:
+        return costs.estimate_memory(
+            mode, precision, frames, height, width, vae_precision, fast_mode=fast_mode
+        ).peak_bytes
+
+    def fits(size_bytes: int) -> bool:
+        capacity = loaded.gpu_memory_bytes
+        return capacity is None or size_bytes <= capacity
+
+    shape = (request.frames, request.height, request.width)
     suggestions = []
-    for mode in ("model", "group", "sequential"):
-        if costs.OFFLOAD_ORDER.index(mode) > costs.OFFLOAD_ORDER.index(offload):
-            need = costs.estimate_memory(
-                mode, precision, request.frames, request.height, request.width
-            ).peak_bytes
-            suggestions.append(f"start with --offload {mode} (needs about {need / 1e9:.1f} GB)")
-    smaller = costs.estimate_memory(offload, precision, 40, 368, 640).peak_bytes
+    if fast:
+        without = need(offload, *shape, fast_mode=False)
+        suggestions.append(f"turn fast mode off (about {without / 1e9:.1f} GB)")
+    for mode in costs.OFFLOAD_ORDER[costs.OFFLOAD_ORDER.index(offload) + 1 :]:
+        if fits(mode_need := need(mode, *shape)):
+            suggestions.append(
+                f"start with --offload {mode} (needs about {mode_need / 1e9:.1f} GB)"
+            )
+    smaller = need(offload, 40, 368, 640)
     suggestions.append(
         f"make a smaller video, e.g. 40 frames at 368x640 (about {smaller / 1e9:.1f} GB "
         f"with offload '{offload}')"
     )
+    fast_note = " and fast mode" if fast else ""
     return (
-        f"The GPU ran out of memory making a {size} video with offload '{offload}'. "
+        f"The GPU ran out of memory making a {size} video with offload '{offload}'{fast_note}. "
         "Settings that should fit: " + "; or ".join(suggestions) + ". The app keeps running."
+    )
+
+
+def interpolation_oom_advice(method: str) -> str:
+    return (
+        f"The GPU ran out of memory interpolating to {INTERPOLATED_FPS} fps with '{method}', "
+        f"so the video was saved at {FPS} fps. The flow method runs on the CPU; or "
+        "interpolate it later with `python -m allegro interpolate`."
+    )
+
+
+def fast_mode_off_reason(loaded: LoadedPipeline, request: GenerationRequest) -> str | None:
+    """Why this request cannot run in fast mode here (said to the user), or None."""
+    if not request.fast_mode:
+        return None
+    from allegro import costs
+
+    return costs.fast_mode_blocker(
+        loaded.gpu_memory_bytes,
+        loaded.compiled,
+        loaded.offload.mode,
+        loaded.spec.precision or "bf16",
+        request.frames,
+        request.height,
+        request.width,
+        loaded.spec.vae_precision,
+        loaded.pipe.transformer.config,
+        guidance=request.guidance_scale > 1,
     )
 
 
@@ -241,14 +295,28 @@ class Engine:
         cancel.raise_if_cancelled()
 
         warnings: list[str] = []
+        if reason := fast_mode_off_reason(loaded, request):
+            warnings.append(f"Fast mode was switched off: {reason}.")
+            request = replace(request, fast_mode=False)
         fps: float = FPS
         interpolation: dict[str, Any] | None = None
         with loaded.run_lock:  # one job on the GPU at a time, interpolation included
-            with _recover_from_oom(loaded, request):
-                frames = self._make_frames(loaded, request, clock, cancel, warnings)
+            frames = _run_on_gpu(
+                loaded,
+                lambda: self._make_frames(loaded, request, clock, cancel, warnings),
+                lambda: oom_advice(loaded, request),
+            )
             if interpolator is not None:
-                frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
-                fps = INTERPOLATED_FPS
+                source = frames
+                try:
+                    frames, interpolation = _run_on_gpu(
+                        loaded,
+                        lambda: _run_interpolation(source, interpolator, clock, cancel),
+                        lambda: interpolation_oom_advice(interpolator.name),
+                    )
+                    fps = INTERPOLATED_FPS
+                except GpuOutOfMemoryError as error:  # the video itself is kept, at 15 fps
+                    warnings.append(str(error))
         cancel.raise_if_cancelled()
 
         clock.emit(Stage.SAVING, message="Saving the video …")
@@ -302,6 +370,8 @@ class Engine:
         negative = loaded.prompt_cache.encode(pipe, request.negative_prompt, clean_caption, device)
         cancel.raise_if_cancelled()
 
+        if loaded.preview_map is None:
+            loaded.preview_map = _fit_preview_map(pipe)
         _set_fast_mode(pipe, request.fast_mode)
         geometry = fit_tiling(
             request.frames, request.height, request.width, pipe.vae_scale_factor_spatial
@@ -438,7 +508,7 @@ class Engine:
             "vae_precision": spec.vae_precision,
             "offload": loaded.offload.mode,
             "offload_reason": loaded.offload.reason,
-            "compiled": spec.compile,
+            "compiled": loaded.compiled,
             "device": loaded.device,
             "run_seconds": round(seconds, 2),
             "labels": dict(labels or {}),
@@ -530,6 +600,17 @@ def interpolation_settings(method: str, result: InterpolationResult) -> dict[str
         "layout": "every source frame kept; one new frame between each pair; last repeated",
         "fallback_pairs": int(result.fallback_pairs),
     }
+
+
+def _fit_preview_map(pipe) -> np.ndarray:
+    """The live preview's latent -> RGB map, fitted on the first run rather than at load:
+    on ZeroGPU the load happens before launch, where every CUDA op runs on the CPU under
+    spaces' emulation, and this fit runs the real VAE."""
+    from allegro.preview import fit_latent_to_rgb
+
+    mapping = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
+    pipe.maybe_free_model_hooks()  # under model offload the VAE goes back to the CPU
+    return mapping
 
 
 def _set_fast_mode(pipe, enabled: bool) -> None:

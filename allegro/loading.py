@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("bf16", "fp16", "fp32")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential", "group")
 GPU_OFFLOAD_MODES = ("model", "sequential", "group")
+# torch.compile stays clean only where no hooks move weights inside the compiled blocks:
+# group offload's per-block hooks run under torch.compiler.disable (diffusers 0.42.1
+# hooks/group_offloading.py:353,361) and sequential offload's accelerate hooks wrap every layer,
+# so each block would break its graph and recompile past the limit, then fall back.
+COMPILE_OFFLOAD_MODES = ("none", "model")
 
 # Only what the pipeline needs: configs, tokenizer files and safetensors weights.
 _PIPELINE_FILES = [
@@ -79,8 +84,11 @@ class LoadedPipeline:
     load_seconds: float
     prompt_cache: PromptEmbeddingCache = field(default_factory=PromptEmbeddingCache)
     run_lock: threading.Lock = field(default_factory=threading.Lock)
-    preview_map: Any = None  # latent -> RGB matrix for live previews (numpy)
+    preview_map: Any = None  # latent -> RGB matrix for live previews (numpy), fitted on first use
     seconds_per_tile: float | None = None  # measured VAE decode speed, for the ETA
+    gpu_memory_bytes: int | None = None  # the GPU's capacity; None on the CPU
+    multiprocessors: int | None = None  # SMs of the GPU (or slice) actually got
+    compiled: bool = False  # transformer blocks compiled (--compile, where it is clean)
 
 
 def cuda_available() -> bool:
@@ -91,6 +99,39 @@ def cuda_available() -> bool:
 
 def execution_device() -> str:
     return "cuda" if cuda_available() else "cpu"
+
+
+# What PyPI's torch==2.13.0 (requirements.txt) is built for on Linux x86_64, and the oldest
+# NVIDIA driver that runs it; the Dockerfile's base image and the README say the same.
+TORCH_CUDA = "13.0"
+MIN_NVIDIA_DRIVER = 580
+
+
+def visible_nvidia_devices(dev: Path = Path("/dev")) -> list[str]:
+    """The NVIDIA GPU device nodes this process sees (/dev/nvidia0 …): what the NVIDIA
+    Container Toolkit gives a container started with --gpus, and the driver elsewhere."""
+    return sorted(str(p) for p in dev.glob("nvidia[0-9]*") if p.name[len("nvidia") :].isdigit())
+
+
+def cuda_unusable_message(devices: list[str]) -> str:
+    """Why PyTorch cannot use the GPU at ``devices``, and what to do about it."""
+    import torch
+
+    if torch.version.cuda is None:
+        reason = f"this PyTorch ({torch.__version__}) is a CPU-only build"
+    else:
+        try:
+            torch.cuda.init()  # raises with the driver's own complaint (e.g. too old)
+            reason = "torch.cuda.is_available() is False"
+        except Exception as error:  # any reason is worth showing
+            reason = str(error).strip().splitlines()[0]
+    return (
+        f"An NVIDIA GPU is visible ({', '.join(devices)}) but PyTorch cannot use it: {reason}. "
+        f"PyPI's torch 2.13.0 is built for CUDA {TORCH_CUDA} and needs NVIDIA driver "
+        f"{MIN_NVIDIA_DRIVER} or newer and a Turing or newer GPU: update the driver (check "
+        "with nvidia-smi), or start with "
+        "--preview to run the CPU preview model on purpose."
+    )
 
 
 def resolve_precision(precision: str | None, device: str) -> str:
@@ -121,24 +162,60 @@ def check_offload_mode(requested: str, device: str) -> None:
         )
 
 
+def check_compile(compile: bool, requested_offload: str) -> None:
+    """--compile with an offload mode it cannot work with is refused before any download
+    (``auto`` is settled at load: compilation is skipped, and said so, if it picks one)."""
+    if compile and requested_offload not in (*COMPILE_OFFLOAD_MODES, "auto"):
+        raise UnsupportedSetupError(
+            f"--compile works with offload none or model, not {requested_offload!r}: its "
+            "hooks would make torch.compile recompile every block until it gives up. "
+            "Drop --compile, or use --offload model."
+        )
+
+
 def choose_offload(
-    requested: str, device: str, precision: str, native: NativeSize, vae_precision: str = "fp32"
+    requested: str,
+    device: str,
+    precision: str,
+    native: NativeSize,
+    vae_precision: str = "fp32",
+    group_host_bytes: int = 0,
 ) -> AppliedOffload:
-    """Apply the user's offload choice; ``auto`` decides from the free GPU memory."""
+    """Apply the user's offload choice; ``auto`` decides from the free GPU memory and, for
+    group offload's pinned copies (``group_host_bytes``), the available host RAM."""
     check_offload_mode(requested, device)
     if device != "cuda":
         return AppliedOffload("none", "no GPU: everything runs on the CPU")
     if requested != "auto":
         return AppliedOffload(requested, "chosen by the user")
+    import psutil
     import torch
 
     from allegro import costs
 
     free_bytes, _total = torch.cuda.mem_get_info()
     choice = costs.choose_offload(
-        free_bytes, precision, native.frames, native.height, native.width, vae_precision
+        free_bytes,
+        precision,
+        native.frames,
+        native.height,
+        native.width,
+        vae_precision,
+        available_host_bytes=psutil.virtual_memory().available,
+        group_host_bytes=group_host_bytes,
     )
     return AppliedOffload(choice.mode, choice.reason)
+
+
+def group_offload_host_bytes(pipe) -> int:
+    """Host RAM group offload adds: a pinned copy of every transformer tensor (made when a
+    stream is used, diffusers 0.42.1 hooks/group_offloading.py:172-194). T5 gets no stream,
+    so no pinned copy (see apply_offload)."""
+    from allegro.costs import pinned_host_bytes
+
+    module = pipe.transformer
+    tensors = [*module.parameters(), *module.buffers()]
+    return pinned_host_bytes(t.numel() * t.element_size() for t in tensors)
 
 
 def apply_offload(pipe, mode: str, device: str) -> None:
@@ -163,8 +240,10 @@ def apply_offload(pipe, mode: str, device: str) -> None:
         )
         # T5 keeps its blocks inside `encoder`, not in a top-level list, so block level would
         # move all 9.5 GB at once; it runs once per prompt, so layer by layer costs little.
+        # No stream: with one, every T5 weight gets a pinned, power-of-two-rounded copy
+        # (hooks/group_offloading.py:172-194), ~13 GB of host RAM for a once-per-prompt model.
         apply_group_offloading(
-            pipe.text_encoder, onload_device=onload, offload_type="leaf_level", use_stream=streams
+            pipe.text_encoder, onload_device=onload, offload_type="leaf_level", use_stream=False
         )
         # The VAE is small and decodes many tiles: it stays on the GPU.
         pipe.vae.to(onload)
@@ -293,6 +372,7 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
     precision = resolve_precision(spec.precision, device)
     vae_precision = resolve_precision(spec.vae_precision, device)
     check_offload_mode(spec.offload, device)  # before a 25 GB download, not after
+    check_compile(spec.compile, spec.offload)
 
     base_files = list(_PIPELINE_FILES)
     if spec.transformer:
@@ -344,17 +424,25 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
         height=config.sample_height * pipe.vae_scale_factor_spatial,
         width=config.sample_width * pipe.vae_scale_factor_spatial,
     )
-    offload = choose_offload(spec.offload, device, precision, native, vae_precision)
+    group_host_bytes = group_offload_host_bytes(pipe) if spec.offload == "auto" else 0
+    offload = choose_offload(
+        spec.offload, device, precision, native, vae_precision, group_host_bytes
+    )
+    compiled = spec.compile and offload.mode in COMPILE_OFFLOAD_MODES
+    if spec.compile and not compiled:
+        offload = replace(
+            offload,
+            reason=f"{offload.reason}; --compile skipped: it works with offload none or model",
+        )
     apply_offload(pipe, offload.mode, device)
     logger.info("Offload: %s (%s)", offload.mode, offload.reason)
-    if spec.compile:
+    if compiled:
         compile_transformer_blocks(pipe.transformer)
-    from allegro.preview import fit_latent_to_rgb
-
-    preview_map = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
-    pipe.maybe_free_model_hooks()  # under model offload the VAE goes back to the CPU
     import torch
 
+    # On ZeroGPU these are spaces' emulated answers for the slice lent per call
+    # (spaces 0.51.3 zero/torch/patching.py:321-322, zero/torch/static.py:18-29).
+    properties = torch.cuda.get_device_properties() if device == "cuda" else None
     return LoadedPipeline(
         pipe=pipe,
         device_name=torch.cuda.get_device_name() if device == "cuda" else None,
@@ -364,7 +452,9 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
         native=native,
         official=spec.model in OFFICIAL_MODELS,
         load_seconds=time.monotonic() - started,
-        preview_map=preview_map,
+        gpu_memory_bytes=properties.total_memory if properties else None,
+        multiprocessors=properties.multi_processor_count if properties else None,
+        compiled=compiled,
     )
 
 

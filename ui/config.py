@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from allegro.loading import OFFLOAD_MODES, PRECISIONS
+from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -25,6 +25,16 @@ DEFAULT_ZERO_GPU_MAX_SECONDS = 300
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+# spaces emulates CUDA only until the weights are packed at launch, and its GPU worker gets
+# them back on the GPU (spaces 0.51.3 zero/__init__.py:31, zero/wrappers.py:147-154): nothing
+# can move weights between CPU and GPU per call, so only "none" works there.
+ZERO_GPU_OFFLOAD_MESSAGE = (
+    "On ZeroGPU the weights stay on the lent GPU: offload {mode!r} cannot work there "
+    "(ZeroGPU moves every weight onto the GPU itself for each call). Unset ALLEGRO_OFFLOAD "
+    "or set it to none."
+)
 
 
 class ConfigError(ValueError):
@@ -261,12 +271,17 @@ def parse_config(
         # Same exit as a bad flag, so scripts and Docker see one kind of failure.
         argparse.ArgumentParser(prog="python app.py").error(str(error))
     args = parser.parse_args(argv)
+    offload = args.offload
+    if zero_gpu:
+        if offload in GPU_OFFLOAD_MODES:
+            parser.error(ZERO_GPU_OFFLOAD_MESSAGE.format(mode=offload))
+        offload = "none"  # what auto must pick there, whatever the emulated free memory says
     return AppConfig(
         model=args.model,
         transformer=args.transformer,
         precision=args.precision,
         vae_precision=args.vae_precision,
-        offload=args.offload,
+        offload=offload,
         compile=args.compile,
         host=args.host,
         port=args.port,

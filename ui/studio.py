@@ -25,7 +25,7 @@ from allegro.request import (
 )
 from ui import gallery
 from ui.config import AppConfig
-from ui.estimates import cost_hint, estimate_seconds
+from ui.estimates import cost_hint, estimate_seconds, fast_mode_notice
 from ui.formatting import entry_markdown, progress_description, result_markdown
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
@@ -57,7 +57,10 @@ class JobSlot:
 
 
 def user_error(error: BaseException) -> gr.Error:
-    """The gr.Error to show for ``error``: its own message for AllegroError, else generic."""
+    """The gr.Error to show for ``error``: its own message for AllegroError (or a gr.Error
+    already made from one, e.g. in the ZeroGPU worker), else generic."""
+    if isinstance(error, gr.Error):
+        return error
     if isinstance(error, AllegroError):
         return gr.Error(str(error), print_exception=False)
     logger.error("Unexpected error", exc_info=error)
@@ -72,7 +75,7 @@ class Studio:
         self.loader = loader
         self.output_dir = config.output_dir
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
-        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ)
+        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -345,7 +348,8 @@ class Studio:
         except (TypeError, ValueError):
             return ""
         seconds = self._estimator(status)(frames, height, width, step_count, bool(fast_mode))
-        return cost_hint(seconds, status.hardware)
+        notice = fast_mode_notice(status.hardware, frames, height, width) if fast_mode else ""
+        return cost_hint(seconds, status.hardware) + notice
 
     # ---- gallery ------------------------------------------------------------------------
 
