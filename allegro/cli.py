@@ -40,6 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "make-tiny", help="write a tiny random checkpoint (diffusers layout) for tests/demos"
     )
     tiny.add_argument("directory", type=Path)
+    tiny.add_argument(
+        "--ti2v", action="store_true", help="the image-to-video model (Allegro-TI2V layout)"
+    )
 
     gen = commands.add_parser(
         "generate",
@@ -196,7 +199,7 @@ def _info(args: argparse.Namespace) -> int:
 def _make_tiny(args: argparse.Namespace) -> int:
     from allegro.tiny import make_tiny
 
-    print(f"tiny checkpoint written to {make_tiny(args.directory)}")
+    print(f"tiny checkpoint written to {make_tiny(args.directory, ti2v=args.ti2v)}")
     return 0
 
 
