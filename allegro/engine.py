@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from allegro import __version__
-from allegro.errors import AllegroError, GpuOutOfMemoryError
+from allegro.errors import AllegroError, GpuOutOfMemoryError, InvalidRequestError
 from allegro.events import CancelToken, ProgressCallback, ProgressEvent, Stage, ignore_progress
 from allegro.loading import (
     PIPELINE_CACHE,
@@ -30,7 +30,13 @@ from allegro.loading import (
     PipelineSpec,
     free_accelerator_memory,
 )
-from allegro.request import FPS, GenerationRequest, positive_prompt, resolve_request
+from allegro.request import (
+    FPS,
+    TI2V_MODEL,
+    GenerationRequest,
+    positive_prompt,
+    resolve_request,
+)
 from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 
 if TYPE_CHECKING:
@@ -43,6 +49,7 @@ INTERPOLATED_FPS = 30
 # Share of the whole job each stage takes, for one progress bar over every stage.
 _STAGE_WEIGHTS = {
     Stage.ENCODING: 0.02,
+    Stage.ENCODING_IMAGES: 0.02,
     Stage.DENOISING: 0.80,
     Stage.DECODING: 0.12,
     Stage.INTERPOLATING: 0.04,
@@ -70,12 +77,15 @@ class _ProgressClock:
 
     on_progress: ProgressCallback
     interpolate: bool
+    encode_images: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def _weights(self) -> dict[Stage, float]:
         weights = dict(_STAGE_WEIGHTS)
         if not self.interpolate:
             weights.pop(Stage.INTERPOLATING)
+        if not self.encode_images:
+            weights.pop(Stage.ENCODING_IMAGES)
         total = sum(weights.values())
         return {stage: weight / total for stage, weight in weights.items()}
 
@@ -125,9 +135,10 @@ def output_path_for(directory: Path, request: GenerationRequest, now: datetime) 
 
 
 @contextlib.contextmanager
-def _count_decoded_tiles(vae, on_tile) -> Iterator[None]:
-    """Report each decoded VAE tile (the tiled decode has no callback of its own)."""
-    handle = vae.decoder.register_forward_hook(lambda *_: on_tile())
+def _count_decoded_tiles(vae, on_tile, part: str = "decoder") -> Iterator[None]:
+    """Report each decoded (or, with part="encoder", encoded) VAE tile (the tiled decode
+    has no callback of its own)."""
+    handle = getattr(vae, part).register_forward_hook(lambda *_: on_tile())
     try:
         yield
     finally:
@@ -213,14 +224,27 @@ class Engine:
         output_dir: str | Path,
         ema_vfi_weights: str | None = None,
         cache: PipelineCache = PIPELINE_CACHE,
+        ti2v_spec: PipelineSpec | None = None,
     ) -> None:
         self.spec = spec
         self.output_dir = Path(output_dir)
         self.ema_vfi_weights = ema_vfi_weights
         self.cache = cache
+        # The model for image-to-video requests (None: ``spec`` serves every request).
+        self.ti2v_spec = ti2v_spec
 
-    def load(self, on_progress: ProgressCallback = ignore_progress) -> LoadedPipeline:
-        return self.cache.get(self.spec, on_progress)
+    def spec_for(self, request: GenerationRequest) -> PipelineSpec:
+        if request.image_to_video and self.ti2v_spec is not None:
+            return self.ti2v_spec
+        return self.spec
+
+    def load(
+        self,
+        on_progress: ProgressCallback = ignore_progress,
+        request: GenerationRequest | None = None,
+    ) -> LoadedPipeline:
+        spec = self.spec if request is None else self.spec_for(request)
+        return self.cache.get(spec, on_progress)
 
     def generate(
         self,
@@ -233,10 +257,16 @@ class Engine:
         """Make one video. Raises AllegroError subclasses with readable messages; on
         cancel or error no file is left behind."""
         cancel = cancel or CancelToken()
-        clock = _ProgressClock(on_progress, interpolate=bool(request.interpolate))
+        clock = _ProgressClock(
+            on_progress,
+            interpolate=bool(request.interpolate),
+            encode_images=request.image_to_video,
+        )
         # Loading is not cancellable: other requests wait for the same load.
-        loaded = self.load(on_progress)
+        loaded = self.load(on_progress, request)
         request = resolve_request(request, loaded.native)
+        _check_task(loaded, request)
+        condition = _read_condition(request) if request.image_to_video else None
         interpolator = self._interpolator(request) if request.interpolate else None
         cancel.raise_if_cancelled()
 
@@ -245,7 +275,7 @@ class Engine:
         interpolation: dict[str, Any] | None = None
         with loaded.run_lock:  # one job on the GPU at a time, interpolation included
             with _recover_from_oom(loaded, request):
-                frames = self._make_frames(loaded, request, clock, cancel, warnings)
+                frames = self._make_frames(loaded, request, clock, cancel, warnings, condition)
             if interpolator is not None:
                 frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
                 fps = INTERPOLATED_FPS
@@ -260,7 +290,13 @@ class Engine:
         )
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
-        save_video(path, frames, fps, settings)
+        if condition is not None:
+            frames = condition.joined(frames) if condition.earlier is not None else frames
+            settings.update(condition.settings(path, len(frames)))
+            with condition.saved_beside(path):
+                save_video(path, frames, fps, settings)
+        else:
+            save_video(path, frames, fps, settings)
         clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
         return GenerationResult(
             video_path=path,
@@ -284,6 +320,7 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
+        condition: ConditionInputs | None = None,
     ) -> np.ndarray:
         import torch
 
@@ -336,32 +373,58 @@ class Engine:
             )
             return {}
 
-        clock.emit(
-            Stage.DENOISING,
-            0.0,
-            step=0,
-            total=steps,
-            eta=estimated_seconds(loaded, request),
-            message="Denoising …",
-        )
+        extra: dict[str, Any] = {}
+        counting: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if condition is not None:
+            extra["condition"] = condition.frames(request.height, request.width)
+            encoded = 0
+
+            def on_encoded_tile() -> None:
+                nonlocal encoded, denoise_started
+                cancel.raise_if_cancelled()
+                encoded += 1
+                clock.emit(
+                    Stage.ENCODING_IMAGES,
+                    encoded / tiles,
+                    step=encoded,
+                    total=tiles,
+                    message=f"Encoding images: tile {encoded} of {tiles}",
+                )
+                denoise_started = time.monotonic()  # the steps' clock starts after encoding
+
+            # The pipeline encodes the images inside the call, after drawing the initial noise
+            # (the official order of random draws): count the encoder's tiles from here.
+            counting = _count_decoded_tiles(pipe.vae, on_encoded_tile, part="encoder")
+            clock.emit(Stage.ENCODING_IMAGES, 0.0, total=tiles, message="Encoding images …")
+        else:
+            clock.emit(
+                Stage.DENOISING,
+                0.0,
+                step=0,
+                total=steps,
+                eta=estimated_seconds(loaded, request),
+                message="Denoising …",
+            )
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        latents = pipe(
-            prompt_embeds=positive.embeds,
-            prompt_attention_mask=positive.attention_mask,
-            negative_prompt_embeds=negative.embeds,
-            negative_prompt_attention_mask=negative.attention_mask,
-            negative_prompt=None,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance_scale,
-            num_frames=request.frames,
-            height=request.height,
-            width=request.width,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-            clean_caption=clean_caption,
-        ).frames
+        with counting:
+            latents = pipe(
+                prompt_embeds=positive.embeds,
+                prompt_attention_mask=positive.attention_mask,
+                negative_prompt_embeds=negative.embeds,
+                negative_prompt_attention_mask=negative.attention_mask,
+                negative_prompt=None,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance_scale,
+                num_frames=request.frames,
+                height=request.height,
+                width=request.width,
+                generator=generator,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                clean_caption=clean_caption,
+                **extra,
+            ).frames
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
 
@@ -530,6 +593,116 @@ def interpolation_settings(method: str, result: InterpolationResult) -> dict[str
         "layout": "every source frame kept; one new frame between each pair; last repeated",
         "fallback_pairs": int(result.fallback_pairs),
     }
+
+
+def _check_task(loaded: LoadedPipeline, request: GenerationRequest) -> None:
+    if request.image_to_video and not loaded.ti2v:
+        raise InvalidRequestError(
+            f"{loaded.spec.model} makes videos from text only. Image to video needs "
+            f"Allegro-TI2V: choose the allegro-ti2v model ({TI2V_MODEL})."
+        )
+    if loaded.ti2v and not request.image_to_video:
+        raise InvalidRequestError(
+            f"{loaded.spec.model} (Allegro-TI2V) makes videos from a first frame: add a first "
+            "image, or choose a text-to-video model."
+        )
+
+
+def _read_condition(request: GenerationRequest) -> ConditionInputs:
+    from allegro.ti2v.inputs import load_image
+
+    if request.continue_video:
+        from allegro.ti2v.inputs import last_frames
+
+        earlier, shared = last_frames(request.continue_video, request.overlap_frames)
+        if earlier.shape[1:3] != (request.height, request.width):
+            raise InvalidRequestError(
+                f"{Path(request.continue_video).name} is {earlier.shape[2]}x{earlier.shape[1]}; "
+                f"a continuation has the same size, not {request.width}x{request.height}."
+            )
+        return ConditionInputs(
+            images=tuple(shared),
+            indices=tuple(range(len(shared))),
+            earlier=earlier,
+            source=Path(request.continue_video),
+        )
+    images = [load_image(request.first_image, "first image")]  # type: ignore[arg-type]
+    if request.last_image:
+        images.append(load_image(request.last_image, "last image"))
+    return ConditionInputs(images=tuple(images), indices=(0, -1)[: len(images)])
+
+
+@dataclass(frozen=True)
+class ConditionInputs:
+    """What an image-to-video request conditions on: RGB uint8 images at frame indices; for a
+    continued clip also the earlier clip (its last frames are the images)."""
+
+    images: tuple[np.ndarray, ...]
+    indices: tuple[int, ...]
+    earlier: np.ndarray | None = None
+    source: Path | None = None
+
+    def frames(self, height: int, width: int):
+        from allegro.ti2v.condition import prepare_image
+        from allegro.ti2v.pipeline import ConditionFrames
+
+        prepared = [prepare_image(image, height, width) for image in self.images]
+        return ConditionFrames.of(prepared, self.indices)
+
+    def joined(self, frames: np.ndarray) -> np.ndarray:
+        from allegro.ti2v.inputs import join_clips
+
+        assert self.earlier is not None
+        return join_clips(self.earlier, frames, len(self.indices))
+
+    def image_paths(self, video: Path) -> dict[str, Path]:
+        if self.earlier is not None:
+            return {}
+        names = ("first_image", "last_image")[: len(self.images)]
+        return {name: video.with_name(f"{video.stem}.{name.split('_')[0]}.png") for name in names}
+
+    def settings(self, video: Path, total_frames: int) -> dict[str, Any]:
+        """What the settings record: the input images' file names beside the video, or the
+        chain of clips this one continues."""
+        if self.earlier is None:
+            return {name: path.name for name, path in self.image_paths(video).items()}
+        assert self.source is not None
+        try:
+            from allegro.video import read_settings
+
+            chain = list(read_settings(self.source).get("chain") or [])
+        except AllegroError:
+            chain = []  # a clip from elsewhere starts a new chain
+        return {
+            "continues": {
+                "video": self.source.name,
+                "overlap_frames": len(self.indices),
+                "source_frames": len(self.earlier),
+            },
+            "chain": [*chain, self.source.name],
+            "frames": total_frames,
+            "generated_frames": total_frames - len(self.earlier) + len(self.indices),
+        }
+
+    @contextlib.contextmanager
+    def saved_beside(self, video: Path) -> Iterator[None]:
+        """Write the input images as PNGs beside the video; remove them again if the video
+        is not written (nothing half-made is left behind)."""
+        from PIL import Image
+
+        from allegro.video import atomic_path
+
+        written: list[Path] = []
+        try:
+            for image, path in zip(self.images, self.image_paths(video).values(), strict=False):
+                with atomic_path(path) as temp:
+                    Image.fromarray(image).save(temp, format="PNG")
+                written.append(path)
+            yield
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
 
 
 def _set_fast_mode(pipe, enabled: bool) -> None:

@@ -128,6 +128,7 @@ def _as_official_ti2v_layout(directory: Path) -> None:
     index_path = directory / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = "AllegroPipeline"
+    index["transformer"] = ["diffusers", "AllegroTransformer3DModel"]
     index_path.write_text(json.dumps(index, indent=2))
     config_path = directory / "transformer" / "config.json"
     config = json.loads(config_path.read_text())

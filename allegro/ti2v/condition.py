@@ -42,7 +42,7 @@ def crop_box(image_height: int, image_width: int, height: int, width: int) -> Cr
 def prepare_image(image: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
     """An RGB uint8 image (h, w, 3) -> (3, height, width) float32 in [-1, 1]: centre crop,
     bilinear resize with align_corners and antialias, ``2x - 1``."""
-    pixels = torch.as_tensor(np.asarray(image))
+    pixels = torch.as_tensor(np.array(image))  # a copy: the caller's array may be read-only
     if pixels.dtype != torch.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 image (h, w, 3), got {tuple(pixels.shape)}")
     box = crop_box(pixels.shape[0], pixels.shape[1], height, width)

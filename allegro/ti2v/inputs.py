@@ -1,0 +1,106 @@
+"""Condition inputs from files: images for the first and last frame, or the end of an earlier
+clip to continue. Every bad file gets a readable InvalidRequestError, before anything is
+queued or loaded (PIL and numpy only: no torch needed to check)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from allegro.errors import AllegroError, InvalidRequestError
+from allegro.request import FPS, GenerationRequest
+
+MIN_IMAGE_SIDE = 32
+MAX_IMAGE_PIXELS = 40_000_000  # a 7700x5200 photo; bigger is a mistake or a decompression bomb
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+
+def load_image(path: str | Path, what: str = "image") -> np.ndarray:
+    """An image file -> (h, w, 3) uint8 RGB (alpha dropped, palettes and greyscale expanded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    name = path.name or str(path)
+    if not path.is_file():
+        raise InvalidRequestError(f"The {what} {name} does not exist.")
+    size = os.path.getsize(path)
+    if size > MAX_IMAGE_BYTES:
+        raise InvalidRequestError(
+            f"The {what} {name} is {size / 2**20:.0f} MB; images up to "
+            f"{MAX_IMAGE_BYTES // 2**20} MB are accepted."
+        )
+    try:
+        # Our pixel limit is below PIL's own: its warning would only repeat ours.
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = image.size  # read from the header, before decoding anything
+            if width * height > MAX_IMAGE_PIXELS:
+                raise InvalidRequestError(
+                    f"The {what} {name} is {width}x{height} pixels; images up to "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted. Scale it down."
+                )
+            if min(width, height) < MIN_IMAGE_SIDE:
+                raise InvalidRequestError(
+                    f"The {what} {name} is only {width}x{height} pixels; each side needs at "
+                    f"least {MIN_IMAGE_SIDE}."
+                )
+            pixels = np.asarray(image.convert("RGB"))
+    except InvalidRequestError:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidRequestError(
+            f"The {what} {name} is not an image Allegro Studio can read (PNG, JPEG, WebP, …)."
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise InvalidRequestError(
+            f"The {what} {name} is damaged and cannot be read ({error})."
+        ) from None
+    return np.ascontiguousarray(pixels)
+
+
+def last_frames(path: str | Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the whole clip, its last ``count`` frames) of a video to continue."""
+    from allegro.video import read_frames
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidRequestError(f"The video to continue, {path.name}, does not exist.")
+    try:
+        frames, fps = read_frames(path)
+    except AllegroError as error:
+        raise InvalidRequestError(str(error)) from None
+    if round(fps) != FPS:
+        raise InvalidRequestError(
+            f"{path.name} plays at {fps:g} fps; only {FPS} fps clips (not interpolated ones) "
+            "can be continued: continue the original and interpolate the result."
+        )
+    if len(frames) <= count:
+        raise InvalidRequestError(
+            f"{path.name} has {len(frames)} frames; continuing it with {count} shared frames "
+            "needs more."
+        )
+    return frames, frames[-count:]
+
+
+def check_condition_files(request: GenerationRequest) -> None:
+    """Open every condition file once (cheap: headers and a decode), so bad ones are refused
+    before the request is queued."""
+    if request.first_image:
+        load_image(request.first_image, "first image")
+    if request.last_image:
+        load_image(request.last_image, "last image")
+    if request.continue_video:
+        last_frames(request.continue_video, max(int(request.overlap_frames), 1))
+
+
+def join_clips(earlier: np.ndarray, later: np.ndarray, overlap: int) -> np.ndarray:
+    """The earlier clip, then the later one without the ``overlap`` frames they share."""
+    if earlier.shape[1:] != later.shape[1:]:
+        raise InvalidRequestError(
+            f"Cannot join a {earlier.shape[2]}x{earlier.shape[1]} clip with a "
+            f"{later.shape[2]}x{later.shape[1]} one."
+        )
+    return np.concatenate([earlier, later[overlap:]])
