@@ -174,11 +174,13 @@ def _bad_images(tmp_path):
     (tmp_path / "broken.png").write_bytes(good.read_bytes()[:60])
     # A header that claims 10000x10000 pixels (100 MP), with almost no data behind it.
     Image.new("1", (10000, 10000)).save(tmp_path / "huge.png")
+    Image.new("1", (20000, 10000)).save(tmp_path / "huger.png")  # beyond PIL's own refusal
     return {
         "notes.png": "not an image",
         "tiny.png": "only 400x16 pixels",
         "broken.png": "damaged",
         "huge.png": "megapixels",
+        "huger.png": "megapixels",
         "missing.png": "does not exist",
     }
 

@@ -33,9 +33,11 @@ def load_image(path: str | Path, what: str = "image") -> np.ndarray:
             f"{MAX_IMAGE_BYTES // 2**20} MB are accepted."
         )
     try:
-        # Our pixel limit is below PIL's own: its warning would only repeat ours.
-        with warnings.catch_warnings(), Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Our pixel limit is below PIL's own: its warning would only repeat ours.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size  # read from the header, before decoding anything
             if width * height > MAX_IMAGE_PIXELS:
                 raise InvalidRequestError(
@@ -50,11 +52,16 @@ def load_image(path: str | Path, what: str = "image") -> np.ndarray:
             pixels = np.asarray(image.convert("RGB"))
     except InvalidRequestError:
         raise
+    except Image.DecompressionBombError:  # PIL refuses to open beyond 2x its own limit
+        raise InvalidRequestError(
+            f"The {what} {name} has too many pixels; images up to "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted. Scale it down."
+        ) from None
     except UnidentifiedImageError:
         raise InvalidRequestError(
             f"The {what} {name} is not an image Allegro Studio can read (PNG, JPEG, WebP, …)."
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise InvalidRequestError(
             f"The {what} {name} is damaged and cannot be read ({error})."
         ) from None
