@@ -187,7 +187,21 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
         vae_precision=loaded.spec.vae_precision,
         config=loaded.pipe.transformer.config,
     )
-    return estimate.transformer_seconds + estimate.vae_decode_seconds
+    extra = 0.0
+    if request.image_to_video:
+        extra = costs.ti2v_extra_seconds(
+            request.frames,
+            request.height,
+            request.width,
+            costs.gpu_class_for(loaded.device_name),
+            steps=request.steps,
+            guidance=request.guidance_scale > 1,
+            offload=loaded.offload.mode,
+            precision=loaded.spec.precision or "bf16",
+            vae_precision=loaded.spec.vae_precision,
+            config=loaded.pipe.transformer.config,
+        )
+    return estimate.transformer_seconds + estimate.vae_decode_seconds + extra
 
 
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:

@@ -249,3 +249,22 @@ def test_official_config_keys_translate():
     }
     with pytest.raises(ValueError, match="norm_type"):
         diffusers_config({"norm_type": "ada_norm"})
+
+
+def test_cost_model_counts_the_ti2v_branches_exactly():
+    """costs.ti2v_branch_flops against PyTorch's FLOP counter: TI2V forward minus T2V."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from allegro import costs
+
+    t2v, ti2v = _random_ti2v(zero_branches=False, **OTHER_CONFIG)
+    inputs = _inputs(ti2v, batch=1, frames=3, height=6, width=4)
+    counted = []
+    for model, hidden in ((ti2v, inputs["hidden_states"]), (t2v, inputs["hidden_states"][:, :4])):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(**{**inputs, "hidden_states": hidden})
+        counted.append(counter.get_total_flops())
+    config = dict(ti2v.config)
+    # frames 3 -> latent 3, 6x4 -> tokens 3*3*2 (the cost model works in pixels)
+    expected = costs.ti2v_branch_flops(12, 48, 32, config, guidance=False)
+    assert counted[0] - counted[1] == expected
