@@ -165,22 +165,29 @@ def _model_choice(args: argparse.Namespace, image_to_video: bool):
     return model, transformer, preset
 
 
+def _sampling_fields(args: argparse.Namespace) -> dict:
+    """The request fields that generate and extend share (see _add_sampling_arguments)."""
+    return {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "seed": args.seed,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "use_template": not args.no_template,
+        "fast_mode": args.fast,
+    }
+
+
 def _generate(args: argparse.Namespace) -> int:
     image_to_video = args.image is not None or args.last_image is not None
     model, transformer, preset = _model_choice(args, image_to_video)
     request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
+        **_sampling_fields(args),
         frames=args.frames if args.frames is not None else (preset and preset.frames),
         height=args.height if args.height is not None else (preset and preset.height),
         width=args.width if args.width is not None else (preset and preset.width),
-        use_template=not args.no_template,
         interpolate=args.interpolate or args.interpolation_method is not None,
         interpolation_method=args.interpolation_method,
-        fast_mode=args.fast,
         first_image=str(args.image) if args.image else None,
         last_image=str(args.last_image) if args.last_image else None,
     )
@@ -194,16 +201,10 @@ def _extend(args: argparse.Namespace) -> int:
     overlap = args.overlap
     earlier, _ = last_frames(args.video, max(_whole(overlap), 1))
     request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
+        **_sampling_fields(args),
         frames=args.frames if args.frames is not None else (preset and preset.frames),
         height=earlier.shape[1],  # a continuation has the clip's size
         width=earlier.shape[2],
-        use_template=not args.no_template,
-        fast_mode=args.fast,
         continue_video=str(args.video),
         overlap_frames=overlap,
     )

@@ -175,32 +175,18 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
         return None
     from allegro import costs
 
-    estimate = costs.estimate_seconds(
-        request.frames,
-        request.height,
-        request.width,
-        costs.gpu_class_for(loaded.device_name),
-        steps=request.steps,
-        guidance=request.guidance_scale > 1,
-        offload=loaded.offload.mode,
-        precision=loaded.spec.precision or "bf16",
-        vae_precision=loaded.spec.vae_precision,
-        config=loaded.pipe.transformer.config,
-    )
-    extra = 0.0
-    if request.image_to_video:
-        extra = costs.ti2v_extra_seconds(
-            request.frames,
-            request.height,
-            request.width,
-            costs.gpu_class_for(loaded.device_name),
-            steps=request.steps,
-            guidance=request.guidance_scale > 1,
-            offload=loaded.offload.mode,
-            precision=loaded.spec.precision or "bf16",
-            vae_precision=loaded.spec.vae_precision,
-            config=loaded.pipe.transformer.config,
-        )
+    size = (request.frames, request.height, request.width)
+    gpu = costs.gpu_class_for(loaded.device_name)
+    options: dict[str, Any] = {
+        "steps": request.steps,
+        "guidance": request.guidance_scale > 1,
+        "offload": loaded.offload.mode,
+        "precision": loaded.spec.precision or "bf16",
+        "vae_precision": loaded.spec.vae_precision,
+        "config": loaded.pipe.transformer.config,
+    }
+    estimate = costs.estimate_seconds(*size, gpu, **options)
+    extra = costs.ti2v_extra_seconds(*size, gpu, **options) if request.image_to_video else 0.0
     return estimate.transformer_seconds + estimate.vae_decode_seconds + extra
 
 
