@@ -42,6 +42,7 @@ from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
     from allegro.interpolation.driver import InterpolationResult
+    from allegro.ti2v.inputs import ConditionInputs
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
 INTERPOLATED_FPS = 30
@@ -266,7 +267,11 @@ class Engine:
         loaded = self.load(on_progress, request)
         request = resolve_request(request, loaded.native)
         _check_task(loaded, request)
-        condition = _read_condition(request) if request.image_to_video else None
+        condition = None
+        if request.image_to_video:
+            from allegro.ti2v.inputs import read_condition
+
+            condition = read_condition(request)
         interpolator = self._interpolator(request) if request.interpolate else None
         cancel.raise_if_cancelled()
 
@@ -290,12 +295,12 @@ class Engine:
         )
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
+        saving_inputs: contextlib.AbstractContextManager = contextlib.nullcontext()
         if condition is not None:
-            frames = condition.joined(frames) if condition.earlier is not None else frames
+            frames = condition.joined(frames)
             settings.update(condition.settings(path, len(frames)))
-            with condition.saved_beside(path):
-                save_video(path, frames, fps, settings)
-        else:
+            saving_inputs = condition.saved_beside(path)
+        with saving_inputs:
             save_video(path, frames, fps, settings)
         clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
         return GenerationResult(
@@ -606,103 +611,6 @@ def _check_task(loaded: LoadedPipeline, request: GenerationRequest) -> None:
             f"{loaded.spec.model} (Allegro-TI2V) makes videos from a first frame: add a first "
             "image, or choose a text-to-video model."
         )
-
-
-def _read_condition(request: GenerationRequest) -> ConditionInputs:
-    from allegro.ti2v.inputs import load_image
-
-    if request.continue_video:
-        from allegro.ti2v.inputs import last_frames
-
-        earlier, shared = last_frames(request.continue_video, request.overlap_frames)
-        if earlier.shape[1:3] != (request.height, request.width):
-            raise InvalidRequestError(
-                f"{Path(request.continue_video).name} is {earlier.shape[2]}x{earlier.shape[1]}; "
-                f"a continuation has the same size, not {request.width}x{request.height}."
-            )
-        return ConditionInputs(
-            images=tuple(shared),
-            indices=tuple(range(len(shared))),
-            earlier=earlier,
-            source=Path(request.continue_video),
-        )
-    images = [load_image(request.first_image, "first image")]  # type: ignore[arg-type]
-    if request.last_image:
-        images.append(load_image(request.last_image, "last image"))
-    return ConditionInputs(images=tuple(images), indices=(0, -1)[: len(images)])
-
-
-@dataclass(frozen=True)
-class ConditionInputs:
-    """What an image-to-video request conditions on: RGB uint8 images at frame indices; for a
-    continued clip also the earlier clip (its last frames are the images)."""
-
-    images: tuple[np.ndarray, ...]
-    indices: tuple[int, ...]
-    earlier: np.ndarray | None = None
-    source: Path | None = None
-
-    def frames(self, height: int, width: int):
-        from allegro.ti2v.condition import prepare_image
-        from allegro.ti2v.pipeline import ConditionFrames
-
-        prepared = [prepare_image(image, height, width) for image in self.images]
-        return ConditionFrames.of(prepared, self.indices)
-
-    def joined(self, frames: np.ndarray) -> np.ndarray:
-        from allegro.ti2v.inputs import join_clips
-
-        assert self.earlier is not None
-        return join_clips(self.earlier, frames, len(self.indices))
-
-    def image_paths(self, video: Path) -> dict[str, Path]:
-        if self.earlier is not None:
-            return {}
-        names = ("first_image", "last_image")[: len(self.images)]
-        return {name: video.with_name(f"{video.stem}.{name.split('_')[0]}.png") for name in names}
-
-    def settings(self, video: Path, total_frames: int) -> dict[str, Any]:
-        """What the settings record: the input images' file names beside the video, or the
-        chain of clips this one continues."""
-        if self.earlier is None:
-            return {name: path.name for name, path in self.image_paths(video).items()}
-        assert self.source is not None
-        try:
-            from allegro.video import read_settings
-
-            chain = list(read_settings(self.source).get("chain") or [])
-        except AllegroError:
-            chain = []  # a clip from elsewhere starts a new chain
-        return {
-            "continues": {
-                "video": self.source.name,
-                "overlap_frames": len(self.indices),
-                "source_frames": len(self.earlier),
-            },
-            "chain": [*chain, self.source.name],
-            "frames": total_frames,
-            "generated_frames": total_frames - len(self.earlier) + len(self.indices),
-        }
-
-    @contextlib.contextmanager
-    def saved_beside(self, video: Path) -> Iterator[None]:
-        """Write the input images as PNGs beside the video; remove them again if the video
-        is not written (nothing half-made is left behind)."""
-        from PIL import Image
-
-        from allegro.video import atomic_path
-
-        written: list[Path] = []
-        try:
-            for image, path in zip(self.images, self.image_paths(video).values(), strict=False):
-                with atomic_path(path) as temp:
-                    Image.fromarray(image).save(temp, format="PNG")
-                written.append(path)
-            yield
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
 
 
 def _set_fast_mode(pipe, enabled: bool) -> None:

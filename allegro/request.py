@@ -312,6 +312,11 @@ def _check_condition(request: GenerationRequest, frames: int) -> int:
             "Continue a clip, or start from images, not both: a continued clip starts from "
             "the earlier clip's last frames."
         )
+    if request.continue_video and request.interpolate:
+        raise InvalidRequestError(
+            "A continued clip is joined to a 15 fps clip, so it cannot be interpolated on the "
+            "way: extend first, then interpolate the whole video."
+        )
     overlap = _as_int(request.overlap_frames, "Overlap frames")
     if request.continue_video and not 1 <= overlap < frames:
         raise InvalidRequestError(

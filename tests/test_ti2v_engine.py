@@ -203,6 +203,8 @@ def test_request_combinations_are_checked(images):
         resolve_request(request(last_image=str(images[1])), native)
     with pytest.raises(InvalidRequestError, match="not both"):
         resolve_request(request(first_image="a.png", continue_video="b.mp4"), native)
+    with pytest.raises(InvalidRequestError, match="then interpolate"):
+        resolve_request(request(continue_video="b.mp4", interpolate=True), native)
     with pytest.raises(InvalidRequestError, match="between 1 and 23"):
         resolve_request(request(continue_video="b.mp4", overlap_frames=24), native)
     assert resolve_request(request(), native).guidance_scale == 7.5

@@ -8,6 +8,13 @@ channels. Output: (B, C, T, H, W), as for T2V. The masked video and the mask are
 and added to the noisy latent's tokens; the mean token of the noisy latent's first frame is
 added to the timestep embedding that the output layer uses (only there: the blocks'
 modulation is computed without it).
+
+Where this port deliberately differs from the official code (bugs, not behaviour the weights
+learned): RoPE tables come from diffusers' pipeline, not the official ``RoPE3D`` cache that
+keys tables without their interpolation scale (``rope.py`` 45-54: an axis can get another
+axis's scale when patched lengths coincide, depending on sizes seen before); the masks are
+taken in diffusers' shapes ((B, L) text mask, no self-attention mask) instead of the official
+forward's, which raises ``UnboundLocalError`` unless given 4-D/3-D masks (line 295).
 """
 
 from __future__ import annotations
