@@ -4,6 +4,8 @@ reproduces the video."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -87,8 +89,18 @@ def test_random_draws_follow_the_official_order(tiny_ti2v, monkeypatch):
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(module, "randn_tensor", recording)
+    # Model offload's hooks (GPU only): the VAE's is asked to offload right after encoding.
+    offloads = []
+    hooks = [
+        SimpleNamespace(model=tiny_ti2v.text_encoder, offload=lambda: offloads.append("text")),
+        SimpleNamespace(model=tiny_ti2v.vae, offload=lambda: offloads.append(list(draws))),
+    ]
+    monkeypatch.setattr(tiny_ti2v, "_all_hooks", hooks, raising=False)
+    # diffusers re-arms the offload at the end of a call (pipeline_utils.py:1291): GPU only.
+    monkeypatch.setattr(tiny_ti2v, "enable_model_cpu_offload", lambda **_: None)
     _run(tiny_ti2v, _condition(), steps=2)
     assert draws == ["noise", "posterior", "scheduler", "scheduler"]
+    assert offloads == [["noise", "posterior"]]
 
 
 def test_seed_reproduces_and_condition_matters(tiny_ti2v):

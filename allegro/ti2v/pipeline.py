@@ -98,6 +98,13 @@ class AllegroTI2VPipeline(AllegroPipeline):
         posterior = type(posterior)(parameters)
         # The same scale the pipeline decodes with (pipeline_allegro.py:609).
         video_latents = posterior.sample(generator) * self.vae.config.scaling_factor
+        # Under model offload accelerate sends a model back to the CPU only when the next one
+        # in the chain runs, and the VAE is last: it would sit on the GPU through every step.
+        # Send it back now (UserCpuOffloadHook.offload -> CpuOffload.init_hook, accelerate
+        # hooks.py:777; diffusers keeps the hooks in _all_hooks, pipeline_utils.py:1255).
+        for hook in getattr(self, "_all_hooks", ()):
+            if hook.model is self.vae:
+                hook.offload()
         mask_latents = latent_mask(
             mask.repeat(batch_size, 1, 1, 1, 1),
             self.vae_scale_factor_temporal,
