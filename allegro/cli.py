@@ -97,7 +97,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=None, help=f"hub id, local folder or preset name ({DEFAULT_MODEL})"
+        "--model",
+        default=None,
+        help=f"hub id, local folder or preset name (default: {DEFAULT_MODEL}; "
+        "allegro-ti2v from images and for extend)",
     )
     parser.add_argument(
         "--preset",
