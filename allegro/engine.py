@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from allegro import __version__
-from allegro.errors import AllegroError, Cancelled, GpuOutOfMemoryError
+from allegro.errors import AllegroError, Cancelled, GpuOutOfMemoryError, InvalidRequestError
 from allegro.events import CancelToken, ProgressCallback, ProgressEvent, Stage, ignore_progress
 from allegro.loading import (
     PIPELINE_CACHE,
@@ -30,12 +30,19 @@ from allegro.loading import (
     PipelineSpec,
     free_accelerator_memory,
 )
-from allegro.request import FPS, GenerationRequest, positive_prompt, resolve_request
+from allegro.request import (
+    FPS,
+    TI2V_MODEL,
+    GenerationRequest,
+    positive_prompt,
+    resolve_request,
+)
 from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
     from allegro.interpolation.driver import InterpolationResult
+    from allegro.ti2v.inputs import ConditionInputs
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
 INTERPOLATED_FPS = 30
@@ -44,6 +51,7 @@ T = TypeVar("T")
 # Share of the whole job each stage takes, for one progress bar over every stage.
 _STAGE_WEIGHTS = {
     Stage.ENCODING: 0.02,
+    Stage.ENCODING_IMAGES: 0.02,
     Stage.DENOISING: 0.80,
     Stage.DECODING: 0.12,
     Stage.INTERPOLATING: 0.04,
@@ -71,12 +79,15 @@ class _ProgressClock:
 
     on_progress: ProgressCallback
     interpolate: bool
+    encode_images: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def _weights(self) -> dict[Stage, float]:
         weights = dict(_STAGE_WEIGHTS)
         if not self.interpolate:
             weights.pop(Stage.INTERPOLATING)
+        if not self.encode_images:
+            weights.pop(Stage.ENCODING_IMAGES)
         total = sum(weights.values())
         return {stage: weight / total for stage, weight in weights.items()}
 
@@ -126,9 +137,10 @@ def output_path_for(directory: Path, request: GenerationRequest, now: datetime) 
 
 
 @contextlib.contextmanager
-def _count_decoded_tiles(vae, on_tile) -> Iterator[None]:
-    """Report each decoded VAE tile (the tiled decode has no callback of its own)."""
-    handle = vae.decoder.register_forward_hook(lambda *_: on_tile())
+def _count_decoded_tiles(vae, on_tile, part: str = "decoder") -> Iterator[None]:
+    """Report each decoded (or, with part="encoder", encoded) VAE tile (the tiled decode
+    has no callback of its own)."""
+    handle = getattr(vae, part).register_forward_hook(lambda *_: on_tile())
     try:
         yield
     finally:
@@ -172,19 +184,19 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
         return None
     from allegro import costs
 
-    estimate = costs.estimate_seconds(
-        request.frames,
-        request.height,
-        request.width,
-        costs.gpu_class_for(loaded.device_name, loaded.multiprocessors),
-        steps=request.steps,
-        guidance=request.guidance_scale > 1,
-        offload=loaded.offload.mode,
-        precision=loaded.spec.precision or "bf16",
-        vae_precision=loaded.spec.vae_precision,
-        config=loaded.pipe.transformer.config,
-    )
-    return estimate.transformer_seconds + estimate.vae_decode_seconds
+    size = (request.frames, request.height, request.width)
+    gpu = costs.gpu_class_for(loaded.device_name, loaded.multiprocessors)
+    options: dict[str, Any] = {
+        "steps": request.steps,
+        "guidance": request.guidance_scale > 1,
+        "offload": loaded.offload.mode,
+        "precision": loaded.spec.precision or "bf16",
+        "vae_precision": loaded.spec.vae_precision,
+        "config": loaded.pipe.transformer.config,
+    }
+    estimate = costs.estimate_seconds(*size, gpu, **options)
+    extra = costs.ti2v_extra_seconds(*size, gpu, **options) if request.image_to_video else 0.0
+    return estimate.transformer_seconds + estimate.vae_decode_seconds + extra
 
 
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
@@ -267,14 +279,27 @@ class Engine:
         output_dir: str | Path,
         ema_vfi_weights: str | None = None,
         cache: PipelineCache = PIPELINE_CACHE,
+        ti2v_spec: PipelineSpec | None = None,
     ) -> None:
         self.spec = spec
         self.output_dir = Path(output_dir)
         self.ema_vfi_weights = ema_vfi_weights
         self.cache = cache
+        # The model for image-to-video requests (None: ``spec`` serves every request).
+        self.ti2v_spec = ti2v_spec
 
-    def load(self, on_progress: ProgressCallback = ignore_progress) -> LoadedPipeline:
-        return self.cache.get(self.spec, on_progress)
+    def spec_for(self, request: GenerationRequest) -> PipelineSpec:
+        if request.image_to_video and self.ti2v_spec is not None:
+            return self.ti2v_spec
+        return self.spec
+
+    def load(
+        self,
+        on_progress: ProgressCallback = ignore_progress,
+        request: GenerationRequest | None = None,
+    ) -> LoadedPipeline:
+        spec = self.spec if request is None else self.spec_for(request)
+        return self.cache.get(spec, on_progress)
 
     def generate(
         self,
@@ -287,10 +312,20 @@ class Engine:
         """Make one video. Raises AllegroError subclasses with readable messages; on
         cancel or error no file is left behind."""
         cancel = cancel or CancelToken()
-        clock = _ProgressClock(on_progress, interpolate=bool(request.interpolate))
+        clock = _ProgressClock(
+            on_progress,
+            interpolate=bool(request.interpolate),
+            encode_images=request.image_to_video,
+        )
         # Loading is not cancellable: other requests wait for the same load.
-        loaded = self.load(on_progress)
+        loaded = self.load(on_progress, request)
         request = resolve_request(request, loaded.native)
+        _check_task(loaded, request)
+        condition = None
+        if request.image_to_video:
+            from allegro.ti2v.inputs import read_condition
+
+            condition = read_condition(request)
         interpolator = self._interpolator(request) if request.interpolate else None
         cancel.raise_if_cancelled()
 
@@ -303,7 +338,7 @@ class Engine:
         with loaded.run_lock:  # one job on the GPU at a time, interpolation included
             frames = _run_on_gpu(
                 loaded,
-                lambda: self._make_frames(loaded, request, clock, cancel, warnings),
+                lambda: self._make_frames(loaded, request, clock, cancel, warnings, condition),
                 lambda: oom_advice(loaded, request),
             )
             if interpolator is not None:
@@ -328,7 +363,13 @@ class Engine:
         )
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
-        save_video(path, frames, fps, settings)
+        saving_inputs: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if condition is not None:
+            frames = condition.joined(frames)
+            settings.update(condition.settings(path, len(frames)))
+            saving_inputs = condition.saved_beside(path)
+        with saving_inputs:
+            save_video(path, frames, fps, settings)
         clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
         return GenerationResult(
             video_path=path,
@@ -352,6 +393,7 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
+        condition: ConditionInputs | None = None,
     ) -> np.ndarray:
         import torch
 
@@ -406,32 +448,58 @@ class Engine:
             )
             return {}
 
-        clock.emit(
-            Stage.DENOISING,
-            0.0,
-            step=0,
-            total=steps,
-            eta=estimated_seconds(loaded, request),
-            message="Denoising …",
-        )
+        extra: dict[str, Any] = {}
+        counting: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if condition is not None:
+            extra["condition"] = condition.frames(request.height, request.width)
+            encoded = 0
+
+            def on_encoded_tile() -> None:
+                nonlocal encoded, denoise_started
+                cancel.raise_if_cancelled()
+                encoded += 1
+                clock.emit(
+                    Stage.ENCODING_IMAGES,
+                    encoded / tiles,
+                    step=encoded,
+                    total=tiles,
+                    message=f"Encoding images: tile {encoded} of {tiles}",
+                )
+                denoise_started = time.monotonic()  # the steps' clock starts after encoding
+
+            # The pipeline encodes the images inside the call, after drawing the initial noise
+            # (the official order of random draws): count the encoder's tiles from here.
+            counting = _count_decoded_tiles(pipe.vae, on_encoded_tile, part="encoder")
+            clock.emit(Stage.ENCODING_IMAGES, 0.0, total=tiles, message="Encoding images …")
+        else:
+            clock.emit(
+                Stage.DENOISING,
+                0.0,
+                step=0,
+                total=steps,
+                eta=estimated_seconds(loaded, request),
+                message="Denoising …",
+            )
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        latents = pipe(
-            prompt_embeds=positive.embeds,
-            prompt_attention_mask=positive.attention_mask,
-            negative_prompt_embeds=negative.embeds,
-            negative_prompt_attention_mask=negative.attention_mask,
-            negative_prompt=None,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance_scale,
-            num_frames=request.frames,
-            height=request.height,
-            width=request.width,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-            clean_caption=clean_caption,
-        ).frames
+        with counting:
+            latents = pipe(
+                prompt_embeds=positive.embeds,
+                prompt_attention_mask=positive.attention_mask,
+                negative_prompt_embeds=negative.embeds,
+                negative_prompt_attention_mask=negative.attention_mask,
+                negative_prompt=None,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance_scale,
+                num_frames=request.frames,
+                height=request.height,
+                width=request.width,
+                generator=generator,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                clean_caption=clean_caption,
+                **extra,
+            ).frames
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
 
@@ -611,6 +679,19 @@ def _fit_preview_map(pipe) -> np.ndarray:
     mapping = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
     pipe.maybe_free_model_hooks()  # under model offload the VAE goes back to the CPU
     return mapping
+
+
+def _check_task(loaded: LoadedPipeline, request: GenerationRequest) -> None:
+    if request.image_to_video and not loaded.ti2v:
+        raise InvalidRequestError(
+            f"{loaded.spec.model} makes videos from text only. Image to video needs "
+            f"Allegro-TI2V: choose the allegro-ti2v model ({TI2V_MODEL})."
+        )
+    if loaded.ti2v and not request.image_to_video:
+        raise InvalidRequestError(
+            f"{loaded.spec.model} (Allegro-TI2V) makes videos from a first frame: add a first "
+            "image, or choose a text-to-video model."
+        )
 
 
 def _set_fast_mode(pipe, enabled: bool) -> None:

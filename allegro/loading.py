@@ -10,6 +10,8 @@ the text encoder folder are never fetched), which honours the Hugging Face cache
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -89,6 +91,58 @@ class LoadedPipeline:
     gpu_memory_bytes: int | None = None  # the GPU's capacity; None on the CPU
     multiprocessors: int | None = None  # SMs of the GPU (or slice) actually got
     compiled: bool = False  # transformer blocks compiled (--compile, where it is clean)
+    ti2v: bool = False  # an Allegro-TI2V pipeline (text + images to video)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # see weights_fingerprint
+    reused: tuple[str, ...] = ()  # components kept from the previous pipeline
+
+
+# Components that Allegro and Allegro-TI2V share (the same T5-XXL and VAE): a switch between
+# the two keeps them in memory when their weights are the same files (weights_fingerprint).
+SHAREABLE_COMPONENTS = ("text_encoder", "vae")
+# Offload modes whose hooks can be taken off a module and put on again by the next pipeline
+# (accelerate's remove_hook_from_module); group and sequential offload reload instead.
+_REUSABLE_OFFLOAD = ("none", "model")
+
+
+@dataclass(frozen=True)
+class ReusableComponent:
+    fingerprint: str
+    module: Any
+
+
+def _file_identity(path: Path) -> str:
+    """A hub snapshot's weights are links to blobs named by their sha256 (the LFS etag,
+    huggingface_hub/file_download.py:1200): same name, same bytes, with no hashing of 20 GB.
+    A plain file is the same file when path, size and modification time agree."""
+    real = path.resolve()
+    if real.parent.name == "blobs":
+        return real.name
+    stat = real.stat()
+    return f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def weights_fingerprint(folder: Path, dtype_name: str) -> str:
+    """Identifies a component's weights as loaded: its config, its safetensors files and the
+    precision they are loaded in."""
+    digest = hashlib.sha256(dtype_name.encode())
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(f"{weights.name}={_file_identity(weights)};".encode())
+    return digest.hexdigest()
+
+
+def is_ti2v_checkpoint(folder: Path) -> bool:
+    """The transformer's config names the TI2V class (the official one on the hub)."""
+    from allegro.ti2v.transformer import OFFICIAL_CLASS_NAME, AllegroTI2VTransformer3DModel
+
+    config = folder / "transformer" / "config.json"
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return False
+    return name in (OFFICIAL_CLASS_NAME, AllegroTI2VTransformer3DModel.__name__)
 
 
 def cuda_available() -> bool:
@@ -365,8 +419,14 @@ def _transformer_subfolder(path: Path) -> str | None:
     return "transformer" if (path / "transformer" / "config.json").is_file() else None
 
 
-def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_progress):
-    """Load, place and configure an AllegroPipeline; returns a LoadedPipeline."""
+def load_pipeline(
+    spec: PipelineSpec,
+    on_progress: ProgressCallback = ignore_progress,
+    reusable: dict[str, ReusableComponent] | None = None,
+):
+    """Load, place and configure an AllegroPipeline (or, for an Allegro-TI2V checkpoint, an
+    AllegroTI2VPipeline); returns a LoadedPipeline. ``reusable`` components of the previous
+    pipeline are used instead of loading when their weights are the same."""
     started = time.monotonic()
     device = execution_device()
     precision = resolve_precision(spec.precision, device)
@@ -393,21 +453,35 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
-    components: dict[str, Any] = {}
+    ti2v = transformer_path is None and is_ti2v_checkpoint(base_path)
+    fingerprints = {
+        "text_encoder": weights_fingerprint(base_path / "text_encoder", precision),
+        "vae": weights_fingerprint(base_path / "vae", vae_precision),
+    }
+    components: dict[str, Any] = {
+        name: reusable[name].module
+        for name in SHAREABLE_COMPONENTS
+        if reusable and name in reusable and reusable[name].fingerprint == fingerprints[name]
+    }
+    reused = tuple(components)
     try:
-        components["vae"] = AutoencoderKLAllegro.from_pretrained(
-            base_path, subfolder="vae", dtype=torch_dtype(vae_precision)
-        )
-        if transformer_path is not None:
+        if "vae" not in components:
+            components["vae"] = AutoencoderKLAllegro.from_pretrained(
+                base_path, subfolder="vae", dtype=torch_dtype(vae_precision)
+            )
+        if ti2v:
+            pipe = _load_ti2v_parts(base_path, precision, components)
+        elif transformer_path is not None:
             components["transformer"] = AllegroTransformer3DModel.from_pretrained(
                 transformer_path,
                 subfolder=_transformer_subfolder(transformer_path),
                 dtype=torch_dtype(precision),
                 use_safetensors=True,
             )
-        pipe = AllegroPipeline.from_pretrained(
-            base_path, dtype=torch_dtype(precision), use_safetensors=True, **components
-        )
+        if not ti2v:
+            pipe = AllegroPipeline.from_pretrained(
+                base_path, dtype=torch_dtype(precision), use_safetensors=True, **components
+            )
     except (OSError, ValueError) as error:
         raise ModelUnavailableError(
             f"{spec.model} is not a complete Allegro checkpoint ({error}). Files may be "
@@ -438,6 +512,10 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
     logger.info("Offload: %s (%s)", offload.mode, offload.reason)
     if compiled:
         compile_transformer_blocks(pipe.transformer)
+    # Fitted on the first run (engine._fit_preview_map), or kept: a fit of the very same VAE.
+    preview_map = None
+    if "vae" in reused and reusable and "preview_map" in reusable:
+        preview_map = reusable["preview_map"].module
     import torch
 
     # On ZeroGPU these are spaces' emulated answers for the slice lent per call
@@ -455,6 +533,34 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
         gpu_memory_bytes=properties.total_memory if properties else None,
         multiprocessors=properties.multi_processor_count if properties else None,
         compiled=compiled,
+        preview_map=preview_map,
+        ti2v=ti2v,
+        fingerprints=fingerprints,
+        reused=reused,
+    )
+
+
+def _load_ti2v_parts(base_path: Path, precision: str, components: dict[str, Any]):
+    """Allegro-TI2V part by part: the hub's model_index.json names the T2V pipeline and its
+    transformer config the official class, so nothing is left to auto-detection."""
+    from diffusers import EulerAncestralDiscreteScheduler
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from allegro.ti2v.pipeline import AllegroTI2VPipeline
+    from allegro.ti2v.transformer import AllegroTI2VTransformer3DModel
+
+    dtype = torch_dtype(precision)
+    if "text_encoder" not in components:
+        components["text_encoder"] = T5EncoderModel.from_pretrained(
+            base_path / "text_encoder", dtype=dtype, use_safetensors=True
+        )
+    return AllegroTI2VPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(base_path / "tokenizer"),
+        scheduler=EulerAncestralDiscreteScheduler.from_pretrained(base_path / "scheduler"),
+        transformer=AllegroTI2VTransformer3DModel.from_pretrained(
+            base_path / "transformer", dtype=dtype, use_safetensors=True
+        ),
+        **components,
     )
 
 
@@ -501,8 +607,9 @@ class PipelineCache:
         with self._lock:
             if self._key == key and self._loaded is not None:
                 return self._loaded
+            reusable = self._reusable_locked()
             self.release_locked()
-            self._loaded = load_pipeline(spec, on_progress)
+            self._loaded = load_pipeline(spec, on_progress, reusable)
             self._key = key
             self.load_count += 1
             return self._loaded
@@ -510,6 +617,22 @@ class PipelineCache:
     def release(self) -> None:
         with self._lock:
             self.release_locked()
+
+    def _reusable_locked(self) -> dict[str, ReusableComponent]:
+        """The shared components of the pipeline about to be released, with their offload
+        hooks taken off so the next pipeline can place them."""
+        loaded = self._loaded
+        if loaded is None or loaded.offload.mode not in _REUSABLE_OFFLOAD:
+            return {}
+        from accelerate.hooks import remove_hook_from_module
+
+        reusable = {}
+        for name in SHAREABLE_COMPONENTS:
+            module = getattr(loaded.pipe, name)
+            remove_hook_from_module(module, recurse=True)
+            reusable[name] = ReusableComponent(loaded.fingerprints[name], module)
+        reusable["preview_map"] = ReusableComponent(loaded.fingerprints["vae"], loaded.preview_map)
+        return reusable
 
     def release_locked(self) -> None:
         if self._loaded is not None:
