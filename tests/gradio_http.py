@@ -49,12 +49,10 @@ class PageSession:
         raise KeyError(name)
 
     def queued(self, name: str) -> bool:
-        return next(d for d in self.config["dependencies"] if d.get("api_name") == name)[
-            "queue"
-        ]
+        return next(d for d in self.config["dependencies"] if d.get("api_name") == name)["queue"]
 
     def call(self, name: str, *data: Any, event_data: Any = None, timeout: float = 60) -> Outcome:
-        body = {
+        body = {  # sent as ASCII JSON, so even a lone surrogate arrives as the page sends it
             "data": list(data),
             "fn_index": self.fn_index(name),
             "session_hash": self.session_hash,
@@ -63,7 +61,10 @@ class PageSession:
         }
         if not self.queued(name):
             response = httpx.post(
-                self.url + "gradio_api/run/predict", json=body, headers=self.headers, timeout=timeout
+                self.url + "gradio_api/run/predict",
+                json=body,
+                headers=self.headers,
+                timeout=timeout,
             )
             payload = response.json()
             if response.status_code == 200:
@@ -71,9 +72,16 @@ class PageSession:
             return Outcome(response.status_code, error=str(payload.get("error") or payload))
         return self._through_the_queue(body, timeout)
 
+    @property
+    def _json(self) -> dict[str, str]:
+        return {**self.headers, "Content-Type": "application/json"}
+
     def _through_the_queue(self, body: dict, timeout: float) -> Outcome:
         joined = httpx.post(
-            self.url + "gradio_api/queue/join", json=body, headers=self.headers, timeout=timeout
+            self.url + "gradio_api/queue/join",
+            content=json.dumps(body),
+            headers=self._json,
+            timeout=timeout,
         )
         if joined.status_code != 200:
             return Outcome(joined.status_code, error=joined.text)

@@ -70,7 +70,11 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         analytics_enabled=False,
         delete_cache=(3600, 24 * 3600),  # copies of served videos, after a day
     ) as demo:
-        owner = gr.BrowserState("", storage_key="allegro-studio-owner")
+        # Gradio encrypts a BrowserState with this secret, sent to every page in /config
+        # (so it protects nothing); a stable one keeps the page token across restarts.
+        owner = gr.BrowserState(
+            "", storage_key="allegro-studio-owner", secret="allegro-studio-owner"
+        )
         job = gr.State(JobSlot())
         last_seed = gr.State(None)
         gallery_names = gr.State([])
