@@ -43,7 +43,9 @@ def launch(config: AppConfig) -> None:
     os.environ["FORWARDED_ALLOW_IPS"] = config.trusted_proxies or ""
     loader = ModelLoader(config)
     demo = build_blocks(Studio(config, loader, os.environ))
-    demo.queue(max_size=config.max_queue, default_concurrency_limit=None)
+    # No overall limit: only generations are limited (--max-queue), by their validator
+    # (ui/studio.py, waiting_generations), so a full queue never turns away a page load.
+    demo.queue(max_size=None, default_concurrency_limit=None)
     demo.launch(
         server_name=config.host,
         server_port=config.port,

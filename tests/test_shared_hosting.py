@@ -72,6 +72,11 @@ def _wait_until_ready(page: PageSession, timeout: float = 90) -> None:
     pytest.fail("the model did not load")
 
 
+def pick(index: int) -> dict:
+    """The event data of a click on the gallery's ``index``-th item."""
+    return {"index": index, "value": None}
+
+
 def _gallery_names(outcome) -> list[str]:
     return [] if outcome.data is None else [item["caption"] for item in outcome.data[0]]
 
@@ -85,10 +90,11 @@ def test_a_page_identity_the_server_did_not_issue_is_refused_on_every_event(serv
         refreshed = mallory.call("refresh_gallery", made_up)
         assert refreshed.data is None and "not issued by this server" in refreshed.error
         # The page's delete chain: list, select the first, confirm; each step is refused.
-        selected = mallory.call("select_entry", None, made_up, event_data={"index": 0})
-        assert selected.data is None
-        assert mallory.call("reuse_entry", None, made_up).data is None
-        assert mallory.call("delete_entry", None, made_up).data is None
+        selected = mallory.call("select_entry", None, made_up, event_data=pick(0))
+        assert selected.data is None and "not issued by this server" in selected.error
+        for event in ("reuse_entry", "delete_entry"):
+            refused = mallory.call(event, None, made_up)
+            assert refused.data is None and "not issued by this server" in refused.error
         joined = mallory.call("generate_page", *generation_inputs("mine", made_up))
         assert joined.status == 422 and "not issued by this server" in joined.error
         # A page that shows up with it gets a fresh identity and an empty gallery.
@@ -175,11 +181,14 @@ def test_a_full_queue_refuses_only_new_generations(server, alice):
         page = alice["page"]
         listed = _gallery_names(page.call("refresh_gallery", alice["token"]))
         assert any(caption.startswith("Alice's fish") for caption in listed)
-        selected = page.call("select_entry", None, alice["token"], event_data={"index": 0})
+        selected = page.call("select_entry", None, alice["token"], event_data=pick(0))
         assert selected.status == 200 and selected.data[1]["path"].endswith(".mp4")
         assert "Bob's boat" in [r["prompt"] for r in bob.predict(api_name="/history")]
         refused = newcomer.call("generate_page", *generation_inputs("one more", loaded.data[0]))
-        assert refused.status == 503
+        assert refused.status == 422 and "Queue is full: 1 videos are waiting" in refused.error
+        # Other queued events still run: "Reuse settings" of the video selected above.
+        reused = page.call("reuse_entry", None, alice["token"], timeout=10)
+        assert reused.error is None and reused.data[0] == "Alice's fish"
     finally:
         waiting.cancel()
         running.cancel()
@@ -191,7 +200,7 @@ def test_delete_also_removes_the_served_copies(server, alice):
     assert made.error is None, made.error
     listed = page.call("refresh_gallery", alice["token"])
     index = next(i for i, c in enumerate(_gallery_names(listed)) if c.startswith("doomed"))
-    selected = page.call("select_entry", None, alice["token"], event_data={"index": index})
+    selected = page.call("select_entry", None, alice["token"], event_data=pick(index))
     url = selected.data[1]["url"]
     assert httpx.get(url, timeout=10).status_code == 200
     assert page.call("delete_entry", None, alice["token"]).status == 200

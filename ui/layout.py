@@ -16,7 +16,7 @@ from allegro.request import (
     STEPS_RANGE,
 )
 from ui.presets import MODEL_DEFAULT, RANDOM_SEED, length_choices, size_choices
-from ui.studio import JobSlot, Studio
+from ui.studio import GENERATION, JobSlot, Studio
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 STYLE = ASSETS / "style.css"
@@ -300,7 +300,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             [*controls, owner, job],
             [preview, run_status, video, result_info, result_settings, last_seed],
             concurrency_limit=1,
-            concurrency_id="generation",
+            concurrency_id=GENERATION,
             validator=studio.check_page,
             show_progress_on=[run_status],
             scroll_to_output=True,
@@ -342,7 +342,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             studio.api_generate,
             api_name="generate",
             concurrency_limit=1,
-            concurrency_id="generation",
+            concurrency_id=GENERATION,
         )
         # gr.api has no validator argument; the event has the same field as a click's.
         demo.fns[generate_api["id"]].validator = studio.check_api

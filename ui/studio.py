@@ -54,6 +54,7 @@ from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 
 logger = logging.getLogger(__name__)
 
+GENERATION = "generation"  # the concurrency group of every generation, page and API
 BUG_MESSAGE = (
     "Something went wrong inside Allegro Studio (the details are in the server log). "
     "The app keeps running: please try again."
@@ -124,6 +125,19 @@ def _validations(inputs: tuple[str, ...], problem: str | None) -> list[dict]:
             inputs[0],
         )
     return [gr.validate(name != field, problem if name == field else "") for name in inputs]
+
+
+def waiting_generations(request: gr.Request | None) -> int:
+    """Generations waiting for the GPU. The queue itself has no size limit, so that page
+    loads, the gallery and /history are never turned away; generations are limited here,
+    in their validator, before they join. Gradio keeps one waiting list per concurrency
+    group (gradio/queueing.py:99-107, 227-237)."""
+    http = getattr(request, "request", None)
+    app = getattr(http, "app", None)
+    if app is None or not hasattr(app, "get_blocks"):
+        return 0
+    waiting = app.get_blocks()._queue.event_queue_per_concurrency_id.get(GENERATION)
+    return len(waiting.queue) if waiting is not None else 0
 
 
 def user_error(error: BaseException) -> gr.Error:
@@ -241,6 +255,7 @@ class Studio:
         fast_mode: bool,
         owner_id: str,
         job: JobSlot,
+        request: gr.Request = None,
     ) -> list[dict]:
         """Generate's validator: runs when the click arrives, before it joins the queue
         (gradio/queueing.py:308-348), so a bad request never waits for the GPU."""
@@ -257,7 +272,7 @@ class Studio:
             interpolation_method=interpolation_method,
             fast_mode=fast_mode,
         )
-        problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()))
+        problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()), request)
         return _validations(PAGE_INPUTS, problem)
 
     def check_api(
@@ -281,16 +296,22 @@ class Studio:
         fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
         options = (use_template, interpolate, interpolation_method, fast_mode)
         problem = self._problem(
-            lambda: (self.api_owner(request), self.api_request(*fields, *options))
+            lambda: (self.api_owner(request), self.api_request(*fields, *options)), request
         )
         return _validations(API_INPUTS, problem)
 
-    def _problem(self, build) -> str | None:
-        """What is wrong with a caller and their request, or None. ``build`` returns
-        (owner, request) or raises."""
+    def _problem(self, build, request: gr.Request | None) -> str | None:
+        """What is wrong with a caller, their request or the queue, or None. ``build``
+        returns (owner, request) or raises."""
         try:
             _owner, generation = build()
             self.prepare(generation)
+            waiting = waiting_generations(request)
+            if waiting >= self.config.max_queue:
+                return (
+                    f"Queue is full: {waiting} videos are waiting for the GPU. Please try "
+                    "again in a few minutes."
+                )
         except AllegroError as error:
             return str(error)
         except Exception as error:  # a bug: the handler itself will report it
@@ -601,9 +622,9 @@ class Studio:
     def _entries(self, owner_id: Any) -> list[gallery.GalleryEntry]:
         return gallery.list_entries(self.output_dir, self._page_gallery(owner_id))
 
-    def _find(self, name: Any, owner_id: Any) -> gallery.GalleryEntry:
+    def _find(self, name: Any, owner: str | None) -> gallery.GalleryEntry:
         try:
-            return gallery.find_entry(self.output_dir, name, self._page_gallery(owner_id))
+            return gallery.find_entry(self.output_dir, name, owner)
         except AllegroError as error:
             raise user_error(error) from None
 
@@ -615,11 +636,12 @@ class Studio:
 
     def select_entry(self, names: list[str], owner_id: str, event: gr.SelectData):
         """(selected name, video, summary, settings, actions row)."""
+        owner = self._page_gallery(owner_id)
         try:
             name = names[event.index]
         except (IndexError, TypeError):
             raise gr.Error("Pick a video again.", print_exception=False) from None
-        entry = self._find(name, owner_id)
+        entry = self._find(name, owner)
         return (
             entry.name,
             self.publish(entry.video),
@@ -630,19 +652,21 @@ class Studio:
 
     def reuse_entry(self, name: str | None, owner_id: str):
         """The selected video's settings into the controls (11 control values)."""
+        owner = self._page_gallery(owner_id)
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
-        entry = self._find(name, owner_id)
+        entry = self._find(name, owner)
         return self._controls_from(entry.settings, f"Settings of {entry.name} loaded.")
 
     def delete_entry(self, name: str | None, owner_id: str):
         """(gallery items, names, selected name, video, summary, settings, actions row)."""
+        owner = self._page_gallery(owner_id)
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
-        entry = self._find(name, owner_id)
+        entry = self._find(name, owner)
         self.unpublish([entry.video, *([entry.poster] if entry.poster else [])])
-        try:  # the served copies are gone; now the files, if still the caller's
-            gallery.delete_entry(self.output_dir, entry.name, self._page_gallery(owner_id))
+        try:  # the served copies are gone; now the files themselves
+            gallery.delete_entry(self.output_dir, entry.name, owner)
         except AllegroError as error:
             raise user_error(error) from None
         return (*self.refresh_gallery(owner_id), None, None, "", None, gr.update(visible=False))
