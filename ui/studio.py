@@ -10,13 +10,15 @@ a secret hash of their content (``publish``), handed to their owner; the output 
 is never served.
 """
 
+import dataclasses
 import functools
+import inspect
 import logging
 import re
 import shutil
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,35 +70,8 @@ class JobSlot:
     token: CancelToken | None = None
 
 
-PAGE_INPUTS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "guidance_scale",
-    "length",
-    "size",
-    "use_template",
-    "interpolate",
-    "interpolation_method",
-    "fast_mode",
-    "owner_id",
-    "job",
-)
-API_INPUTS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "guidance_scale",
-    "frames",
-    "height",
-    "width",
-    "use_template",
-    "interpolate",
-    "interpolation_method",
-    "fast_mode",
-)
+# A validator's answer names the inputs in the event's order.
+PAGE_INPUTS = (*(field.name for field in dataclasses.fields(ControlValues)), "owner_id", "job")
 # Which input a validation message is about, from the engine's wording.
 _MESSAGE_FIELDS = (
     (re.compile(r"^The negative prompt"), ("negative_prompt",)),
@@ -259,19 +234,10 @@ class Studio:
     ) -> list[dict]:
         """Generate's validator: runs when the click arrives, before it joins the queue
         (gradio/queueing.py:308-348), so a bad request never waits for the GPU."""
-        controls = ControlValues(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            length=length,
-            size=size,
-            use_template=use_template,
-            interpolate=interpolate,
-            interpolation_method=interpolation_method,
-            fast_mode=fast_mode,
-        )
+        controls = ControlValues(  # the page's controls, in the field order
+            prompt, negative_prompt, seed, steps, guidance_scale, length, size,
+            use_template, interpolate, interpolation_method, fast_mode,
+        )  # fmt: skip
         problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()), request)
         return _validations(PAGE_INPUTS, problem)
 
@@ -298,7 +264,7 @@ class Studio:
         problem = self._problem(
             lambda: (self.api_owner(request), self.api_request(*fields, *options)), request
         )
-        return _validations(API_INPUTS, problem)
+        return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
 
     def _problem(self, build, request: gr.Request | None) -> str | None:
         """What is wrong with a caller, their request or the queue, or None. ``build``
@@ -517,34 +483,12 @@ class Studio:
         raise user_error(RuntimeError("the generation ended without a result"))
 
     @staticmethod
-    def api_request(
-        prompt: str,
-        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
-        seed: int | str | None = None,
-        steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str = OFFICIAL_GUIDANCE,
-        frames: int | str | None = None,
-        height: int | str | None = None,
-        width: int | str | None = None,
-        use_template: bool = True,
-        interpolate: bool = False,
-        interpolation_method: str | None = None,
-        fast_mode: bool = False,
-    ) -> GenerationRequest:
-        return GenerationRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            frames=frames,
-            height=height,
-            width=width,
-            use_template=use_template,
-            interpolate=interpolate or bool(interpolation_method),
-            interpolation_method=interpolation_method,
-            fast_mode=fast_mode,
-        )
+    def api_request(*values: Any) -> GenerationRequest:
+        """/generate's parameters (request aside), which are GenerationRequest's fields in
+        order; a method alone asks for interpolation."""
+        generation = GenerationRequest(*values)
+        wants_interpolation = generation.interpolate or bool(generation.interpolation_method)
+        return replace(generation, interpolate=wants_interpolation)
 
     def api_history(self, request: gr.Request = None) -> list[dict]:
         """Past generations visible to the caller, newest first (on a shared server: those
