@@ -328,6 +328,9 @@ class Engine:
             condition = read_condition(request)
         interpolator = self._interpolator(request) if request.interpolate else None
         cancel.raise_if_cancelled()
+        # Caption cleaning is CPU work (quadratic in the text's length in diffusers): done
+        # before taking the GPU, so a long prompt never holds the lock, and cancellable.
+        texts = clean_texts(loaded.pipe, request, cancel)
 
         warnings: list[str] = []
         if reason := fast_mode_off_reason(loaded, request):
@@ -338,7 +341,9 @@ class Engine:
         with loaded.run_lock:  # one job on the GPU at a time, interpolation included
             frames = _run_on_gpu(
                 loaded,
-                lambda: self._make_frames(loaded, request, clock, cancel, warnings, condition),
+                lambda: self._make_frames(
+                    loaded, request, clock, cancel, warnings, texts, condition
+                ),
                 lambda: oom_advice(loaded, request),
             )
             if interpolator is not None:
@@ -393,8 +398,11 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
+        texts: tuple[str, str] | None = None,
         condition: ConditionInputs | None = None,
     ) -> np.ndarray:
+        """``texts``: the positive and negative prompts from clean_texts (cleaned here if
+        not given)."""
         import torch
 
         pipe = loaded.pipe
@@ -402,14 +410,16 @@ class Engine:
         clean_caption = _clean_caption_available()
 
         clock.emit(Stage.ENCODING, message="Encoding the prompt …")
-        text = positive_prompt(request)
         from allegro.prompts import find_truncation
 
-        notice = find_truncation(pipe.tokenizer, text)
+        notice = find_truncation(pipe.tokenizer, positive_prompt(request))
         if notice is not None:
             warnings.append(notice.message())
-        positive = loaded.prompt_cache.encode(pipe, text, clean_caption, device)
-        negative = loaded.prompt_cache.encode(pipe, request.negative_prompt, clean_caption, device)
+        cleaned_positive, cleaned_negative = texts or clean_texts(pipe, request, cancel)
+        # Already cleaned: the pipeline only lower-cases and strips them again (a no-op).
+        positive = loaded.prompt_cache.encode(pipe, cleaned_positive, False, device)
+        cancel.raise_if_cancelled()
+        negative = loaded.prompt_cache.encode(pipe, cleaned_negative, False, device)
         cancel.raise_if_cancelled()
 
         if loaded.preview_map is None:
@@ -713,6 +723,18 @@ def _set_fast_mode(pipe, enabled: bool) -> None:
                 current_timestep_callback=lambda: pipe.current_timestep,
             )
         )
+
+
+def clean_texts(pipe, request: GenerationRequest, cancel: CancelToken) -> tuple[str, str]:
+    """The positive and negative prompts cleaned exactly as the pipeline's encode_prompt
+    would (diffusers pipeline_allegro.py ``_text_preprocessing``): CPU only, no lock."""
+    clean_caption = _clean_caption_available()
+    cleaned = []
+    for text in (positive_prompt(request), request.negative_prompt or ""):
+        cancel.raise_if_cancelled()
+        cleaned.append(pipe._text_preprocessing(text, clean_caption=clean_caption)[0])
+    cancel.raise_if_cancelled()
+    return cleaned[0], cleaned[1]
 
 
 def _clean_caption_available() -> bool:

@@ -410,3 +410,38 @@ def test_out_of_memory_advice_puts_fast_mode_first_and_only_what_fits():
     assert "--offload" not in advice
     plain = oom_advice(loaded, GenerationRequest("a cat", frames=88, height=720, width=1280))
     assert "fast mode" not in plain and "--offload model" in plain
+
+
+def test_caption_cleaning_runs_before_the_gpu_lock_and_can_be_cancelled(engine, cache):
+    """A long prompt's cleaning (quadratic in diffusers) must not hold the run lock, and a
+    cancel during it stops the job before it ever takes the lock."""
+    loaded = engine.load()
+    pipe = loaded.pipe
+    real = pipe._text_preprocessing
+    cancel = CancelToken()
+    lock_held: list[bool] = []
+
+    def cleaning(text, clean_caption=False):
+        lock_held.append(loaded.run_lock.locked())
+        cancel.cancel()  # the user gives up while the text is being cleaned
+        return real(text, clean_caption=clean_caption)
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            engine.generate(request(), cancel=cancel)
+        except BaseException as error:  # handed to the test thread
+            outcome.append(error)
+
+    pipe._text_preprocessing = cleaning
+    try:
+        with loaded.run_lock:  # another job on the GPU: cleaning still goes ahead
+            worker = threading.Thread(target=run)
+            worker.start()
+            worker.join(timeout=60)
+        assert not worker.is_alive() and lock_held == [True]  # ran while another held it
+    finally:
+        pipe._text_preprocessing = real
+    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+    assert not (engine.output_dir.exists() and list(engine.output_dir.glob("*")))

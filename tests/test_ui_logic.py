@@ -338,20 +338,39 @@ def test_a_symbolic_link_out_of_the_folder_is_refused(tmp_path):
     assert secret.exists()
 
 
-def test_owner_ids():
-    assert gallery.is_owner_id(gallery.new_owner_id())
-    assert not gallery.is_owner_id("") and not gallery.is_owner_id("../../x")
-    assert gallery.api_owner_id("my-team-key-1", "1.2.3.4") == "my-team-key-1"
-    by_address = gallery.api_owner_id(None, "1.2.3.4")
-    assert by_address.startswith("ip-") and gallery.is_owner_id(by_address)
-    assert by_address == gallery.api_owner_id("bad id!", "1.2.3.4")
-    assert by_address != gallery.api_owner_id(None, "5.6.7.8")
+def test_links_in_the_folder_are_never_listed_nor_followed(tmp_path):
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"someone else's file")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _make_video(folder, "real", datetime.now(timezone.utc))
+    (folder / "linked.mp4").symlink_to(outside)
+    (folder / "linked.json").write_text('{"prompt": "linked"}')
+    assert [entry.name for entry in gallery.list_entries(folder)] == ["real"]
+    with pytest.raises(gallery.GalleryError):
+        gallery.find_entry(folder, "linked", None)
 
 
-def test_history_record_points_at_served_urls(videos):
-    record = gallery.history_record(gallery.list_entries(videos)[0])
+def test_crash_leftovers_are_found_and_complete_videos_kept(videos):
+    (videos / ".a-newest.x1.partial.mp4").write_bytes(b"half")
+    (videos / "lost.json").write_text("{}")
+    (videos / "lost.jpg").write_bytes(b"poster")
+    removed = gallery.remove_leftovers(videos)
+    assert sorted(path.name for path in removed) == [
+        ".a-newest.x1.partial.mp4",
+        ".x.partial.json",
+        ".x.partial.mp4",
+        "lost.jpg",
+        "lost.json",
+        "no-video.json",
+    ]
+    assert len(gallery.list_entries(videos)) == 4
+
+
+def test_history_record_uses_the_urls_it_is_given(videos):
+    record = gallery.history_record(gallery.list_entries(videos)[0], "/v", None)
     assert record["name"] == "a-newest" and record["video"] == "a-newest.mp4"
-    assert record["video_url"] == f"/gradio_api/file={videos.resolve()}/a-newest.mp4"
+    assert (record["video_url"], record["poster_url"]) == ("/v", None)
     assert record["settings"]["prompt"] == "prompt of a-newest"
 
 

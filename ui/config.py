@@ -22,6 +22,8 @@ DEFAULT_OUTPUT_DIR = "outputs"
 DEFAULT_MAX_QUEUE = 20
 # ZeroGPU gives a call at most this long unless the Space is configured otherwise.
 DEFAULT_ZERO_GPU_MAX_SECONDS = 300
+# Uploads are only read for the settings a video carries; Allegro's own MP4s are far smaller.
+MAX_UPLOAD_MB = 100
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -61,11 +63,20 @@ class AppConfig:
     space_id: str | None  # set on Hugging Face Spaces
     zero_gpu: bool  # a ZeroGPU Space: the GPU is lent per call, for a limited time
     zero_gpu_max_seconds: int
+    force_shared: bool = False  # --shared: behind a reverse proxy on a loopback address
+    allowed_origins: tuple[str, ...] = ()  # other web pages that may call the API
+    trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
 
     @property
     def shared(self) -> bool:
-        """Reachable by other people: a share link, a Space, or a non-loopback address."""
-        return self.share or self.space_id is not None or not is_loopback(self.host)
+        """Reachable by other people: a share link, a Space, a non-loopback address, or a
+        reverse proxy (--shared)."""
+        return (
+            self.force_shared
+            or self.share
+            or self.space_id is not None
+            or not is_loopback(self.host)
+        )
 
     @property
     def per_browser_gallery(self) -> bool:
@@ -214,6 +225,26 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "automatically when there is no GPU and no --model. [ALLEGRO_PREVIEW]",
     )
     parser.add_argument(
+        "--shared",
+        action=argparse.BooleanOptionalAction,
+        default=env_bool(environ, "ALLEGRO_SHARED"),
+        help="treat every visitor as a stranger even on 127.0.0.1: use it behind a reverse "
+        "proxy (each browser gets its own gallery, the API needs a key). [ALLEGRO_SHARED]",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        default=_env_text(environ, "ALLEGRO_ALLOWED_ORIGINS") or "",
+        help="comma-separated web origins (e.g. https://example.org) whose pages may call "
+        "this server from the browser; requests from any other origin are refused. "
+        "[ALLEGRO_ALLOWED_ORIGINS]",
+    )
+    parser.add_argument(
+        "--trusted-proxies",
+        default=_env_text(environ, "FORWARDED_ALLOW_IPS"),
+        help="comma-separated addresses of your reverse proxy: only their X-Forwarded-For "
+        "headers are believed (by default nobody's). [FORWARDED_ALLOW_IPS]",
+    )
+    parser.add_argument(
         "--public-gallery",
         action=argparse.BooleanOptionalAction,
         default=env_bool(environ, "ALLEGRO_PUBLIC_GALLERY"),
@@ -295,4 +326,9 @@ def parse_config(
         space_id=_env_text(environ, "SPACE_ID"),
         zero_gpu=zero_gpu,
         zero_gpu_max_seconds=args.zero_gpu_max_seconds,
+        force_shared=args.shared,
+        allowed_origins=tuple(
+            filter(None, (origin.strip().rstrip("/") for origin in args.allowed_origins.split(",")))
+        ),
+        trusted_proxies=args.trusted_proxies,
     )
