@@ -8,19 +8,28 @@ For each pair (frame 0, frame 1):
    affordable on a CPU. DIS runs its variational refinement longer than its presets: that
    halves the flow error, and sub-pixel flow error is what blurs the result. Warping is
    bicubic for the same reason (bilinear costs 2-4 dB on the benchmark).
-2. Midpoint sampling offsets, backward-warp style and splat free: the pixel at ``x`` at
+2. Fast objects. DIS refines coarse to fine, and an object that moves more than about its
+   own size per pair has vanished at the coarse scales where that motion is small enough to
+   follow: its flow says "background". Where a flow fails to line the frames up, ORB
+   features are matched (no such limit); matches the flow misses are grouped by RANSAC into
+   rigid (similarity) motions, each written into both flows where, near its matches, it
+   lines the frames up better than DIS did. Background that such an object covers in the
+   other frame takes the background's (affine-fitted) motion and is trusted; and where the
+   object is at t = 0.5 (its pixels moved half way), both sides show the object, which is
+   in front of whatever the background flow says.
+3. Midpoint sampling offsets, backward-warp style and splat free: the pixel at ``x`` at
    t = 0.5 came from the point ``p`` of frame 0 with ``p + flow01(p) / 2 = x``, found by the
    fixed-point iteration ``p <- x - flow01(p) / 2`` (likewise from frame 1 with ``flow10``).
-3. Per-pixel trust for each side: where ``x`` is hidden in that frame (occlusion), the
+4. Per-pixel trust for each side: where ``x`` is hidden in that frame (occlusion), the
    iteration has no consistent solution, so its residual ``|p + flow01(p) / 2 - x|`` is
    large; the flow at ``p`` may also fail the forward-backward check; and ``p`` may fall off
    the picture (camera motion brings in new content at the borders). Each adds to that
    side's error, and the side that actually shows ``x`` wins the per-pixel blend.
-4. Motion boundaries: patch-based flow bleeds a moving object's motion into the background
+5. Motion boundaries: patch-based flow bleeds a moving object's motion into the background
    next to it. Each pixel may take the offsets of a neighbour a few pixels away instead when
    they line the two frames up better (mean absolute grey difference over 3x3), which snaps
    the motion edge back to the object's edge.
-5. Both neighbours are warped to the midpoint at full resolution (bicubic cv2.remap, border
+6. Both neighbours are warped to the midpoint at full resolution (bicubic cv2.remap, border
    replicate) and blended with those weights.
 
 Failed motion estimates fall back to blending, never to smeared garbage: when most of the
@@ -44,7 +53,7 @@ import numpy as np
 from allegro.interpolation.blend import blend_pairs
 
 # Flow is estimated with the long side at most this many pixels (a quarter of 1280). Finer
-# flow costs DIS time faster than it improves the result; the boundary step (4.) recovers
+# flow costs DIS time faster than it improves the result; the boundary step (5.) recovers
 # most of what coarse flow loses at motion edges.
 FLOW_SIZE = 320
 # DIS refuses images under 12 px; smaller frames are just blended.
@@ -100,7 +109,7 @@ BACKGROUND_SAMPLE_STEP = 4
 
 
 class FlowInterpolator:
-    """Bidirectional DIS optical flow with occlusion-aware midpoint warping.
+    """Bidirectional DIS optical flow, fast objects matched, occlusion-aware midpoint warping.
 
     ``blended_pairs`` counts pairs returned as a plain blend because their motion estimate
     failed (the driver reports it).
