@@ -41,7 +41,7 @@ from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
-    from allegro.interpolation.driver import InterpolationResult
+    from allegro.interpolation.driver import InterpolationCounts, InterpolationResult
     from allegro.ti2v.inputs import ConditionInputs
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
@@ -600,10 +600,14 @@ def save_video(path: Path, frames: np.ndarray, fps: float, settings: dict[str, A
     try:
         write_video(path, frames, fps, settings)
     except OSError as error:
-        raise AllegroError(
-            f"Could not save the video to {path.parent}: {error.strerror or error}. "
-            "Free some disk space or choose another output folder."
-        ) from None
+        raise _save_error(path, error) from None
+
+
+def _save_error(path: Path, error: OSError) -> AllegroError:
+    return AllegroError(
+        f"Could not save the video to {path.parent}: {error.strerror or error}. "
+        "Free some disk space or choose another output folder."
+    )
 
 
 def _run_interpolation(
@@ -611,6 +615,12 @@ def _run_interpolation(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     from allegro.interpolation.driver import interpolate_frames
 
+    result = interpolate_frames(frames, interpolator, _interpolation_progress(clock), cancel)
+    return result.frames, interpolation_settings(interpolator.name, result)
+
+
+def _interpolation_progress(clock: _ProgressClock) -> Callable[[int, int], None]:
+    """Progress events for pairs done of total, with an ETA from the pace so far."""
     started = time.monotonic()
 
     def on_pairs(done: int, total: int) -> None:
@@ -625,8 +635,7 @@ def _run_interpolation(
         )
 
     clock.emit(Stage.INTERPOLATING, 0.0, message="Interpolating …")
-    result = interpolate_frames(frames, interpolator, on_pairs, cancel)
-    return result.frames, interpolation_settings(interpolator.name, result)
+    return on_pairs
 
 
 def interpolate_video(
@@ -638,10 +647,15 @@ def interpolate_video(
     cancel: CancelToken | None = None,
 ) -> Path:
     """15 fps MP4 in, 30 fps MP4 out; the source's settings (if it has any) are carried over
-    with the interpolation recorded."""
+    with the interpolation recorded.
+
+    Pipelined: a thread decodes ahead, pairs are interpolated as their frames arrive, and a
+    thread encodes each 30 fps frame as soon as it is made, so the command takes about as
+    long as its slowest stage rather than the sum of all three."""
     from allegro.errors import InterpolationError
     from allegro.interpolation import create_interpolator
-    from allegro.video import read_frames, read_settings
+    from allegro.interpolation.driver import interpolate_stream
+    from allegro.video import PipelinedVideoWriter, read_settings, stream_frames
 
     source, destination = Path(source), Path(destination)
     if not source.is_file():
@@ -650,31 +664,46 @@ def interpolate_video(
         raise InterpolationError(f"The output must be an .mp4 file, not {destination.name}.")
     interpolator = create_interpolator(method, weights=weights)
     try:
-        frames, fps = read_frames(source)
-    except AllegroError as error:
-        raise InterpolationError(str(error)) from None
-    if len(frames) < 2:
-        raise InterpolationError(f"{source.name} has only one frame: nothing to interpolate.")
-    try:
         settings = read_settings(source)
     except AllegroError:
         settings = {"source": source.name}
+    try:
+        frames = stream_frames(source)
+    except AllegroError as error:
+        raise InterpolationError(str(error)) from None
     clock = _ProgressClock(on_progress, interpolate=True)
-    frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel or CancelToken())
-    interpolation["source_fps"] = fps
-    settings = {**settings, "fps": interpolation["fps"], "interpolation": interpolation}
-    clock.emit(Stage.SAVING, message="Saving the video …")
-    save_video(destination, frames, interpolation["fps"], settings)
+    on_pairs = _interpolation_progress(clock)
+    total_pairs = frames.frame_count - 1 if frames.frame_count > 1 else None
+    try:
+        # The poster is the middle one of the 2N frames written.
+        with (
+            frames,
+            PipelinedVideoWriter(
+                destination, INTERPOLATED_FPS, poster_frame=frames.frame_count
+            ) as writer,
+        ):
+            counts = interpolate_stream(
+                frames, interpolator, writer.put, on_pairs, cancel or CancelToken(), total_pairs
+            )
+            interpolation = interpolation_settings(method, counts, 2 * (counts.pairs + 1))
+            interpolation["source_fps"] = frames.fps
+            settings = {**settings, "fps": INTERPOLATED_FPS, "interpolation": interpolation}
+            clock.emit(Stage.SAVING, message="Saving the video …")
+            writer.finish(settings)
+    except OSError as error:
+        raise _save_error(destination, error) from None
     clock.emit(Stage.DONE, 1.0)
     return destination
 
 
-def interpolation_settings(method: str, result: InterpolationResult) -> dict[str, Any]:
+def interpolation_settings(
+    method: str, result: InterpolationResult | InterpolationCounts, frames: int | None = None
+) -> dict[str, Any]:
     return {
         "method": method,
         "fps": INTERPOLATED_FPS,
         "source_fps": FPS,
-        "frames": len(result.frames),
+        "frames": len(result.frames) if frames is None else frames,
         "layout": "every source frame kept; one new frame between each pair; last repeated",
         "fallback_pairs": int(result.fallback_pairs),
     }
