@@ -42,6 +42,7 @@ from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
     from allegro.interpolation.driver import InterpolationCounts, InterpolationResult
+    from allegro.prompts import EncodedPrompt
     from allegro.ti2v.inputs import ConditionInputs
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
@@ -328,9 +329,18 @@ class Engine:
             condition = read_condition(request)
         interpolator = self._interpolator(request) if request.interpolate else None
         cancel.raise_if_cancelled()
+        clock.emit(Stage.ENCODING, message="Encoding the prompt …")
         # Caption cleaning is CPU work (quadratic in the text's length in diffusers): done
         # before taking the GPU, so a long prompt never holds the lock, and cancellable.
         texts = clean_texts(loaded.pipe, request, cancel)
+        prompts = None
+        if loaded.offload.mode == "none":
+            # With no offload the text encoder never moves and one prompt (at most 512
+            # tokens) needs megabytes, so it is encoded before the lock too. Offload hooks
+            # move whole modules between devices when called (accelerate hooks.py
+            # CpuOffload.pre_forward; diffusers hooks/group_offloading.py onload_), which
+            # must not happen during another job's denoising: there it waits for the lock.
+            prompts = _encode_texts(loaded, texts, cancel)
 
         warnings: list[str] = []
         if reason := fast_mode_off_reason(loaded, request):
@@ -342,7 +352,7 @@ class Engine:
             frames = _run_on_gpu(
                 loaded,
                 lambda: self._make_frames(
-                    loaded, request, clock, cancel, warnings, texts, condition
+                    loaded, request, clock, cancel, warnings, prompts or texts, condition
                 ),
                 lambda: oom_advice(loaded, request),
             )
@@ -398,29 +408,24 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
-        texts: tuple[str, str] | None = None,
+        prompts: tuple[str, str] | tuple[EncodedPrompt, EncodedPrompt],
         condition: ConditionInputs | None = None,
     ) -> np.ndarray:
-        """``texts``: the positive and negative prompts from clean_texts (cleaned here if
-        not given)."""
+        """``prompts``: the positive and negative prompts, cleaned (clean_texts) or already
+        encoded (_encode_texts)."""
         import torch
 
         pipe = loaded.pipe
-        device = pipe._execution_device
         clean_caption = _clean_caption_available()
 
-        clock.emit(Stage.ENCODING, message="Encoding the prompt …")
         from allegro.prompts import find_truncation
 
         notice = find_truncation(pipe.tokenizer, positive_prompt(request))
         if notice is not None:
             warnings.append(notice.message())
-        cleaned_positive, cleaned_negative = texts or clean_texts(pipe, request, cancel)
-        # Already cleaned: the pipeline only lower-cases and strips them again (a no-op).
-        positive = loaded.prompt_cache.encode(pipe, cleaned_positive, False, device)
-        cancel.raise_if_cancelled()
-        negative = loaded.prompt_cache.encode(pipe, cleaned_negative, False, device)
-        cancel.raise_if_cancelled()
+        if isinstance(prompts[0], str):
+            prompts = _encode_texts(loaded, prompts, cancel)
+        positive, negative = prompts
 
         if loaded.preview_map is None:
             loaded.preview_map = _fit_preview_map(pipe)
@@ -764,6 +769,19 @@ def clean_texts(pipe, request: GenerationRequest, cancel: CancelToken) -> tuple[
         cleaned.append(pipe._text_preprocessing(text, clean_caption=clean_caption)[0])
     cancel.raise_if_cancelled()
     return cleaned[0], cleaned[1]
+
+
+def _encode_texts(
+    loaded: LoadedPipeline, texts: tuple[str, str], cancel: CancelToken
+) -> tuple[EncodedPrompt, EncodedPrompt]:
+    """The cleaned positive and negative prompts through the embedding cache. Already
+    cleaned: the pipeline only lower-cases and strips them again (a no-op)."""
+    pipe = loaded.pipe
+    encoded = []
+    for text in texts:
+        encoded.append(loaded.prompt_cache.encode(pipe, text, False, pipe._execution_device))
+        cancel.raise_if_cancelled()
+    return encoded[0], encoded[1]
 
 
 def _clean_caption_available() -> bool:
