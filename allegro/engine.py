@@ -186,13 +186,17 @@ def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
     offload = loaded.offload.mode
     precision = loaded.spec.precision or "bf16"
     size = f"{request.frames}x{request.height}x{request.width}"
+    profile = loaded.spec.memory_profile
     suggestions = []
     for mode in ("model", "group", "sequential"):
         if costs.OFFLOAD_ORDER.index(mode) > costs.OFFLOAD_ORDER.index(offload):
+            if mode not in costs.memory_profile(profile).offload_modes:
+                continue
             need = costs.estimate_memory(
-                mode, precision, request.frames, request.height, request.width
+                mode, precision, request.frames, request.height, request.width, profile=profile
             ).peak_bytes
             suggestions.append(f"start with --offload {mode} (needs about {need / 1e9:.1f} GB)")
+    suggestions.extend(_memory_profile_advice(loaded, request))
     smaller = costs.estimate_memory(offload, precision, 40, 368, 640).peak_bytes
     suggestions.append(
         f"make a smaller video, e.g. 40 frames at 368x640 (about {smaller / 1e9:.1f} GB "
@@ -202,6 +206,33 @@ def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
         f"The GPU ran out of memory making a {size} video with offload '{offload}'. "
         "Settings that should fit: " + "; or ".join(suggestions) + ". The app keeps running."
     )
+
+
+def _memory_profile_advice(loaded: LoadedPipeline, request: GenerationRequest) -> list[str]:
+    """Smaller weights that fit with the current offload mode, smallest last."""
+    from allegro import costs
+
+    suggestions = []
+    current = costs.memory_profile(loaded.spec.memory_profile)
+    for profile in costs.MEMORY_PROFILES.values():
+        smaller = (profile.fp8_transformer >= current.fp8_transformer) and (
+            profile.int8_text_encoder >= current.int8_text_encoder
+        )
+        if profile == current or not smaller or loaded.offload.mode not in profile.offload_modes:
+            continue
+        need = costs.estimate_memory(
+            loaded.offload.mode,
+            loaded.spec.precision or "bf16",
+            request.frames,
+            request.height,
+            request.width,
+            loaded.spec.vae_precision,
+            profile=profile.name,
+        ).peak_bytes
+        suggestions.append(
+            f"start with --memory-profile {profile.name} (needs about {need / 1e9:.1f} GB)"
+        )
+    return suggestions
 
 
 class Engine:
@@ -241,11 +272,12 @@ class Engine:
         cancel.raise_if_cancelled()
 
         warnings: list[str] = []
+        run_info: dict[str, Any] = {}  # what the run's accelerations report
         fps: float = FPS
         interpolation: dict[str, Any] | None = None
         with loaded.run_lock:  # one job on the GPU at a time, interpolation included
             with _recover_from_oom(loaded, request):
-                frames = self._make_frames(loaded, request, clock, cancel, warnings)
+                frames = self._make_frames(loaded, request, clock, cancel, warnings, run_info)
             if interpolator is not None:
                 frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
                 fps = INTERPOLATED_FPS
@@ -260,6 +292,7 @@ class Engine:
         )
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
+        settings.update(run_info)
         save_video(path, frames, fps, settings)
         clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
         return GenerationResult(
@@ -284,6 +317,7 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
+        run_info: dict[str, Any],
     ) -> np.ndarray:
         import torch
 
@@ -345,23 +379,26 @@ class Engine:
             message="Denoising …",
         )
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        latents = pipe(
-            prompt_embeds=positive.embeds,
-            prompt_attention_mask=positive.attention_mask,
-            negative_prompt_embeds=negative.embeds,
-            negative_prompt_attention_mask=negative.attention_mask,
-            negative_prompt=None,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance_scale,
-            num_frames=request.frames,
-            height=request.height,
-            width=request.width,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-            clean_caption=clean_caption,
-        ).frames
+        with _step_cache(pipe, request) as step_cache_stats:
+            latents = pipe(
+                prompt_embeds=positive.embeds,
+                prompt_attention_mask=positive.attention_mask,
+                negative_prompt_embeds=negative.embeds,
+                negative_prompt_attention_mask=negative.attention_mask,
+                negative_prompt=None,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance_scale,
+                num_frames=request.frames,
+                height=request.height,
+                width=request.width,
+                generator=generator,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                clean_caption=clean_caption,
+            ).frames
+        if step_cache_stats:
+            run_info["step_cache"] = step_cache_stats[0].settings()
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
 
@@ -431,6 +468,8 @@ class Engine:
             "fps": fps,
             "use_template": request.use_template,
             "fast_mode": request.fast_mode,
+            "step_cache": request.step_cache,  # replaced by its statistics after a run
+            "memory_profile": spec.memory_profile,
             "interpolation": interpolation,
             "model": spec.model,
             "transformer": spec.transformer,
@@ -551,6 +590,19 @@ def _set_fast_mode(pipe, enabled: bool) -> None:
                 current_timestep_callback=lambda: pipe.current_timestep,
             )
         )
+
+
+@contextlib.contextmanager
+def _step_cache(pipe, request: GenerationRequest) -> Iterator[list]:
+    """The step cache armed for this run only (see allegro.step_cache); a plain run yields
+    an empty list."""
+    if not request.step_cache:
+        yield []
+        return
+    from allegro.step_cache import armed_step_cache
+
+    with armed_step_cache(pipe, request.steps) as stats:
+        yield stats
 
 
 def _clean_caption_available() -> bool:

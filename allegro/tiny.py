@@ -39,8 +39,9 @@ def _char_tokenizer():
     )
 
 
-def make_tiny_pipeline(seed: int = 0):
-    """Build the tiny pipeline in memory (random weights, seeded)."""
+def make_tiny_pipeline(seed: int = 0, layers: int = 1):
+    """Build the tiny pipeline in memory (random weights, seeded); ``layers`` transformer
+    blocks (the step cache's tests need more than the blocks it always computes)."""
     import torch
     from diffusers import (
         AllegroPipeline,
@@ -67,7 +68,7 @@ def make_tiny_pipeline(seed: int = 0):
     transformer = AllegroTransformer3DModel(
         num_attention_heads=2,
         attention_head_dim=12,
-        num_layers=1,
+        num_layers=layers,
         cross_attention_dim=24,
         caption_channels=24,
         sample_frames=TINY_FRAMES // 4,
@@ -94,8 +95,8 @@ def make_tiny_pipeline(seed: int = 0):
     )
 
 
-def make_tiny(directory: str | Path, seed: int = 0) -> Path:
+def make_tiny(directory: str | Path, seed: int = 0, layers: int = 1) -> Path:
     """Save a tiny checkpoint to ``directory`` (safetensors, diffusers layout)."""
     directory = Path(directory)
-    make_tiny_pipeline(seed).save_pretrained(directory, safe_serialization=True)
+    make_tiny_pipeline(seed, layers).save_pretrained(directory, safe_serialization=True)
     return directory
