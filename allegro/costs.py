@@ -647,6 +647,7 @@ MEMORY_PROFILES: Mapping[str, MemoryProfile] = MappingProxyType(
 )
 FP8_BYTES = 1
 INT8_BYTES = 1
+INT8_ROW_BYTES = 5  # torchao 0.18 Int8Tensor: fp32 scale + int8 zero point per output row
 
 
 def memory_profile(name: str) -> MemoryProfile:
@@ -691,15 +692,15 @@ def transformer_weight_bytes(
 
 
 def text_encoder_weight_bytes(precision: str, int8: bool = False, t5: T5Geometry = T5_XXL) -> int:
-    """T5 weights; int8 weight-only stores each linear weight in 1 byte plus one scale per
-    output row (in ``precision``); the embedding, norms and position bias are not linear
-    layers and keep ``precision``."""
+    """T5 weights; int8 weight-only stores each linear weight in 1 byte plus, per output row,
+    an fp32 scale and an int8 zero point; the embedding, norms and position bias are not
+    linear layers and keep ``precision``."""
     if not int8:
         return t5.weight_bytes(precision)
     element = PRECISION_BYTES[precision]
     linear = t5.layers * (t5.block_parameters - 2 * t5.d_model)
-    scales = t5.layers * (3 * t5.inner + t5.d_model + 2 * t5.d_ff + t5.d_model)
-    return linear * INT8_BYTES + (scales + t5.parameter_count - linear) * element
+    rows = t5.layers * (3 * t5.inner + t5.d_model + 2 * t5.d_ff + t5.d_model)
+    return linear * INT8_BYTES + rows * INT8_ROW_BYTES + (t5.parameter_count - linear) * element
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,7 @@ def generate_counting_blocks(engine, step_cache: bool):
         )
     )
     try:
-        request = GenerationRequest(
-            prompt="a red kite", seed=5, steps=STEPS, step_cache=step_cache
-        )
+        request = GenerationRequest(prompt="a red kite", seed=5, steps=STEPS, step_cache=step_cache)
         result = engine.generate(request)
     finally:
         for handle in handles:
