@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,11 +60,14 @@ class StepCacheStats:
             "library": "cache-dit DBCache",
         }
 
-    def summary(self) -> str:
+    @staticmethod
+    def summary_of(settings: Mapping[str, Any]) -> str:
+        """One line for a person, from the statistics saved with a video."""
+        steps, blocks = settings["steps"], settings["blocks"]
         return (
-            f"step cache: {len(self.cached_steps)} of {self.steps} steps reused the later "
-            f"blocks; {self.computed_blocks} of {self.steps * self.blocks} block computations "
-            f"run ({self.kept_fraction:.0%})"
+            f"step cache: {len(settings['cached_steps'])} of {steps} steps reused the later "
+            f"blocks; {settings['computed_blocks']} of {steps * blocks} block computations "
+            f"run ({settings['kept_fraction']:.0%})"
         )
 
 

@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from allegro.loading import OFFLOAD_MODES, PRECISIONS
+from allegro.costs import MEMORY_PROFILES
+from allegro.errors import AllegroError
+from allegro.loading import OFFLOAD_MODES, PRECISIONS, check_memory_profile
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -51,6 +53,7 @@ class AppConfig:
     space_id: str | None  # set on Hugging Face Spaces
     zero_gpu: bool  # a ZeroGPU Space: the GPU is lent per call, for a limited time
     zero_gpu_max_seconds: int
+    memory_profile: str = "off"  # costs.MEMORY_PROFILES
 
     @property
     def shared(self) -> bool:
@@ -169,6 +172,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "compilation, later ones run faster (GPU). [ALLEGRO_COMPILE]",
     )
     parser.add_argument(
+        "--memory-profile",
+        choices=tuple(MEMORY_PROFILES),
+        default=_choice(environ, "ALLEGRO_MEMORY_PROFILE", tuple(MEMORY_PROFILES)) or "off",
+        help="smaller weights: fp8-transformer (fp8 storage, bf16 compute), int8-text-encoder "
+        "(8-bit T5), low-memory (both). Not with sequential offload; fp8 not with --compile; "
+        "not on ZeroGPU. Default: off. [ALLEGRO_MEMORY_PROFILE]",
+    )
+    parser.add_argument(
         "--host",
         default=_env_text(environ, "GRADIO_SERVER_NAME") or DEFAULT_HOST,
         help="address to listen on; 0.0.0.0 lets other machines connect (then each browser "
@@ -261,6 +272,10 @@ def parse_config(
         # Same exit as a bad flag, so scripts and Docker see one kind of failure.
         argparse.ArgumentParser(prog="python app.py").error(str(error))
     args = parser.parse_args(argv)
+    try:
+        check_memory_profile(args.memory_profile, args.offload, args.compile, zero_gpu)
+    except AllegroError as error:
+        parser.error(str(error))
     return AppConfig(
         model=args.model,
         transformer=args.transformer,
@@ -280,4 +295,5 @@ def parse_config(
         space_id=_env_text(environ, "SPACE_ID"),
         zero_gpu=zero_gpu,
         zero_gpu_max_seconds=args.zero_gpu_max_seconds,
+        memory_profile=args.memory_profile,
     )

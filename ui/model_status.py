@@ -277,6 +277,7 @@ class ModelLoader:
                 vae_precision=self.config.vae_precision,
                 offload=self.config.offload,
                 compile=self.config.compile,
+                memory_profile=self.config.memory_profile,
             )
             self._engine = Engine(spec, self.config.output_dir, self.config.ema_vfi_weights)
             self._engine_ready.set()
@@ -310,4 +311,5 @@ def _hardware(loaded) -> Hardware:
         precision=spec.precision or "bf16",
         vae_precision=spec.vae_precision,
         transformer_config=dict(loaded.pipe.transformer.config),
+        memory_profile=spec.memory_profile,
     )

@@ -25,7 +25,7 @@ from allegro.request import (
 )
 from ui import gallery
 from ui.config import AppConfig
-from ui.estimates import cost_hint, estimate_seconds
+from ui.estimates import cost_hint, estimate_memory_bytes, estimate_seconds, options_note
 from ui.formatting import entry_markdown, progress_description, result_markdown
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
@@ -174,6 +174,7 @@ class Studio:
         interpolate: bool,
         interpolation_method: str | None,
         fast_mode: bool,
+        step_cache: bool,
         owner_id: str,
         job: JobSlot,
         request: gr.Request,
@@ -192,6 +193,7 @@ class Studio:
             interpolate=interpolate,
             interpolation_method=interpolation_method,
             fast_mode=fast_mode,
+            step_cache=step_cache,
         )
         try:
             prepared = self.prepare(controls.to_request())
@@ -269,6 +271,7 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        step_cache: bool = False,
         request: gr.Request = None,
     ) -> tuple[FileData, dict]:
         """Make one video. Returns the MP4 and its settings (with the seed used and any
@@ -288,6 +291,7 @@ class Studio:
             interpolate=interpolate or bool(interpolation_method),
             interpolation_method=interpolation_method,
             fast_mode=fast_mode,
+            step_cache=step_cache,
         )
         token = CancelToken()
         try:
@@ -308,7 +312,9 @@ class Studio:
 
     # ---- model status -------------------------------------------------------------------
 
-    def poll_status(self, steps: float, length: str, size: str, fast_mode: bool):
+    def poll_status(
+        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+    ):
         """Timer tick: (banner, generate button, retry button, timer, length, size,
         interpolate toggle, method, cost hint). Choices are sent once, when ready."""
         status = self.loader.status()
@@ -328,14 +334,16 @@ class Studio:
             gr.update(visible=status.phase == Phase.FAILED),
             gr.Timer(active=status.busy),
             *dropdowns,
-            self.hint(steps, length, size, fast_mode),
+            self.hint(steps, length, size, fast_mode, step_cache),
         )
 
     def retry_loading(self):
         self.loader.start()
         return gr.Timer(active=True), gr.update(visible=False)
 
-    def hint(self, steps: float, length: str, size: str, fast_mode: bool) -> str:
+    def hint(
+        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+    ) -> str:
         status = self.loader.status()
         if not status.ready or status.native is None:
             return ""
@@ -344,8 +352,14 @@ class Studio:
             step_count = int(steps)
         except (TypeError, ValueError):
             return ""
-        seconds = self._estimator(status)(frames, height, width, step_count, bool(fast_mode))
-        return cost_hint(seconds, status.hardware)
+        if status.hardware is None or status.hardware.gpu_name is None:
+            return cost_hint(None, status.hardware)
+        seconds = estimate_seconds(
+            status.hardware, frames, height, width, step_count, bool(fast_mode), bool(step_cache)
+        )
+        memory = estimate_memory_bytes(status.hardware, frames, height, width, bool(step_cache))
+        note = options_note(bool(step_cache), status.hardware.memory_profile)
+        return cost_hint(seconds, status.hardware, memory, note)
 
     # ---- gallery ------------------------------------------------------------------------
 
@@ -377,7 +391,7 @@ class Studio:
         )
 
     def reuse_entry(self, name: str | None, owner_id: str):
-        """The selected video's settings into the controls (11 control values)."""
+        """The selected video's settings into the controls (12 control values)."""
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
         try:
@@ -400,14 +414,14 @@ class Studio:
     def load_dropped_video(self, path: str | None):
         """A dropped MP4 -> its settings in the controls (or a clear message why not)."""
         if not path:
-            return tuple(gr.skip() for _ in range(11))
+            return tuple(gr.skip() for _ in range(12))
         from allegro.video import read_settings
 
         try:
             settings = read_settings(path)
         except AllegroError as error:
             gr.Warning(str(error))
-            return tuple(gr.skip() for _ in range(11))
+            return tuple(gr.skip() for _ in range(12))
         return self._controls_from(settings, "Settings loaded from the video.")
 
     def _controls_from(self, settings: Mapping[str, Any], message: str):
@@ -428,6 +442,7 @@ class Studio:
             values.interpolate,
             values.interpolation_method or gr.skip(),
             values.fast_mode,
+            values.step_cache,
         )
 
 
