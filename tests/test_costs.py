@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -408,3 +409,8 @@ def test_memory_profile_table():
     table = costs.memory_profile_table_markdown()
     assert "| low-memory | none | 19.1 |" in table
     assert "sequential" not in table
+
+
+def test_readme_shows_the_memory_profile_table():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert costs.memory_profile_table_markdown() in readme
