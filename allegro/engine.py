@@ -188,6 +188,11 @@ def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
     size = f"{request.frames}x{request.height}x{request.width}"
     profile = loaded.spec.memory_profile
     suggestions = []
+    if request.step_cache:
+        buffers = costs.step_cache_buffer_bytes(
+            loaded.pipe.transformer.config, request.frames, request.height, request.width
+        )
+        suggestions.append(f"turn the step cache off (saves about {buffers / 1e9:.1f} GB)")
     for mode in ("model", "group", "sequential"):
         if costs.OFFLOAD_ORDER.index(mode) > costs.OFFLOAD_ORDER.index(offload):
             if mode not in costs.memory_profile(profile).offload_modes:

@@ -136,3 +136,22 @@ def test_load_refuses_before_loading(tmp_path):
     spec = PipelineSpec(model=str(tmp_path / "missing"), memory_profile="fp8-transformer")
     with pytest.raises(UnsupportedSetupError, match="--compile"):
         load_pipeline(PipelineSpec(**{**spec.__dict__, "compile": True}))
+
+
+def test_oom_advice_names_the_step_cache_and_smaller_profiles():
+    from types import SimpleNamespace
+
+    from allegro.engine import oom_advice
+    from allegro.loading import AppliedOffload
+
+    loaded = SimpleNamespace(
+        offload=AppliedOffload("model", "chosen by the user"),
+        spec=PipelineSpec(precision="bf16", memory_profile="fp8-transformer"),
+        pipe=SimpleNamespace(transformer=SimpleNamespace(config=costs.ALLEGRO_TRANSFORMER_CONFIG)),
+    )
+    request = GenerationRequest(prompt="a kite", frames=88, height=720, width=1280, step_cache=True)
+    advice = oom_advice(loaded, request)
+    assert "turn the step cache off (saves about 1.5 GB)" in advice
+    assert "--offload group" in advice and "--offload sequential" not in advice  # fp8
+    assert "--memory-profile low-memory (needs about 12.2 GB)" in advice
+    assert "--memory-profile int8-text-encoder" not in advice  # would drop fp8: bigger
