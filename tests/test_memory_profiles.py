@@ -155,3 +155,49 @@ def test_oom_advice_names_the_step_cache_and_smaller_profiles():
     assert "--offload group" in advice and "--offload sequential" not in advice  # fp8
     assert "--memory-profile low-memory (needs about 12.2 GB)" in advice
     assert "--memory-profile int8-text-encoder" not in advice  # would drop fp8: bigger
+
+
+def test_profiles_compose_with_group_offloading_hooks(tiny_model):
+    """Group offload is allowed with both profiles: diffusers' group offloading hooks run on
+    top of layerwise casting and of torchao tensors (hooks/group_offloading.py:39-81) and
+    give the same outputs. Onloading to the CPU exercises the hooks, not a GPU copy."""
+    from diffusers import AllegroTransformer3DModel
+    from diffusers.hooks import apply_group_offloading
+    from transformers import T5EncoderModel
+
+    from allegro.loading import int8_text_encoder_config, store_transformer_in_fp8
+
+    cpu = torch.device("cpu")
+    transformer = AllegroTransformer3DModel.from_pretrained(
+        tiny_model, subfolder="transformer", dtype=torch.bfloat16
+    )
+    store_transformer_in_fp8(transformer, "bf16")
+    generator = torch.Generator().manual_seed(0)
+    inputs = (
+        torch.randn(2, 4, 6, 20, 20, generator=generator, dtype=torch.bfloat16),
+        torch.randn(2, 16, 24, generator=generator, dtype=torch.bfloat16),
+        torch.tensor([500, 500]),
+    )
+    with torch.no_grad():
+        before = transformer(*inputs).sample
+        transformer.enable_group_offload(
+            onload_device=cpu,
+            offload_device=cpu,
+            offload_type="block_level",
+            num_blocks_per_group=1,
+        )
+        assert torch.equal(transformer(*inputs).sample, before)
+
+    encoder = T5EncoderModel.from_pretrained(
+        tiny_model,
+        subfolder="text_encoder",
+        dtype=torch.bfloat16,
+        quantization_config=int8_text_encoder_config(),
+    )
+    ids = torch.randint(3, 60, (1, 20), generator=generator)
+    with torch.no_grad():
+        before = encoder(ids).last_hidden_state
+        apply_group_offloading(
+            encoder, onload_device=cpu, offload_device=cpu, offload_type="leaf_level"
+        )
+        assert torch.equal(encoder(ids).last_hidden_state, before)
