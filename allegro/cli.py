@@ -16,7 +16,7 @@ from pathlib import Path
 
 from allegro import __version__, costs
 from allegro.errors import AllegroError, Cancelled
-from allegro.loading import OFFLOAD_MODES, PRECISIONS, PipelineSpec, check_memory_profile
+from allegro.loading import OFFLOAD_MODES, PRECISIONS, PipelineSpec
 from allegro.request import (
     DEFAULT_MODEL,
     MODEL_PRESETS,
@@ -169,7 +169,6 @@ def _generate(args: argparse.Namespace) -> int:
         compile=args.compile,
         memory_profile=args.memory_profile,
     )
-    check_memory_profile(spec.memory_profile, spec.offload, spec.compile)  # before loading
     engine = Engine(spec, output_dir="outputs", ema_vfi_weights=args.weights)
     cancel = CancelToken()
     bar = _ProgressBar()
