@@ -322,7 +322,7 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
-        run_info: dict[str, Any],
+        run_info: dict[str, Any] | None = None,  # receives the step cache's statistics
     ) -> np.ndarray:
         import torch
 
@@ -402,7 +402,7 @@ class Engine:
                 callback_on_step_end_tensor_inputs=["latents"],
                 clean_caption=clean_caption,
             ).frames
-        if step_cache_stats:
+        if step_cache_stats and run_info is not None:
             run_info["step_cache"] = step_cache_stats[0].settings()
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
