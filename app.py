@@ -29,12 +29,20 @@ def mcp_missing_message() -> str | None:
 
 
 def launch(config: AppConfig) -> None:
+    if config.zero_gpu:
+        # Before anything can initialise CUDA: spaces patches torch when imported, and
+        # refuses to once CUDA is up (spaces 0.51.3 zero/__init__.py:23-27).
+        import spaces  # noqa: F401
     from ui.layout import FAVICON, STYLE, build_blocks, theme
     from ui.model_status import ModelLoader
     from ui.studio import Studio
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     loader = ModelLoader(config)
+    if config.zero_gpu:
+        # On the main thread and before launch, where ZeroGPU can take the weights: see
+        # ModelLoader.load. The page answers only once the model is loaded.
+        loader.load()
     demo = build_blocks(Studio(config, loader, os.environ))
     demo.queue(max_size=config.max_queue, default_concurrency_limit=None)
     demo.launch(
@@ -49,8 +57,9 @@ def launch(config: AppConfig) -> None:
         footer_links=["api", "gradio"],
         prevent_thread_lock=True,
     )
-    # Loading starts once the page answers: importing torch on the side would slow that down.
-    loader.start()
+    if not config.zero_gpu:
+        # Loading starts once the page answers: importing torch on the side would slow that.
+        loader.start()
     logger.info("Serving %s on %s:%s", loader.config.output_dir, config.host, config.port)
     demo.block_thread()
 

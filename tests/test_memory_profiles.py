@@ -148,13 +148,20 @@ def test_oom_advice_names_the_step_cache_and_smaller_profiles():
         offload=AppliedOffload("model", "chosen by the user"),
         spec=PipelineSpec(precision="bf16", memory_profile="fp8-transformer"),
         pipe=SimpleNamespace(transformer=SimpleNamespace(config=costs.ALLEGRO_TRANSFORMER_CONFIG)),
+        gpu_memory_bytes=None,  # not known: every setting is proposed
     )
     request = GenerationRequest(prompt="a kite", frames=88, height=720, width=1280, step_cache=True)
     advice = oom_advice(loaded, request)
-    assert "turn the step cache off (saves about 1.5 GB)" in advice
+    assert advice.index("turn the step cache off (saves about 1.5 GB)") == advice.index("fit: ") + 5
     assert "--offload group" in advice and "--offload sequential" not in advice  # fp8
-    assert "--memory-profile low-memory (needs about 12.2 GB)" in advice
+    # Counted with the step cache still on, as asked (12.2 GB without its 1.5 GB buffers).
+    assert "--memory-profile low-memory (needs about 13.7 GB)" in advice
     assert "--memory-profile int8-text-encoder" not in advice  # would drop fp8: bigger
+    # On a 12 GB card only what fits is proposed: group offload (11.8 GB), not low-memory.
+    advice = oom_advice(
+        SimpleNamespace(**{**vars(loaded), "gpu_memory_bytes": 12 * 10**9}), request
+    )
+    assert "--offload group" in advice and "--memory-profile" not in advice
 
 
 def test_profiles_compose_with_group_offloading_hooks(tiny_model):
@@ -201,3 +208,32 @@ def test_profiles_compose_with_group_offloading_hooks(tiny_model):
             encoder, onload_device=cpu, offload_device=cpu, offload_type="leaf_level"
         )
         assert torch.equal(encoder(ids).last_hidden_state, before)
+
+
+def test_low_memory_profile_on_image_to_video(tiny_ti2v_model, tmp_path):
+    """Allegro-TI2V with fp8 storage and the int8 T5: its condition branches match the
+    transformer's ``pos_embed`` skip pattern and stay in bf16; a plain text encoder of the
+    same files is not taken for the int8 one (their fingerprints differ)."""
+    from PIL import Image
+
+    from allegro.loading import ReusableComponent, weights_fingerprint
+
+    image = tmp_path / "first.png"
+    Image.new("RGB", (48, 40), "teal").save(image)
+    spec = PipelineSpec(model=str(tiny_ti2v_model), precision="bf16", memory_profile="low-memory")
+    plain_t5 = ReusableComponent(
+        weights_fingerprint(tiny_ti2v_model / "text_encoder", "bf16"), torch.nn.Linear(1, 1)
+    )
+    loaded = load_pipeline(spec, reusable={"text_encoder": plain_t5})
+    assert loaded.ti2v and loaded.reused == ()
+    transformer = loaded.pipe.transformer
+    assert transformer.transformer_blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    assert transformer.pos_embed_mask[0].proj.weight.dtype == torch.bfloat16
+    assert transformer.pos_embed_first_frame[1].weight.dtype == torch.bfloat16
+    query = loaded.pipe.text_encoder.encoder.block[0].layer[0].SelfAttention.q.weight
+    assert hasattr(query, "__tensor_flatten__")  # a torchao int8 tensor
+
+    engine = Engine(spec, tmp_path / "out", cache=PipelineCache())
+    request = GenerationRequest(prompt="a red kite", seed=1, steps=2, first_image=str(image))
+    result = engine.generate(request)
+    assert read_settings(result.video_path)["memory_profile"] == "low-memory"

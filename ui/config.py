@@ -15,7 +15,7 @@ from pathlib import Path
 
 from allegro.costs import MEMORY_PROFILES
 from allegro.errors import AllegroError
-from allegro.loading import OFFLOAD_MODES, PRECISIONS, check_memory_profile
+from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS, check_memory_profile
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,6 +27,16 @@ DEFAULT_ZERO_GPU_MAX_SECONDS = 300
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+# spaces emulates CUDA only until the weights are packed at launch, and its GPU worker gets
+# them back on the GPU (spaces 0.51.3 zero/__init__.py:31, zero/wrappers.py:147-154): nothing
+# can move weights between CPU and GPU per call, so only "none" works there.
+ZERO_GPU_OFFLOAD_MESSAGE = (
+    "On ZeroGPU the weights stay on the lent GPU: offload {mode!r} cannot work there "
+    "(ZeroGPU moves every weight onto the GPU itself for each call). Unset ALLEGRO_OFFLOAD "
+    "or set it to none."
+)
 
 
 class ConfigError(ValueError):
@@ -272,8 +282,13 @@ def parse_config(
         # Same exit as a bad flag, so scripts and Docker see one kind of failure.
         argparse.ArgumentParser(prog="python app.py").error(str(error))
     args = parser.parse_args(argv)
+    offload = args.offload
+    if zero_gpu:
+        if offload in GPU_OFFLOAD_MODES:
+            parser.error(ZERO_GPU_OFFLOAD_MESSAGE.format(mode=offload))
+        offload = "none"  # what auto must pick there, whatever the emulated free memory says
     try:
-        check_memory_profile(args.memory_profile, args.offload, args.compile, zero_gpu)
+        check_memory_profile(args.memory_profile, offload, args.compile, zero_gpu)
     except AllegroError as error:
         parser.error(str(error))
     return AppConfig(
@@ -281,7 +296,7 @@ def parse_config(
         transformer=args.transformer,
         precision=args.precision,
         vae_precision=args.vae_precision,
-        offload=args.offload,
+        offload=offload,
         compile=args.compile,
         host=args.host,
         port=args.port,

@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allegro.errors import AllegroError
+from allegro.errors import AllegroError, UnsupportedSetupError
 from allegro.events import ProgressEvent, Stage
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, NativeSize
 from ui.config import AppConfig
@@ -190,6 +190,12 @@ def _cuda_available() -> bool:
     return cuda_available()
 
 
+def _visible_gpus() -> list[str]:
+    from allegro.loading import visible_nvidia_devices
+
+    return visible_nvidia_devices()
+
+
 class ModelLoader:
     """Owns the background load and the engine built for the chosen model."""
 
@@ -198,10 +204,12 @@ class ModelLoader:
         config: AppConfig,
         environ: Mapping[str, str] | None = None,
         has_cuda: Callable[[], bool] = _cuda_available,
+        visible_gpus: Callable[[], list[str]] = _visible_gpus,
     ) -> None:
         self.config = config
         self.environ = os.environ if environ is None else environ
         self._has_cuda = has_cuda
+        self._visible_gpus = visible_gpus
         self._lock = threading.Lock()
         self._status = ModelStatus()
         self._engine: Engine | None = None
@@ -234,6 +242,15 @@ class ModelLoader:
             )
             self._thread.start()
 
+    def load(self) -> None:
+        """Load on the calling thread and return when done (or failed: see status()). On
+        ZeroGPU the app calls this on the main thread before launch: spaces emulates CUDA
+        only on the thread that imported it (its TorchFunctionMode is thread-local, spaces
+        0.51.3 zero/torch/patching.py:301-307, zero/wrappers.py:355) and packs the "cuda"
+        weights at launch (zero/__init__.py:31, zero/gradio.py:157-163). A finished load
+        also means no request can fork the GPU worker while the cache's lock is held."""
+        self._run()
+
     def engine(self, timeout: float = 600.0) -> Engine:
         """The engine, once the model is chosen (loading may still be under way: the
         engine's own load waits for it). Blocks for the seconds that choosing takes."""
@@ -261,7 +278,13 @@ class ModelLoader:
     def _run(self) -> None:
         try:
             self._update(message="Looking for a GPU …")
-            choice = choose_model(self.config, self._has_cuda())
+            has_cuda = self._has_cuda()
+            if not has_cuda and not self.config.preview and (devices := self._visible_gpus()):
+                from allegro.loading import cuda_unusable_message
+
+                # Loud: silently serving the CPU preview model would hide a broken setup.
+                raise UnsupportedSetupError(cuda_unusable_message(devices))
+            choice = choose_model(self.config, has_cuda)
             self._update(choice=choice)
             model = choice.model
             if choice.preview:
@@ -312,4 +335,7 @@ def _hardware(loaded) -> Hardware:
         vae_precision=spec.vae_precision,
         transformer_config=dict(loaded.pipe.transformer.config),
         memory_profile=spec.memory_profile,
+        gpu_memory_bytes=loaded.gpu_memory_bytes,
+        multiprocessors=loaded.multiprocessors,
+        compiled=loaded.compiled,
     )

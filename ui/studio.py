@@ -25,7 +25,13 @@ from allegro.request import (
 )
 from ui import gallery
 from ui.config import AppConfig
-from ui.estimates import cost_hint, estimate_memory_bytes, estimate_seconds, options_note
+from ui.estimates import (
+    cost_hint,
+    estimate_memory_bytes,
+    estimate_seconds,
+    fast_mode_notice,
+    options_note,
+)
 from ui.formatting import entry_markdown, progress_description, result_markdown
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
@@ -57,7 +63,10 @@ class JobSlot:
 
 
 def user_error(error: BaseException) -> gr.Error:
-    """The gr.Error to show for ``error``: its own message for AllegroError, else generic."""
+    """The gr.Error to show for ``error``: its own message for AllegroError (or a gr.Error
+    already made from one, e.g. in the ZeroGPU worker), else generic."""
+    if isinstance(error, gr.Error):
+        return error
     if isinstance(error, AllegroError):
         return gr.Error(str(error), print_exception=False)
     logger.error("Unexpected error", exc_info=error)
@@ -72,7 +81,7 @@ class Studio:
         self.loader = loader
         self.output_dir = config.output_dir
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
-        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ)
+        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -352,14 +361,17 @@ class Studio:
             step_count = int(steps)
         except (TypeError, ValueError):
             return ""
-        if status.hardware is None or status.hardware.gpu_name is None:
-            return cost_hint(None, status.hardware)
+        hardware = status.hardware
+        if hardware is None or hardware.gpu_name is None:
+            return cost_hint(None, hardware)
+        notice = fast_mode_notice(hardware, frames, height, width) if fast_mode else ""
+        fast = bool(fast_mode) and not notice  # the engine will switch it off
         seconds = estimate_seconds(
-            status.hardware, frames, height, width, step_count, bool(fast_mode), bool(step_cache)
+            hardware, frames, height, width, step_count, fast, bool(step_cache)
         )
-        memory = estimate_memory_bytes(status.hardware, frames, height, width, bool(step_cache))
-        note = options_note(bool(step_cache), status.hardware.memory_profile)
-        return cost_hint(seconds, status.hardware, memory, note)
+        memory = estimate_memory_bytes(hardware, frames, height, width, bool(step_cache), fast)
+        note = options_note(bool(step_cache), hardware.memory_profile)
+        return cost_hint(seconds, hardware, memory, note) + notice
 
     # ---- gallery ------------------------------------------------------------------------
 
