@@ -33,16 +33,6 @@ TARGET_GB = 12.0
 MAX_SLOWDOWN = 0.10
 
 
-def pab_cached_bytes(frames: int, height: int, width: int) -> int:
-    """Pyramid Attention Broadcast keeps every hooked attention's last output for the whole
-    call: 32 x (2, tokens, 2304) in bf16 (23.4 GB here; ALLEGRO_FACTS.md). The memory model
-    gains this term with issue 8; until then this bench adds it itself."""
-    config = costs.ALLEGRO_TRANSFORMER_CONFIG
-    width_ = config["num_attention_heads"] * config["attention_head_dim"]
-    tokens = costs.token_count(frames, height, width, config)
-    return config["num_layers"] * 2 * tokens * width_ * 2
-
-
 @dataclass(frozen=True)
 class Row:
     speed: str
@@ -53,35 +43,49 @@ class Row:
     gb: float
 
 
-def speed_modes() -> list[tuple[str, float, bool]]:
-    """(label, transformer speed-up, step cache on)."""
-    modes = [("plain", 1.0, False)]
-    modes.append(("PAB (fast mode)", costs.fast_mode_speedup(*SIZE, STEPS), False))
+@dataclass(frozen=True)
+class SpeedMode:
+    label: str
+    speedup: float  # of the transformer
+    fast_mode: bool = False
+    step_cache: bool = False
+
+
+def speed_modes() -> list[SpeedMode]:
+    modes = [SpeedMode("plain", 1.0)]
+    modes.append(
+        SpeedMode("PAB (fast mode)", costs.fast_mode_speedup(*SIZE, STEPS), fast_mode=True)
+    )
     for run in costs.PUBLISHED_CACHE_RUNS:
         speedup = costs.step_cache_speedup(run.kept_fraction, *SIZE)
-        modes.append((f"step cache @{run.kept_fraction:.2f} ({run.model})", speedup, True))
+        label = f"step cache @{run.kept_fraction:.2f} ({run.model})"
+        modes.append(SpeedMode(label, speedup, step_cache=True))
     return modes
 
 
-def evaluate(speed: str, speedup: float, step_cache: bool, profile, offload, vae) -> Row:
+def evaluate(speed: SpeedMode, profile, offload, vae) -> Row:
     estimate = costs.estimate_seconds(
         *SIZE, GPU, steps=STEPS, offload=offload, precision="bf16", vae_precision=vae
     )
-    seconds = estimate.total_seconds - estimate.transformer_seconds * (1 - 1 / speedup)
+    seconds = estimate.total_seconds - estimate.transformer_seconds * (1 - 1 / speed.speedup)
+    # Fast mode's attention cache (23.4 GB here) and the step cache's buffers are terms of
+    # the memory model (costs.fast_mode_cache_bytes, costs.step_cache_buffer_bytes).
     memory = costs.estimate_memory(
-        offload, "bf16", *SIZE, vae, profile=profile.name, step_cache=step_cache
+        offload,
+        "bf16",
+        *SIZE,
+        vae,
+        fast_mode=speed.fast_mode,
+        profile=profile.name,
+        step_cache=speed.step_cache,
     )
-    peak = memory.peak_bytes
-    if speed.startswith("PAB"):  # its cached outputs live through denoising
-        denoise = sum(size for label, size in memory.parts if label != "activations (VAE decode)")
-        peak = max(peak, denoise + pab_cached_bytes(*SIZE))
-    return Row(speed, profile.name, offload, vae, seconds / 60, peak / costs.GB)
+    return Row(speed.label, profile.name, offload, vae, seconds / 60, memory.peak_bytes / costs.GB)
 
 
 def main() -> None:
     rows = [
-        evaluate(label, speedup, cached, profile, offload, vae)
-        for (label, speedup, cached), profile, vae in itertools.product(
+        evaluate(speed, profile, offload, vae)
+        for speed, profile, vae in itertools.product(
             speed_modes(), costs.MEMORY_PROFILES.values(), ("fp32", "bf16")
         )
         for offload in profile.offload_modes
@@ -92,7 +96,7 @@ def main() -> None:
     )
     print("No offload, VAE in fp32 (the official setting):")
     print(f"{'speed-up':<34} " + " ".join(f"{p:>22}" for p in costs.MEMORY_PROFILES))
-    for label, _speedup, _cached in speed_modes():
+    for label in (speed.label for speed in speed_modes()):
         cells = []
         for name in costs.MEMORY_PROFILES:
             row = next(
