@@ -27,10 +27,13 @@ def engine(tmp_path_factory) -> Engine:
     )
 
 
-def generate_counting_blocks(engine, step_cache: bool):
+def generate_counting_blocks(engine, step_cache: bool, **fields):
     """Generate, counting every transformer block forward and keeping the transformer's
     output at every step."""
-    pipe = engine.load().pipe
+    request = GenerationRequest(
+        prompt="a red kite", seed=5, steps=STEPS, step_cache=step_cache, **fields
+    )
+    pipe = engine.load(request=request).pipe
     transformer = pipe.transformer
     calls = [0]
     predictions = []
@@ -45,7 +48,6 @@ def generate_counting_blocks(engine, step_cache: bool):
         )
     )
     try:
-        request = GenerationRequest(prompt="a red kite", seed=5, steps=STEPS, step_cache=step_cache)
         result = engine.generate(request)
     finally:
         for handle in handles:
@@ -101,3 +103,46 @@ def test_fast_mode_and_step_cache_are_alternatives(engine):
         engine.generate(
             GenerationRequest(prompt="a kite", steps=2, fast_mode=True, step_cache=True)
         )
+
+
+def test_step_cache_on_image_to_video(tmp_path_factory, tmp_path):
+    """Allegro-TI2V's pipeline is an AllegroPipeline subclass and its transformer runs
+    diffusers' T2V blocks with the condition added around them (allegro/ti2v/): cache-dit
+    caches those blocks as for T2V, the condition reaches every step, and disarming leaves
+    both pipeline classes plain."""
+    from diffusers import AllegroPipeline
+    from PIL import Image
+
+    from allegro.ti2v.pipeline import AllegroTI2VPipeline
+
+    model = make_tiny(tmp_path_factory.mktemp("tiny-ti2v-10-blocks"), ti2v=True, layers=LAYERS)
+    engine = Engine(PipelineSpec(model=str(model)), tmp_path, cache=PipelineCache())
+    image = tmp_path / "first.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    masks: list[int] = []  # the mask branch runs once per step, on the 12-channel input
+    pipe = engine.load(request=GenerationRequest(prompt="a kite", first_image=str(image))).pipe
+    handle = pipe.transformer.pos_embed_mask[0].register_forward_hook(
+        lambda _module, args, _output: masks.append(args[0].shape[1])
+    )
+    try:
+        plain, plain_calls, plain_predictions = generate_counting_blocks(
+            engine, False, first_image=str(image)
+        )
+        cached, cached_calls, cached_predictions = generate_counting_blocks(
+            engine, True, first_image=str(image)
+        )
+    finally:
+        handle.remove()
+
+    assert masks == [4] * (2 * STEPS)  # the condition's mask channels, at every step of both
+    stats = cached.settings["step_cache"]
+    assert stats["cached_steps"] and min(stats["cached_steps"]) >= STEP_CACHE_WARMUP_STEPS
+    assert plain_calls == STEPS * LAYERS
+    assert cached_calls == stats["computed_blocks"] < plain_calls
+    first_cached = min(stats["cached_steps"])
+    torch.testing.assert_close(cached_predictions[:first_cached], plain_predictions[:first_cached])
+    assert not torch.equal(cached_predictions, plain_predictions)
+    assert plain.settings["step_cache"] is False
+    for cls in (AllegroTI2VPipeline, AllegroPipeline):
+        assert not getattr(cls, "_is_cached", False)
