@@ -201,20 +201,37 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
 
 
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
-    """What to change after running out of GPU memory, most effective first: fast mode off
-    (its attention cache is the largest single item), then offload modes and a smaller size,
-    each counted with fast mode as asked, and only those that fit the GPU where known."""
+    """What to change after running out of GPU memory, most effective first: the step cache
+    or fast mode off (fast mode's attention cache is the largest single item), then offload
+    modes, smaller memory profiles and a smaller size, each counted with the step cache or
+    fast mode as asked, and only those that fit the GPU where known."""
     from allegro import costs
 
     offload = loaded.offload.mode
     precision = loaded.spec.precision or "bf16"
     vae_precision = loaded.spec.vae_precision
+    current = costs.memory_profile(loaded.spec.memory_profile)
     fast = request.fast_mode
     size = f"{request.frames}x{request.height}x{request.width}"
 
-    def need(mode: str, frames: int, height: int, width: int, fast_mode: bool = fast) -> int:
+    def need(
+        mode: str,
+        frames: int,
+        height: int,
+        width: int,
+        fast_mode: bool = fast,
+        profile: str = current.name,
+    ) -> int:
         return costs.estimate_memory(
-            mode, precision, frames, height, width, vae_precision, fast_mode=fast_mode
+            mode,
+            precision,
+            frames,
+            height,
+            width,
+            vae_precision,
+            fast_mode=fast_mode,
+            profile=profile,
+            step_cache=request.step_cache,
         ).peak_bytes
 
     def fits(size_bytes: int) -> bool:
@@ -223,13 +240,27 @@ def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
 
     shape = (request.frames, request.height, request.width)
     suggestions = []
+    if request.step_cache:
+        buffers = costs.step_cache_buffer_bytes(loaded.pipe.transformer.config, *shape)
+        suggestions.append(f"turn the step cache off (saves about {buffers / 1e9:.1f} GB)")
     if fast:
         without = need(offload, *shape, fast_mode=False)
         suggestions.append(f"turn fast mode off (about {without / 1e9:.1f} GB)")
     for mode in costs.OFFLOAD_ORDER[costs.OFFLOAD_ORDER.index(offload) + 1 :]:
-        if fits(mode_need := need(mode, *shape)):
+        if mode in current.offload_modes and fits(mode_need := need(mode, *shape)):
             suggestions.append(
                 f"start with --offload {mode} (needs about {mode_need / 1e9:.1f} GB)"
+            )
+    for profile in costs.MEMORY_PROFILES.values():
+        smaller = (profile.fp8_transformer >= current.fp8_transformer) and (
+            profile.int8_text_encoder >= current.int8_text_encoder
+        )
+        if profile == current or not smaller or offload not in profile.offload_modes:
+            continue
+        if fits(profile_need := need(offload, *shape, profile=profile.name)):
+            suggestions.append(
+                f"start with --memory-profile {profile.name} "
+                f"(needs about {profile_need / 1e9:.1f} GB)"
             )
     smaller = need(offload, 40, 368, 640)
     suggestions.append(
@@ -268,6 +299,7 @@ def fast_mode_off_reason(loaded: LoadedPipeline, request: GenerationRequest) -> 
         loaded.spec.vae_precision,
         loaded.pipe.transformer.config,
         guidance=request.guidance_scale > 1,
+        profile=loaded.spec.memory_profile,
     )
 
 
@@ -343,6 +375,7 @@ class Engine:
             prompts = _encode_texts(loaded, texts, cancel)
 
         warnings: list[str] = []
+        run_info: dict[str, Any] = {}  # what the run's accelerations report
         if reason := fast_mode_off_reason(loaded, request):
             warnings.append(f"Fast mode was switched off: {reason}.")
             request = replace(request, fast_mode=False)
@@ -352,7 +385,14 @@ class Engine:
             frames = _run_on_gpu(
                 loaded,
                 lambda: self._make_frames(
-                    loaded, request, clock, cancel, warnings, prompts or texts, condition
+                    loaded,
+                    request,
+                    clock,
+                    cancel,
+                    warnings,
+                    prompts or texts,
+                    run_info,
+                    condition,
                 ),
                 lambda: oom_advice(loaded, request),
             )
@@ -378,6 +418,7 @@ class Engine:
         )
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
+        settings.update(run_info)
         saving_inputs: contextlib.AbstractContextManager = contextlib.nullcontext()
         if condition is not None:
             frames = condition.joined(frames)
@@ -409,6 +450,7 @@ class Engine:
         cancel: CancelToken,
         warnings: list[str],
         prompts: tuple[str, str] | tuple[EncodedPrompt, EncodedPrompt],
+        run_info: dict[str, Any] | None = None,  # receives the step cache's statistics
         condition: ConditionInputs | None = None,
     ) -> np.ndarray:
         """``prompts``: the positive and negative prompts, cleaned (clean_texts) or already
@@ -496,7 +538,7 @@ class Engine:
                 message="Denoising …",
             )
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        with counting:
+        with counting, _step_cache(pipe, request) as step_cache_stats:
             latents = pipe(
                 prompt_embeds=positive.embeds,
                 prompt_attention_mask=positive.attention_mask,
@@ -515,6 +557,8 @@ class Engine:
                 clean_caption=clean_caption,
                 **extra,
             ).frames
+        if step_cache_stats and run_info is not None:
+            run_info["step_cache"] = step_cache_stats[0].settings()
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
 
@@ -584,6 +628,8 @@ class Engine:
             "fps": fps,
             "use_template": request.use_template,
             "fast_mode": request.fast_mode,
+            "step_cache": request.step_cache,  # replaced by its statistics after a run
+            "memory_profile": spec.memory_profile,
             "interpolation": interpolation,
             "model": spec.model,
             "transformer": spec.transformer,
@@ -782,6 +828,19 @@ def _encode_texts(
         encoded.append(loaded.prompt_cache.encode(pipe, text, False, pipe._execution_device))
         cancel.raise_if_cancelled()
     return encoded[0], encoded[1]
+
+
+@contextlib.contextmanager
+def _step_cache(pipe, request: GenerationRequest) -> Iterator[list]:
+    """The step cache armed for this run only (see allegro.step_cache); a plain run yields
+    an empty list."""
+    if not request.step_cache:
+        yield []
+        return
+    from allegro.step_cache import armed_step_cache
+
+    with armed_step_cache(pipe, request.steps) as stats:
+        yield stats
 
 
 def _clean_caption_available() -> bool:

@@ -295,12 +295,14 @@ def test_interpolate_command_keeps_settings_and_rejects_bad_input(engine, tmp_pa
 
 @pytest.mark.slow
 def test_compiled_transformer_blocks(tiny_model, tmp_path):
-    """--compile: torch.compile on each transformer block (inductor, also on the CPU); the
-    compiled pipeline is its own cache entry and makes the same video as plain eager
-    code, within float tolerance."""
+    """--compile: regional compilation (diffusers' compile_repeated_blocks, inductor, also on
+    the CPU) of every transformer block; the compiled pipeline is its own cache entry and
+    makes the same video as plain eager code, within float tolerance."""
     cache = PipelineCache()
     compiled = Engine(PipelineSpec(model=str(tiny_model), compile=True), tmp_path, cache=cache)
     loaded = compiled.load()
+    assert loaded.pipe.transformer._repeated_blocks == ["AllegroTransformerBlock"]
+    assert "_repeated_blocks" not in vars(type(loaded.pipe.transformer))  # diffusers' class
     assert all(
         block._compiled_call_impl is not None
         for block in loaded.pipe.transformer.transformer_blocks

@@ -94,6 +94,7 @@ class ControlValues:
     interpolate: bool = False
     interpolation_method: str | None = None
     fast_mode: bool = False
+    step_cache: bool = False
 
     def to_request(self) -> GenerationRequest:
         height, width = size_for(self.size)
@@ -110,6 +111,7 @@ class ControlValues:
             interpolate=self.interpolate,
             interpolation_method=self.interpolation_method if self.interpolate else None,
             fast_mode=self.fast_mode,
+            step_cache=self.step_cache,
         )
 
 
@@ -160,6 +162,7 @@ def controls_from_settings(
         interpolate=method is not None,
         interpolation_method=method,
         fast_mode=bool(settings.get("fast_mode", False)),
+        step_cache=bool(settings.get("step_cache", False)),  # its statistics when it ran
     )
     return LoadedControls(values, tuple(notes))
 
