@@ -449,12 +449,12 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
-        prompts: tuple[str, str] | tuple[EncodedPrompt, EncodedPrompt],
+        prompts: tuple[str, str] | tuple[EncodedPrompt, EncodedPrompt] | None = None,
         run_info: dict[str, Any] | None = None,  # receives the step cache's statistics
         condition: ConditionInputs | None = None,
     ) -> np.ndarray:
         """``prompts``: the positive and negative prompts, cleaned (clean_texts) or already
-        encoded (_encode_texts)."""
+        encoded (_encode_texts); cleaned and encoded here if not given."""
         import torch
 
         pipe = loaded.pipe
@@ -465,6 +465,8 @@ class Engine:
         notice = find_truncation(pipe.tokenizer, positive_prompt(request))
         if notice is not None:
             warnings.append(notice.message())
+        if prompts is None:
+            prompts = clean_texts(pipe, request, cancel)
         if isinstance(prompts[0], str):
             prompts = _encode_texts(loaded, prompts, cancel)
         positive, negative = prompts

@@ -171,7 +171,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
     """A video's saved settings as the request that made it, for the same checks as any
     request (check_request); InvalidRequestError for a field that is not even the right
     kind of value."""
-    for name in ("use_template", "fast_mode"):
+    for name in ("use_template", "fast_mode", "step_cache"):
         if not isinstance(settings.get(name, False), bool):
             raise InvalidRequestError(f"The video's {name} setting is not yes or no.")
     interpolation = settings.get("interpolation")
@@ -185,7 +185,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
         negative_prompt=settings.get("negative_prompt"),
         seed=settings.get("seed"),
         steps=settings.get("steps", OFFICIAL_STEPS),
-        guidance_scale=settings.get("guidance_scale", OFFICIAL_GUIDANCE),
+        guidance_scale=settings.get("guidance_scale"),  # None: the task's official one
         frames=settings.get("frames"),
         height=settings.get("height"),
         width=settings.get("width"),
@@ -193,6 +193,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
         interpolate=interpolation is not None,
         interpolation_method=method,
         fast_mode=settings.get("fast_mode", False),
+        step_cache=settings.get("step_cache", False),
     )
 
 
