@@ -188,6 +188,12 @@ def _linear(fan_in: int, fan_out: int, bias: bool = True) -> int:
     return fan_in * fan_out + (fan_out if bias else 0)
 
 
+def _adaln_linears(dims: _TransformerDims) -> tuple[tuple[int, int], ...]:
+    """adaln_single's linear layers as (in, out): the timestep MLP and the 6-way modulation."""
+    d = dims.width
+    return ((TIMESTEP_CHANNELS, d), (d, d), (d, 6 * d))
+
+
 def _block_parameters(dims: _TransformerDims) -> int:
     d, qkv_bias = dims.width, dims.attention_bias
     self_attention = 3 * _linear(d, d, qkv_bias) + _linear(d, d)
@@ -202,7 +208,7 @@ def _non_block_parameters(dims: _TransformerDims) -> int:
     d = dims.width
     patch_embed = dims.in_channels * dims.patch**2 * d + d
     proj_out = _linear(d, dims.patch**2 * dims.out_channels)
-    adaln_single = _linear(TIMESTEP_CHANNELS, d) + _linear(d, d) + _linear(d, 6 * d)
+    adaln_single = sum(_linear(fan_in, fan_out) for fan_in, fan_out in _adaln_linears(dims))
     caption_projection = _linear(dims.caption, d) + _linear(d, d)
     scale_shift_table = 2 * d
     return patch_embed + proj_out + adaln_single + caption_projection + scale_shift_table
@@ -726,8 +732,9 @@ def vae_decode_activation_bytes(
 class MemoryProfile:
     """Smaller weights, chosen at load time (``--memory-profile``); every one is off by
     default. fp8 storage: diffusers' layerwise casting keeps the transformer's layers in
-    float8_e4m3fn and casts each up to the compute precision for its forward. 8-bit text
-    encoder: torchao int8 weight-only quantization of T5's linear layers via transformers."""
+    float8_e4m3fn and casts each up to the compute precision for its forward (the timestep
+    modulation in int8). 8-bit text encoder: torchao int8 weight-only quantization of T5's
+    linear layers and embedding via transformers."""
 
     name: str
     fp8_transformer: bool
@@ -783,33 +790,57 @@ def _block_bytes(dims: _TransformerDims, precision: str, fp8: bool) -> int:
     return (_block_parameters(dims) - kept) * FP8_BYTES + kept * element
 
 
+def _int8_weight_bytes(rows: int, columns: int) -> int:
+    """A torchao int8 weight-only matrix: one byte a weight, a scale and zero point a row."""
+    return rows * columns * INT8_BYTES + rows * INT8_ROW_BYTES
+
+
 def transformer_weight_bytes(
     config: Mapping[str, Any], precision: str, fp8_storage: bool = False
 ) -> int:
     """Transformer weights; with fp8 storage every linear layer of the blocks and the
-    caption projection in 1 byte, while pos_embed, norms, adaln_single (the transformer's
-    skip patterns), proj_out (diffusers' default pattern) and bare parameters keep
-    ``precision``."""
+    caption projection in 1 byte, adaln_single's weights in int8
+    (``loading.store_transformer_in_fp8`` says why), while pos_embed, proj_out, the biases of
+    the int8 layers and bare parameters keep ``precision``."""
     dims = _TransformerDims.from_config(config)
     element = PRECISION_BYTES[precision]
     blocks = dims.blocks * _block_bytes(dims, precision, fp8_storage)
     if not fp8_storage:
         return blocks + _non_block_parameters(dims) * element
     caption = _linear(dims.caption, dims.width) + _linear(dims.width, dims.width)
-    kept = _non_block_parameters(dims) - caption
-    return blocks + caption * FP8_BYTES + kept * element
+    adaln = _adaln_linears(dims)
+    adaln_weights = sum(fan_in * fan_out for fan_in, fan_out in adaln)
+    adaln_int8 = sum(_int8_weight_bytes(fan_out, fan_in) for fan_in, fan_out in adaln)
+    kept = _non_block_parameters(dims) - caption - adaln_weights
+    return blocks + caption * FP8_BYTES + adaln_int8 + kept * element
 
 
 def text_encoder_weight_bytes(precision: str, int8: bool = False, t5: T5Geometry = T5_XXL) -> int:
-    """T5 weights; int8 weight-only stores each linear weight in 1 byte plus, per output row,
-    an fp32 scale and an int8 zero point; the embedding, norms and position bias are not
-    linear layers and keep ``precision``."""
+    """T5 weights; int8 weight-only stores each linear weight and the shared embedding in 1
+    byte plus, per output row (per token for the embedding), an fp32 scale and an int8 zero
+    point; norms and the relative position bias keep ``precision``."""
     if not int8:
         return t5.weight_bytes(precision)
     element = PRECISION_BYTES[precision]
     linear = t5.layers * (t5.block_parameters - 2 * t5.d_model)
     rows = t5.layers * (3 * t5.inner + t5.d_model + 2 * t5.d_ff + t5.d_model)
-    return linear * INT8_BYTES + rows * INT8_ROW_BYTES + (t5.parameter_count - linear) * element
+    embedding = t5.vocab * t5.d_model
+    kept = t5.parameter_count - linear - embedding
+    return (
+        linear * INT8_BYTES
+        + rows * INT8_ROW_BYTES
+        + _int8_weight_bytes(t5.vocab, t5.d_model)
+        + kept * element
+    )
+
+
+def int8_embedding_lookup_bytes(precision: str, t5: T5Geometry = T5_XXL) -> int:
+    """Transient of one lookup in the int8 embedding: torchao dequantizes the whole table
+    (int8_tensor.py:435-440) as a copy in the compute dtype, the zero point subtracted into a
+    second one, then the product with the fp32 row scales while the copy lives
+    (quant_primitives.py:864-869): the larger of two copies and a copy plus fp32."""
+    element = PRECISION_BYTES[precision]
+    return t5.vocab * t5.d_model * max(2 * element, element + 4)
 
 
 @dataclass(frozen=True)
@@ -888,11 +919,13 @@ def estimate_memory(
             "VAE decode": ((vae_label, vae),),
         }
     elif offload == "group":
-        streamed = (
-            2 * _block_bytes(dims, precision, weights.fp8_transformer)
-            + _non_block_parameters(dims) * element
+        block = _block_bytes(dims, precision, weights.fp8_transformer)
+        streamed = 2 * block + transformer - dims.blocks * block  # non-block layers as stored
+        t5_layer = (  # the shared embedding is the largest
+            _int8_weight_bytes(T5_XXL.vocab, T5_XXL.d_model)
+            if weights.int8_text_encoder
+            else T5_XXL.vocab * T5_XXL.d_model * element
         )
-        t5_layer = T5_XXL.vocab * T5_XXL.d_model * element
         resident = {
             "text encoding": ((vae_label, vae), ("largest text encoder layer", t5_layer)),
             "denoising": ((vae_label, vae), ("two transformer blocks + embeddings", streamed)),
@@ -905,6 +938,12 @@ def estimate_memory(
         config, frames, height, width, precision, guidance, weights, step_cache, fast_mode
     )
     resident["denoising"] = (*resident["denoising"], *extras)
+    if weights.int8_text_encoder:
+        lookup = (
+            "int8 embedding dequantized for the lookup",
+            int8_embedding_lookup_bytes(precision),
+        )
+        resident["text encoding"] = (*resident["text encoding"], lookup)
 
     def phase_bytes(phase: str) -> int:
         return sum(size for _, size in resident[phase]) + activations[phase]
@@ -933,7 +972,8 @@ def _denoising_extras(
     extras: list[tuple[str, int]] = []
     if weights.fp8_transformer:  # one layer at a time cast up to the compute precision
         dims = _TransformerDims.from_config(config)
-        extras.append(("largest layer cast up from fp8", dims.width * dims.ff * 2))
+        largest = max(dims.width * dims.ff, 6 * dims.width * dims.width)  # FF, modulation
+        extras.append(("largest layer cast up from 8 bits", largest * PRECISION_BYTES[precision]))
     if step_cache:
         extras.append(
             (

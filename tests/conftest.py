@@ -20,6 +20,29 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
+def t5_xxl_on_meta():
+    """T5 v1.1 XXL's encoder as the cost model describes it, built on PyTorch's meta device:
+    the real layers' shapes, no weights, no memory."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from allegro.costs import T5_XXL
+
+    config = T5Config(
+        vocab_size=T5_XXL.vocab,
+        d_model=T5_XXL.d_model,
+        d_ff=T5_XXL.d_ff,
+        d_kv=T5_XXL.d_kv,
+        num_heads=T5_XXL.heads,
+        num_layers=T5_XXL.layers,
+        relative_attention_num_buckets=T5_XXL.relative_buckets,
+        feed_forward_proj="gated-gelu",
+    )
+    with torch.device("meta"):
+        return T5EncoderModel(config)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from allegro.cli import main
 
