@@ -421,7 +421,7 @@ def test_hint_gives_time_and_memory_for_the_chosen_options():
     memory = estimate_memory_bytes(low, 88, 720, 1280, step_cache=True)
     assert memory < estimate_memory_bytes(H100, 88, 720, 1280)
     hint = cost_hint(cached, low, memory, options_note(True, "low-memory"))
-    assert hint.startswith("About 16 min, about 19.3 GB of GPU memory on this H100 SXM")
+    assert hint.startswith("About 16 min, about 19.1 GB of GPU memory on this H100 SXM")
     assert "1.36x" in hint and "not measured here" in hint and "8-bit T5" in hint
     assert options_note(False, "off") == ""
     assert parse_config(["--memory-profile", "int8-text-encoder"], {}).memory_profile == (

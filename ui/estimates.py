@@ -131,8 +131,9 @@ OPTION_NOTES = {
     "step_cache": "step cache: cache-dit's authors report 1.36x for Allegro with these "
     "settings (27 of 100 steps cached) and show its video beside the plain one; quality "
     "is not measured here",
-    "fp8": "fp8 storage: diffusers keeps norms and modulation in bf16 because fp8 there "
-    "degrades results; no published quality figures for Allegro, not measured here",
+    "fp8": "fp8 storage: diffusers names norms and modulation as where fp8 degrades "
+    "results, so the modulation is int8 with a scale per row; no published quality "
+    "figures for Allegro, not measured here",
     "int8": "8-bit T5: int8 weight-only (torchao); on the tiny test model prompt embeddings "
     "stay within 3% (measured); on T5-XXL not measured here",
 }
