@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allegro.errors import Cancelled, InvalidRequestError
+from allegro.errors import AllegroError, Cancelled, InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent, Stage
 from allegro.request import (
     ACCEPTED_FRAMES,
@@ -33,6 +33,7 @@ from ui.estimates import Hardware, cost_hint, estimate_seconds, format_duration
 from ui.formatting import progress_description
 from ui.jobs import iterate_in_thread, stream_generation
 from ui.model_status import (
+    PREVIEW_TI2V,
     ModelChoice,
     ModelLoader,
     ModelStatus,
@@ -492,15 +493,61 @@ def _config(**changes) -> AppConfig:
 
 
 def test_model_choice():
-    assert choose_model(_config(), has_cuda=True) == ModelChoice("rhymes-ai/Allegro", None, False)
-    assert choose_model(_config(), has_cuda=False).preview
-    assert choose_model(_config(preview=True), has_cuda=True).preview
+    ti2v = "rhymes-ai/Allegro-TI2V"
+    assert choose_model(_config(), has_cuda=True) == ModelChoice(
+        "rhymes-ai/Allegro", None, False, ti2v
+    )
+    assert choose_model(_config(), has_cuda=False) == ModelChoice("", None, True, PREVIEW_TI2V)
+    assert choose_model(_config(preview=True), has_cuda=True).ti2v_model == PREVIEW_TI2V
     assert choose_model(_config(model="/models/a"), has_cuda=False) == ModelChoice(
         "/models/a", None, False
     )
     assert choose_model(_config(model="allegro-40x360p"), has_cuda=True) == ModelChoice(
-        "rhymes-ai/Allegro", "rhymes-ai/Allegro-T2V-40x360P", False
+        "rhymes-ai/Allegro", "rhymes-ai/Allegro-T2V-40x360P", False, ti2v
     )
+    # The TI2V model as the main one serves image requests itself.
+    assert choose_model(_config(model="allegro-ti2v"), has_cuda=True).ti2v_model is None
+
+
+def test_image_to_video_model_choice():
+    """--ti2v-model: a preset, a folder, or none (text to video only)."""
+    folder = _config(model="/models/a", ti2v_model="/models/t")
+    assert choose_model(folder, has_cuda=False).ti2v_model == "/models/t"
+    preset = _config(ti2v_model="allegro-ti2v", preview=True)
+    assert choose_model(preset, has_cuda=False).ti2v_model == "rhymes-ai/Allegro-TI2V"
+    for has_cuda in (True, False):
+        assert choose_model(_config(ti2v_model="none"), has_cuda).ti2v_model is None
+    assert parse_config(["--ti2v-model", "none"], {}).ti2v_model == "none"
+    assert parse_config([], {"ALLEGRO_TI2V_MODEL": "/m"}).ti2v_model == "/m"
+
+
+def test_preview_mode_serves_image_to_video(tmp_path, monkeypatch):
+    """The preview model's image-to-video twin is made once beside it, and image requests
+    are routed to it."""
+    made = []
+
+    def fake_make_tiny(directory, ti2v=False):
+        made.append(ti2v)
+        (Path(directory) / "model_index.json").write_text("{}")
+
+    class FakeEngine:
+        def __init__(self, spec, output_dir, weights, ti2v_spec=None):
+            self.spec, self.ti2v_spec = spec, ti2v_spec
+
+        def load(self, on_progress):
+            raise AllegroError("not loading in this test")
+
+    monkeypatch.setattr("allegro.tiny.make_tiny", fake_make_tiny)
+    monkeypatch.setattr("allegro.engine.Engine", FakeEngine)
+    environ = {"ALLEGRO_PREVIEW_MODEL_DIR": str(tmp_path / "preview-model")}
+    loader = ModelLoader(_config(output_dir=tmp_path), environ, has_cuda=lambda: False)
+    loader.load()
+    engine = loader.engine()
+    assert engine.spec.model == str(tmp_path / "preview-model")
+    assert engine.ti2v_spec.model == str(tmp_path / "preview-model-ti2v")
+    assert made == [False, True]
+    loader.load()  # a retry makes nothing again
+    assert made == [False, True]
 
 
 def test_preview_model_folder(tmp_path):
@@ -515,7 +562,7 @@ def test_preview_model_folder(tmp_path):
 def test_preview_model_is_made_once_and_atomically(tmp_path, monkeypatch):
     made = []
 
-    def fake_make_tiny(directory):
+    def fake_make_tiny(directory, ti2v=False):
         made.append(directory)
         (Path(directory) / "model_index.json").write_text("{}")
 

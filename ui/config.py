@@ -66,6 +66,9 @@ class AppConfig:
     force_shared: bool = False  # --shared: behind a reverse proxy on a loopback address
     allowed_origins: tuple[str, ...] = ()  # other web pages that may call the API
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
+    # Image to video: a preset name or a source; None: allegro-ti2v with a CUDA GPU, the
+    # preview model's image-to-video twin without one; "none": no image-to-video.
+    ti2v_model: str | None = None
 
     @property
     def shared(self) -> bool:
@@ -160,6 +163,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_env_text(environ, "ALLEGRO_TRANSFORMER"),
         help="take the transformer from this repo or folder instead (e.g. "
         "rhymes-ai/Allegro-T2V-40x360P). [ALLEGRO_TRANSFORMER]",
+    )
+    parser.add_argument(
+        "--ti2v-model",
+        default=_env_text(environ, "ALLEGRO_TI2V_MODEL"),
+        help="the image-to-video model (first/last frame, extend a clip): a preset name, repo "
+        "id or folder (Allegro-TI2V layout), or none to switch image to video off. Default: "
+        "allegro-ti2v with a CUDA GPU, the preview model's own without. [ALLEGRO_TI2V_MODEL]",
     )
     parser.add_argument(
         "--precision",
@@ -331,4 +341,5 @@ def parse_config(
             filter(None, (origin.strip().rstrip("/") for origin in args.allowed_origins.split(",")))
         ),
         trusted_proxies=args.trusted_proxies,
+        ti2v_model=args.ti2v_model,
     )

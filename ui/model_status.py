@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from allegro.errors import AllegroError, UnsupportedSetupError
 from allegro.events import ProgressEvent, Stage
-from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, NativeSize
+from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, TI2V_MODEL, NativeSize
 from ui.config import AppConfig
 from ui.estimates import Hardware, format_duration
 from ui.presets import MethodChoice
@@ -47,11 +47,17 @@ class Phase(str, Enum):
     FAILED = "failed"
 
 
+NO_TI2V = "none"  # --ti2v-model none: this server makes videos from text only
+PREVIEW_TI2V = "preview"  # the preview model's image-to-video twin, made beside it
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     model: str
     transformer: str | None
     preview: bool  # the built-in tiny model (its output is noise)
+    # The image-to-video model (preview: the preview model's own); None: none served.
+    ti2v_model: str | None = None
 
     @property
     def label(self) -> str:
@@ -73,6 +79,7 @@ class ModelStatus:
     device: str | None = None
     offload_reason: str | None = None
     interpolation: tuple[MethodChoice, ...] | None = None  # None until the loader checked
+    image_to_video: bool = False  # image requests are served (by the TI2V model)
     error: str | None = None
 
     @property
@@ -85,18 +92,37 @@ class ModelStatus:
 
 
 def choose_model(config: AppConfig, has_cuda: bool) -> ModelChoice:
-    """Which model this run serves: --preview, then --model (a preset name or a source),
-    then Allegro with a CUDA GPU or the preview model without one."""
+    """Which models this run serves: --preview, then --model (a preset name or a source),
+    then Allegro with a CUDA GPU or the preview model without one; image to video from
+    --ti2v-model, else Allegro-TI2V with a GPU (the preview model's twin in preview)."""
+    ti2v = _ti2v_source(config.ti2v_model)
     if config.preview:
-        return ModelChoice("", None, preview=True)
+        return ModelChoice("", None, True, _preview_ti2v(config.ti2v_model, ti2v))
+    if ti2v is None and config.ti2v_model is None and has_cuda:
+        ti2v = TI2V_MODEL
     if config.model:
         preset = MODEL_PRESETS.get(config.model)
         if preset is not None:
-            return ModelChoice(preset.model, config.transformer or preset.transformer, False)
-        return ModelChoice(config.model, config.transformer, False)
+            model, transformer = preset.model, config.transformer or preset.transformer
+        else:
+            model, transformer = config.model, config.transformer
+        # A TI2V main model serves image requests itself.
+        return ModelChoice(model, transformer, False, None if model == ti2v else ti2v)
     if has_cuda:
-        return ModelChoice(DEFAULT_MODEL, config.transformer, False)
-    return ModelChoice("", None, preview=True)
+        return ModelChoice(DEFAULT_MODEL, config.transformer, False, ti2v)
+    return ModelChoice("", None, True, _preview_ti2v(config.ti2v_model, ti2v))
+
+
+def _preview_ti2v(flag: str | None, source: str | None) -> str | None:
+    return PREVIEW_TI2V if flag is None else source
+
+
+def _ti2v_source(name: str | None) -> str | None:
+    """--ti2v-model as a source: presets by name; None for unset or "none"."""
+    if name is None or name.strip().lower() == NO_TI2V:
+        return None
+    preset = MODEL_PRESETS.get(name)
+    return preset.model if preset is not None else name
 
 
 def preview_model_dir(environ: Mapping[str, str]) -> Path:
@@ -110,9 +136,15 @@ def preview_model_dir(environ: Mapping[str, str]) -> Path:
     return cache / "allegro-studio" / "preview-model"
 
 
-def ensure_preview_model(directory: Path) -> Path:
-    """Make the tiny checkpoint once; written beside and renamed into place, so a crash or
-    a second process never leaves a half-written model."""
+def preview_ti2v_dir(environ: Mapping[str, str]) -> Path:
+    """The preview model's image-to-video twin, beside it."""
+    directory = preview_model_dir(environ)
+    return directory.with_name(directory.name + "-ti2v")
+
+
+def ensure_preview_model(directory: Path, ti2v: bool = False) -> Path:
+    """Make the tiny checkpoint once (``ti2v``: the Allegro-TI2V one); written beside and
+    renamed into place, so a crash or a second process never leaves a half-written model."""
     if (directory / "model_index.json").is_file():
         return directory
     from allegro.tiny import make_tiny
@@ -120,7 +152,7 @@ def ensure_preview_model(directory: Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=".preview-", dir=directory.parent))
     try:
-        make_tiny(temporary)
+        make_tiny(temporary, ti2v=ti2v)
         try:
             temporary.rename(directory)
         except OSError:
@@ -275,6 +307,18 @@ class ModelLoader:
         else:
             self._update(phase=Phase.LOADING, message=event.message or "Loading …")
 
+    def _spec(self, model: str, transformer: str | None):
+        from allegro.loading import PipelineSpec
+
+        return PipelineSpec(
+            model=model,
+            transformer=transformer,
+            precision=self.config.precision,
+            vae_precision=self.config.vae_precision,
+            offload=self.config.offload,
+            compile=self.config.compile,
+        )
+
     def _run(self) -> None:
         try:
             self._update(message="Looking for a GPU …")
@@ -286,22 +330,23 @@ class ModelLoader:
                 raise UnsupportedSetupError(cuda_unusable_message(devices))
             choice = choose_model(self.config, has_cuda)
             self._update(choice=choice)
-            model = choice.model
+            model, ti2v_model = choice.model, choice.ti2v_model
             if choice.preview:
                 self._update(message="Preparing the preview model …")
                 model = str(ensure_preview_model(preview_model_dir(self.environ)))
+                if ti2v_model == PREVIEW_TI2V:
+                    ti2v_model = str(
+                        ensure_preview_model(preview_ti2v_dir(self.environ), ti2v=True)
+                    )
             from allegro.engine import Engine
-            from allegro.loading import PipelineSpec
 
-            spec = PipelineSpec(
-                model=model,
-                transformer=choice.transformer,
-                precision=self.config.precision,
-                vae_precision=self.config.vae_precision,
-                offload=self.config.offload,
-                compile=self.config.compile,
+            spec = self._spec(model, choice.transformer)
+            # Loaded on the first image request; the text encoder and VAE are shared
+            # (allegro/loading.py, SHAREABLE_COMPONENTS).
+            ti2v_spec = self._spec(ti2v_model, None) if ti2v_model else None
+            self._engine = Engine(
+                spec, self.config.output_dir, self.config.ema_vfi_weights, ti2v_spec=ti2v_spec
             )
-            self._engine = Engine(spec, self.config.output_dir, self.config.ema_vfi_weights)
             self._engine_ready.set()
             loaded = self._engine.load(self._on_progress)
             self._update(
@@ -312,6 +357,7 @@ class ModelLoader:
                 hardware=_hardware(loaded),
                 offload_reason=None if loaded.device == "cpu" else loaded.offload.reason,
                 interpolation=_interpolation_methods(self.config.ema_vfi_weights, loaded.device),
+                image_to_video=ti2v_spec is not None or loaded.ti2v,
             )
             logger.info("Model ready: %s on %s", choice.label, loaded.device)
         except AllegroError as error:
