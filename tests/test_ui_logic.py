@@ -356,16 +356,35 @@ def test_crash_leftovers_are_found_and_complete_videos_kept(videos):
     (videos / ".a-newest.x1.partial.mp4").write_bytes(b"half")
     (videos / "lost.json").write_text("{}")
     (videos / "lost.jpg").write_bytes(b"poster")
+    (videos / "lost.first.png").write_bytes(b"png")
+    (videos / "lost.last.png").write_bytes(b"png")
+    (videos / "a-newest.first.png").write_bytes(b"png")  # its video is there: kept
     removed = gallery.remove_leftovers(videos)
     assert sorted(path.name for path in removed) == [
         ".a-newest.x1.partial.mp4",
         ".x.partial.json",
         ".x.partial.mp4",
+        "lost.first.png",
         "lost.jpg",
         "lost.json",
+        "lost.last.png",
         "no-video.json",
     ]
     assert len(gallery.list_entries(videos)) == 4
+    assert (videos / "a-newest.first.png").is_file()
+
+
+def test_input_images_belong_to_their_video(videos):
+    """Input images are found from the entry's own name (never a path in the settings),
+    and deleting the video deletes them."""
+    settings = json.loads((videos / "b-middle.json").read_text())
+    settings.update(first_image="../../etc/passwd", last_image="b-middle.last.png")
+    (videos / "b-middle.json").write_text(json.dumps(settings))
+    (videos / "b-middle.first.png").write_bytes(b"png")
+    entry = gallery.find_entry(videos, "b-middle", "alice-owner-1")
+    assert entry.input_images == {"first_image": videos / "b-middle.first.png"}
+    gallery.delete_entry(videos, "b-middle", "alice-owner-1")
+    assert not any(videos.glob("b-middle*"))
 
 
 def test_history_record_uses_the_urls_it_is_given(videos):

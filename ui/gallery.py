@@ -20,6 +20,9 @@ from allegro.errors import AllegroError
 
 OWNER_LABEL = "owner"
 PARTS = (".mp4", ".json", ".jpg")  # the video first: without it an entry no longer lists
+# The input images of an image-to-video generation, saved beside it by the engine
+# (allegro/ti2v/inputs.py, ConditionInputs.image_paths), keyed as in its settings.
+INPUT_IMAGES = {"first_image": ".first.png", "last_image": ".last.png"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -45,6 +48,17 @@ class GalleryEntry:
         prompt = " ".join(str(self.settings.get("prompt", "")).split())
         short = prompt if len(prompt) <= 60 else prompt[:57].rstrip() + "…"
         return f"{short} · seed {self.settings.get('seed', '?')}"
+
+    @property
+    def input_images(self) -> dict[str, Path]:
+        """The input images saved beside the video that its settings name, by setting (paths
+        derived from the entry's own name, never from the settings' text)."""
+        images = {}
+        for key, suffix in INPUT_IMAGES.items():
+            path = self.video.with_name(self.name + suffix)
+            if self.settings.get(key) and _is_plain_file(path):
+                images[key] = path
+        return images
 
     @property
     def thumbnail(self) -> Path:
@@ -125,26 +139,28 @@ def find_entry(output_dir: Path, name: str, owner: str | None) -> GalleryEntry:
 
 
 def delete_entry(output_dir: Path, name: str, owner: str | None) -> GalleryEntry:
-    """Remove a generation's MP4, JSON and poster; only its owner may (unless shared)."""
+    """Remove a generation's MP4, JSON, poster and input images; only its owner may (unless
+    shared)."""
     entry = find_entry(output_dir, name, owner)
     # The MP4 first: without it the entry no longer lists, even if a later unlink fails.
-    for suffix in PARTS:
+    for suffix in (*PARTS, *INPUT_IMAGES.values()):
         entry_path(output_dir, name, suffix).unlink(missing_ok=True)
     return entry
 
 
 def remove_leftovers(output_dir: Path) -> list[Path]:
-    """What a crash can leave: temporary ``.NAME.partial.*`` files, and sidecars or posters
-    whose video never arrived. Removed at start-up (no save is running then)."""
+    """What a crash can leave: temporary ``.NAME.partial.*`` files, and sidecars, posters or
+    input images whose video never arrived. Removed at start-up (no save is running then)."""
     if not output_dir.is_dir():
         return []
     removed = []
     for path in output_dir.iterdir():
         partial = path.name.startswith(".") and ".partial." in path.name
+        stem = _stem(path.name)
         orphan = (
-            path.suffix in PARTS[1:]
-            and _NAME.match(path.stem)
-            and not _is_plain_file(path.with_suffix(".mp4"))
+            stem is not None
+            and _NAME.match(stem)
+            and not _is_plain_file(path.with_name(stem + ".mp4"))
         )
         if (partial or orphan) and (path.is_symlink() or path.is_file()):
             path.unlink(missing_ok=True)
@@ -152,8 +168,22 @@ def remove_leftovers(output_dir: Path) -> list[Path]:
     return removed
 
 
-def history_record(entry: GalleryEntry, video_url: str, poster_url: str | None) -> dict[str, Any]:
-    """One generation as the /history API reports it (URLs to copies only its owner got)."""
+def _stem(file_name: str) -> str | None:
+    """NAME for a video's companion file (sidecar, poster, input image), else None."""
+    for suffix in (*PARTS[1:], *INPUT_IMAGES.values()):
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return None
+
+
+def history_record(
+    entry: GalleryEntry,
+    video_url: str,
+    poster_url: str | None,
+    image_urls: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One generation as the /history API reports it (URLs to copies only its owner got;
+    ``image_urls``: its input images', by setting name)."""
     settings = entry.settings
     return {
         "name": entry.name,
@@ -163,5 +193,6 @@ def history_record(entry: GalleryEntry, video_url: str, poster_url: str | None) 
         "video": entry.video.name,
         "video_url": video_url,
         "poster_url": poster_url,
+        "image_urls": image_urls or {},
         "settings": settings,
     }

@@ -346,6 +346,13 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         )
         # gr.api has no validator argument; the event has the same field as a click's.
         demo.fns[generate_api["id"]].validator = studio.check_api
+        extend_api = gr.api(
+            studio.api_extend,
+            api_name="extend",
+            concurrency_limit=1,
+            concurrency_id=GENERATION,
+        )
+        demo.fns[extend_api["id"]].validator = studio.check_extend
         gr.api(studio.api_history, api_name="history", queue=False)
     return demo
 

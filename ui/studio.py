@@ -25,11 +25,11 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData
 
-from allegro.errors import AllegroError, Cancelled, InterpolationError
+from allegro.errors import AllegroError, Cancelled, InterpolationError, InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
-    OFFICIAL_GUIDANCE,
+    DEFAULT_OVERLAP_FRAMES,
     OFFICIAL_STEPS,
     GenerationRequest,
     check_request,
@@ -81,6 +81,14 @@ _MESSAGE_FIELDS = (
     (re.compile(r"^Allegro cannot make \d+ frames"), ("length", "frames")),
     (re.compile(r"^Allegro cannot make"), ("size", "height")),
     (re.compile(r"interpolation method"), ("interpolation_method",)),
+    (re.compile(r"^The first image"), ("image", "first_image")),
+    (re.compile(r"^The last image|^A last frame"), ("last_image",)),
+    (re.compile(r"^Overlap frames"), ("overlap_frames",)),
+    (re.compile(r"to continue|continued|continuation"), ("video",)),
+)
+TEXT_ONLY_MESSAGE = (
+    "This server makes videos from text only (it was started with --ti2v-model none): "
+    "leave out the images."
 )
 
 
@@ -113,6 +121,27 @@ def waiting_generations(request: gr.Request | None) -> int:
         return 0
     waiting = app.get_blocks()._queue.event_queue_per_concurrency_id.get(GENERATION)
     return len(waiting.queue) if waiting is not None else 0
+
+
+def uploaded_file(value: Any, what: str) -> str | None:
+    """The path of a file an API caller uploaded (gradio_client's handle_file); None for none.
+    Gradio moves uploads into its upload folder before any handler runs, refusing paths
+    outside it (gradio/blocks.py:2157-2162, processing_utils.py:576-597) for values marked
+    as files; a value sent without the mark is not checked by Gradio, so it is refused here
+    unless it too lies in that folder: a caller names only files they uploaded."""
+    if value is None or value == "":
+        return None
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, str) or not path:
+        raise InvalidRequestError(f"The {what} must be an uploaded file (handle_file).")
+    if Path(path).is_symlink() or not is_in_or_equal(path, get_upload_folder()):
+        raise InvalidRequestError(
+            f"The {what} must be a file you upload with the request (gradio_client's "
+            "handle_file), not a path on the server."
+        )
+    return path
 
 
 def user_error(error: BaseException) -> gr.Error:
@@ -250,7 +279,7 @@ class Studio:
         negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
         seed: int | str | None = None,
         steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        guidance_scale: float | str | None = None,
         frames: int | str | None = None,
         height: int | str | None = None,
         width: int | str | None = None,
@@ -258,16 +287,47 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        image: FileData | None = None,
+        last_image: FileData | None = None,
         request: gr.Request = None,
     ) -> list[dict]:
-        """/generate's validator (same parameters): the key and every field, before the
-        request is queued."""
+        """/generate's validator (same parameters): the key, every field and the images,
+        before the request is queued."""
         fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
         options = (use_template, interpolate, interpolation_method, fast_mode)
         problem = self._problem(
-            lambda: (self.api_owner(request), self.api_request(*fields, *options)), request
+            lambda: (
+                self.api_owner(request),
+                self.api_request(*fields, *options, image=image, last_image=last_image),
+            ),
+            request,
         )
         return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
+
+    def check_extend(
+        self,
+        video: str,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str | None = None,
+        frames: int | str | None = None,
+        overlap_frames: int | str = DEFAULT_OVERLAP_FRAMES,
+        use_template: bool = True,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> list[dict]:
+        """/extend's validator (same parameters): the key, the video (the caller's own) and
+        every field, before the request is queued."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, overlap_frames)
+
+        def build():
+            owner = self.api_owner(request)
+            return owner, self.extend_request(video, owner, *fields, use_template, fast_mode)
+
+        problem = self._problem(build, request)
+        return _validations(tuple(inspect.signature(self.check_extend).parameters)[:-1], problem)
 
     def _problem(self, build, request: gr.Request | None) -> str | None:
         """What is wrong with a caller, their request or the queue, or None. ``build``
@@ -293,6 +353,12 @@ class Studio:
         status = self.loader.status()
         if request.interpolate:
             self._check_interpolation(request.interpolation_method)
+        if request.image_to_video:
+            from allegro.ti2v.inputs import check_condition_files
+
+            if status.ready and not status.image_to_video:
+                raise InvalidRequestError(TEXT_ONLY_MESSAGE)
+            check_condition_files(request)
         if status.native is None:
             check_request(request)
             return request
@@ -445,7 +511,7 @@ class Studio:
         negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
         seed: int | str | None = None,
         steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        guidance_scale: float | str | None = None,
         frames: int | str | None = None,
         height: int | str | None = None,
         width: int | str | None = None,
@@ -453,26 +519,54 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        image: FileData | None = None,
+        last_image: FileData | None = None,
         request: gr.Request = None,
     ) -> tuple[FileData, dict]:
         """Make one video. Returns the MP4 and its settings (with the seed used and any
         warnings). Sizes left empty take the model's native size; seed empty or -1 is
-        random. On a shared server, send your own key (32+ characters) in the X-Allegro-Key
-        header: your videos and history are those made with it."""
-        generation = self.api_request(
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance_scale,
-            frames,
-            height,
-            width,
-            use_template,
-            interpolate,
-            interpolation_method,
-            fast_mode,
-        )
+        random; guidance empty is the official one (7.5, or 8 from images). Image to video:
+        ``image`` becomes the first frame and ``last_image`` (optional) the last, each
+        cropped to the video's shape (send them with gradio_client's handle_file). On a
+        shared server, send your own key (32+ characters) in the X-Allegro-Key header: your
+        videos and history are those made with it."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
+        options = (use_template, interpolate, interpolation_method, fast_mode)
+        try:
+            generation = self.api_request(*fields, *options, image=image, last_image=last_image)
+        except AllegroError as error:
+            raise user_error(error) from None
+        return await self._api_run(generation, request)
+
+    async def api_extend(
+        self,
+        video: str,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str | None = None,
+        frames: int | str | None = None,
+        overlap_frames: int | str = DEFAULT_OVERLAP_FRAMES,
+        use_template: bool = True,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> tuple[FileData, dict]:
+        """Continue one of your videos (``video``: its name in /history) where it ends: its
+        last ``overlap_frames`` frames start a new clip of ``frames`` frames (empty: the
+        model's length) that follows ``prompt``. Returns the whole, longer video (the
+        original first, frame for frame) and its settings; the original is kept."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, overlap_frames)
+        try:
+            owner = self.api_owner(request)
+            generation = self.extend_request(video, owner, *fields, use_template, fast_mode)
+        except AllegroError as error:
+            raise user_error(error) from None
+        return await self._api_run(generation, request)
+
+    async def _api_run(
+        self, generation: GenerationRequest, request: gr.Request | None
+    ) -> tuple[FileData, dict]:
         token = CancelToken()
         try:
             owner = self.api_owner(request)
@@ -486,12 +580,50 @@ class Studio:
         raise user_error(RuntimeError("the generation ended without a result"))
 
     @staticmethod
-    def api_request(*values: Any) -> GenerationRequest:
+    def api_request(
+        *values: Any, image: Any = None, last_image: Any = None
+    ) -> GenerationRequest:
         """/generate's parameters (request aside), which are GenerationRequest's fields in
-        order; a method alone asks for interpolation."""
-        generation = GenerationRequest(*values)
+        order, then the uploaded images; a method alone asks for interpolation."""
+        generation = GenerationRequest(
+            *values,
+            first_image=uploaded_file(image, "first image"),
+            last_image=uploaded_file(last_image, "last image"),
+        )
         wants_interpolation = generation.interpolate or bool(generation.interpolation_method)
         return replace(generation, interpolate=wants_interpolation)
+
+    def extend_request(
+        self,
+        name: Any,
+        owner: Owner | None,
+        prompt: str,
+        negative_prompt: str | None,
+        seed: Any,
+        steps: Any,
+        guidance_scale: Any,
+        frames: Any,
+        overlap_frames: Any,
+        use_template: bool,
+        fast_mode: bool,
+    ) -> GenerationRequest:
+        """A continuation of ``owner``'s video ``name`` (GalleryError if it is not theirs),
+        at the video's own size."""
+        entry = gallery.find_entry(self.output_dir, name, self.gallery_owner(owner))
+        return GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            frames=frames or None,
+            height=entry.settings.get("height"),
+            width=entry.settings.get("width"),
+            use_template=use_template,
+            fast_mode=fast_mode,
+            continue_video=str(entry.video),
+            overlap_frames=overlap_frames,
+        )
 
     def api_history(self, request: gr.Request = None) -> list[dict]:
         """Past generations visible to the caller, newest first (on a shared server: those
@@ -503,6 +635,7 @@ class Studio:
                     entry,
                     self.published_url(entry.video),
                     self.published_url(entry.poster) if entry.poster else None,
+                    {key: self.published_url(path) for key, path in entry.input_images.items()},
                 )
                 for entry in gallery.list_entries(self.output_dir, owner)
             ]
@@ -612,7 +745,9 @@ class Studio:
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
         entry = self._find(name, owner)
-        self.unpublish([entry.video, *([entry.poster] if entry.poster else [])])
+        self.unpublish(
+            [entry.video, *([entry.poster] if entry.poster else []), *entry.input_images.values()]
+        )
         try:  # the served copies are gone; now the files themselves
             gallery.delete_entry(self.output_dir, entry.name, owner)
         except AllegroError as error:
