@@ -580,9 +580,7 @@ class Studio:
         raise user_error(RuntimeError("the generation ended without a result"))
 
     @staticmethod
-    def api_request(
-        *values: Any, image: Any = None, last_image: Any = None
-    ) -> GenerationRequest:
+    def api_request(*values: Any, image: Any = None, last_image: Any = None) -> GenerationRequest:
         """/generate's parameters (request aside), which are GenerationRequest's fields in
         order, then the uploaded images; a method alone asks for interpolation."""
         generation = GenerationRequest(
