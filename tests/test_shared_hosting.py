@@ -27,8 +27,10 @@ NATIVE_SIZE = ("default", "default")
 
 
 def generation_inputs(prompt: str, token: str, steps: int = 2, seed: int = 7) -> list:
-    """generate_page's 13 inputs: 11 controls, the page token, the job slot (a gr.State)."""
-    return [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False, token, None]
+    """generate_page's 16 inputs: 14 controls (the last three: the task and the images), the
+    page token, the job slot (a gr.State)."""
+    controls = [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False]
+    return [*controls, "Text to video", None, None, token, None]
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,7 @@ def test_uploads_are_capped_and_dropped_settings_are_validated(server, alice, tm
             "orig_name": "dropped.mp4",
             "meta": {"_type": "gradio.FileData"},
         }
-        outcome = page.call("load_dropped_video", dropped)
+        outcome = page.call("load_dropped_video", dropped, "")
         assert outcome.data is None and "Nothing was loaded" in outcome.error, change
         assert message in outcome.error
         assert not Path(uploaded).exists()  # only its settings were wanted

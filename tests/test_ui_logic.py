@@ -813,3 +813,68 @@ def test_a_gpu_that_torch_cannot_use_fails_loudly(tmp_path):
     assert status.phase == Phase.FAILED
     assert "/dev/nvidia0" in status.error and "driver 580" in status.error
     assert "--preview" in status.error
+
+
+# ---- image to video on the page ---------------------------------------------------------------
+
+
+def test_image_mode_needs_a_first_frame_and_text_mode_ignores_images():
+    from ui.presets import IMAGE_TO_VIDEO
+
+    with pytest.raises(InvalidRequestError, match="needs a first frame"):
+        ControlValues(prompt="x", task=IMAGE_TO_VIDEO, last_image="/u/b.png").to_request()
+    request = ControlValues(prompt="x", task=IMAGE_TO_VIDEO, first_image="/u/a.png").to_request()
+    assert request.first_image == "/u/a.png" and request.image_to_video
+    assert not ControlValues(prompt="x", first_image="/u/a.png").to_request().image_to_video
+
+
+def test_switching_task_shows_the_image_inputs_and_the_official_guidance(tmp_path):
+    from ui.presets import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+    from ui.studio import Studio
+
+    studio = Studio(_config(output_dir=tmp_path), LoadedOn(Hardware(None)), environ={})
+    shown, guidance = studio.switch_task(IMAGE_TO_VIDEO, 7.5)
+    assert shown["visible"] and guidance == 8.0
+    assert studio.switch_task(TEXT_TO_VIDEO, 8.0)[1] == 7.5
+    assert studio.switch_task(IMAGE_TO_VIDEO, 5.0)[1] == 5.0  # the user's own value stays
+
+
+def test_crop_preview_is_the_engines_crop_at_the_chosen_size(tmp_path):
+    import gradio as gr
+    from PIL import Image
+
+    from ui.studio import Studio
+
+    studio = Studio(_config(output_dir=tmp_path), LoadedOn(Hardware(None)), environ={})
+    wide = np.random.default_rng(0).integers(0, 255, (360, 1280, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    square = studio.crop_preview(str(tmp_path / "wide.png"), "720x720")
+    assert square.shape == (720, 720, 3)
+    # A centre crop (then a resize): the middle of the wide image, not a squashed whole.
+    centre = np.asarray(Image.fromarray(wide[:, 460:820]).resize((720, 720)))
+    assert np.abs(square.astype(int) - centre.astype(int)).mean() < 40
+    assert studio.crop_preview(str(tmp_path / "wide.png"), "default").shape == (720, 1280, 3)
+    assert studio.crop_preview(None, "default") is None
+    (tmp_path / "bad.png").write_text("no")
+    with pytest.raises(gr.Error, match="not an image"):
+        studio.crop_preview(str(tmp_path / "bad.png"), "default")
+
+
+def test_settings_naming_input_images_resolve_only_to_the_callers_own(videos):
+    (videos / "b-middle.first.png").write_bytes(b"png")
+    settings = json.loads((videos / "b-middle.json").read_text())
+    settings["first_image"] = "b-middle.first.png"
+    (videos / "b-middle.json").write_text(json.dumps(settings))
+    named = {"first_image": "b-middle.first.png"}
+    assert gallery.images_named(videos, named, "alice-owner-1") == {
+        "first_image": videos / "b-middle.first.png"
+    }
+    for owner, wrong in (
+        ("bob-owner-22", named),  # not his
+        (None, {"first_image": "../b-middle.first.png"}),
+        (None, {"first_image": "/etc/passwd"}),
+        (None, {"last_image": "a-newest.last.png"}),  # no such image
+        (None, {"first_image": 7}),
+    ):
+        with pytest.raises(gallery.GalleryError):
+            gallery.images_named(videos, wrong, owner)

@@ -168,6 +168,24 @@ def remove_leftovers(output_dir: Path) -> list[Path]:
     return removed
 
 
+def images_named(output_dir: Path, settings: dict[str, Any], owner: str | None) -> dict[str, Path]:
+    """The input images a video's settings name (``NAME.first.png``...), as files of the
+    gallery entry NAME that ``owner`` may see; GalleryError for a name that is not one, or
+    an image that is not in their gallery (any text may be in a dropped video's settings)."""
+    images = {}
+    for key, suffix in INPUT_IMAGES.items():
+        value = settings.get(key)
+        if not value:
+            continue
+        if not isinstance(value, str) or not value.endswith(suffix):
+            raise GalleryError(f"The video's {key} setting is not the name of an input image.")
+        entry = find_entry(output_dir, value[: -len(suffix)], owner)
+        if key not in entry.input_images:
+            raise GalleryError(f"{value} is no longer in your gallery.")
+        images[key] = entry.input_images[key]
+    return images
+
+
 def _stem(file_name: str) -> str | None:
     """NAME for a video's companion file (sidecar, poster, input image), else None."""
     for suffix in (*PARTS[1:], *INPUT_IMAGES.values()):

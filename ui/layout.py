@@ -15,7 +15,14 @@ from allegro.request import (
     OFFICIAL_STEPS,
     STEPS_RANGE,
 )
-from ui.presets import MODEL_DEFAULT, RANDOM_SEED, length_choices, size_choices
+from ui.presets import (
+    MODEL_DEFAULT,
+    RANDOM_SEED,
+    TASKS,
+    TEXT_TO_VIDEO,
+    length_choices,
+    size_choices,
+)
 from ui.studio import GENERATION, JobSlot, Studio
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -109,6 +116,45 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                         "Cancel", variant="stop", scale=1, min_width=90, elem_id="cancel"
                     )
                 hint = gr.Markdown("", elem_id="cost-hint")
+                task = gr.Radio(
+                    list(TASKS),
+                    value=TEXT_TO_VIDEO,
+                    label="Make a video from",
+                    show_label=False,
+                    visible=False,  # shown once the model is ready, if it serves images
+                    elem_id="task",
+                )
+                with gr.Group(visible=False, elem_id="image-inputs") as image_inputs:
+                    with gr.Row(equal_height=True):
+                        first_image = gr.Image(
+                            type="filepath",
+                            label="First frame",
+                            sources=["upload", "clipboard"],
+                            height=200,
+                            elem_id="first-image",
+                        )
+                        last_image = gr.Image(
+                            type="filepath",
+                            label="Last frame (optional)",
+                            sources=["upload", "clipboard"],
+                            height=200,
+                            elem_id="last-image",
+                        )
+                    with gr.Row(equal_height=True):
+                        first_crop = gr.Image(
+                            label="Used as the first frame (cropped to the size)",
+                            interactive=False,
+                            buttons=[],
+                            height=140,
+                            elem_id="first-crop",
+                        )
+                        last_crop = gr.Image(
+                            label="Used as the last frame",
+                            interactive=False,
+                            buttons=[],
+                            height=140,
+                            elem_id="last-crop",
+                        )
                 with gr.Row():
                     # Wide enough for their labels: side by side on a laptop, stacked on a phone.
                     length = gr.Dropdown(
@@ -249,8 +295,23 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                     )
                 with gr.Column(scale=5, min_width=300):
                     selected_info = gr.Markdown("")
+                    selected_inputs = gr.Gallery(
+                        label="Input images",
+                        columns=2,
+                        height=140,
+                        allow_preview=False,
+                        interactive=False,
+                        visible=False,
+                        elem_id="selected-inputs",
+                    )
                     with gr.Row():
                         reuse = gr.Button("Reuse settings", variant="secondary", elem_id="reuse")
+                        extend = gr.Button(
+                            "Extend",
+                            variant="secondary",
+                            visible=False,
+                            elem_id="extend",
+                        )
                         delete = gr.Button("Delete", variant="stop", elem_id="delete")
                     with gr.Row(visible=False, elem_id="confirm-delete") as confirm_row:
                         confirm = gr.Button("Delete for good", variant="stop", size="sm")
@@ -276,9 +337,23 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             interpolate,
             method,
             fast_mode,
+            task,
+            first_image,
+            last_image,
         ]
         hint_inputs = [steps, length, size, fast_mode]
-        status_outputs = [banner, generate, retry, timer, length, size, interpolation_row, method]
+        status_outputs = [
+            banner,
+            generate,
+            retry,
+            timer,
+            length,
+            size,
+            interpolation_row,
+            method,
+            task,
+            extend,
+        ]
 
         demo.load(studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **light)
         demo.load(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
@@ -295,27 +370,57 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         random_seed.click(lambda: RANDOM_SEED, None, seed, **light)
         reuse_seed.click(reuse_last_seed, last_seed, seed, **private, show_progress="hidden")
 
+        task.change(studio.switch_task, [task, guidance], [image_inputs, guidance], **light)
+        for image, crop in ((first_image, first_crop), (last_image, last_crop)):
+            gr.on([image.change, size.change], studio.crop_preview, [image, size], crop, **light)
+
+        run_outputs = [preview, run_status, video, result_info, result_settings, last_seed]
+        generation = {
+            "concurrency_limit": 1,
+            "concurrency_id": GENERATION,
+            "show_progress_on": [run_status],
+            "scroll_to_output": True,
+            **private,
+        }
         run = generate.click(
             studio.generate_page,
             [*controls, owner, job],
-            [preview, run_status, video, result_info, result_settings, last_seed],
-            concurrency_limit=1,
-            concurrency_id=GENERATION,
+            run_outputs,
             validator=studio.check_page,
-            show_progress_on=[run_status],
-            scroll_to_output=True,
-            **private,
+            **generation,
         )
-        run.then(studio.after_run, None, [preview, video], **light).then(
-            studio.refresh_gallery, owner, [gallery_view, gallery_names], **light
+        extend_inputs = [selected_name, prompt, negative, seed, steps, guidance, length]
+        extension = extend.click(
+            studio.extend_page,
+            [*extend_inputs, use_template, fast_mode, owner, job],
+            run_outputs,
+            validator=studio.check_extend_page,
+            **generation,
         )
-        cancel.click(studio.cancel_page, job, [preview, run_status, video], cancels=[run], **light)
+        for started in (run, extension):
+            started.then(studio.after_run, None, [preview, video], **light).then(
+                studio.refresh_gallery, owner, [gallery_view, gallery_names], **light
+            )
+        cancel.click(
+            studio.cancel_page,
+            job,
+            [preview, run_status, video],
+            cancels=[run, extension],
+            **light,
+        )
 
         refresh.click(studio.refresh_gallery, owner, [gallery_view, gallery_names], **light)
         gallery_view.select(
             studio.select_entry,
             [gallery_names, owner],
-            [selected_name, selected_video, selected_info, selected_settings, selected_row],
+            [
+                selected_name,
+                selected_video,
+                selected_info,
+                selected_settings,
+                selected_inputs,
+                selected_row,
+            ],
             **light,
         )
         reuse.click(studio.reuse_entry, [selected_name, owner], controls, **private)
@@ -336,7 +441,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             ],
             **light,
         ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
-        dropped.upload(studio.load_dropped_video, dropped, controls, **private)
+        dropped.upload(studio.load_dropped_video, [dropped, owner], controls, **private)
 
         generate_api = gr.api(
             studio.api_generate,

@@ -21,6 +21,8 @@ from allegro.request import (
 )
 
 MODEL_DEFAULT = "default"  # dropdown value: the loaded model's native length or size
+TEXT_TO_VIDEO, IMAGE_TO_VIDEO = "Text to video", "Image to video"  # the task switch
+TASKS = (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
 RANDOM_SEED = -1
 
 
@@ -94,9 +96,20 @@ class ControlValues:
     interpolate: bool = False
     interpolation_method: str | None = None
     fast_mode: bool = False
+    task: str = TEXT_TO_VIDEO
+    first_image: str | None = None  # uploaded files (image to video)
+    last_image: str | None = None
 
     def to_request(self) -> GenerationRequest:
+        """The request; the images only count in image-to-video mode, where a first frame
+        is required."""
         height, width = size_for(self.size)
+        from_images = self.task == IMAGE_TO_VIDEO
+        if from_images and not self.first_image:
+            raise InvalidRequestError(
+                "Image to video needs a first frame: drop an image in the First frame box "
+                "(or switch to Text to video)."
+            )
         return GenerationRequest(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -110,6 +123,8 @@ class ControlValues:
             interpolate=self.interpolate,
             interpolation_method=self.interpolation_method if self.interpolate else None,
             fast_mode=self.fast_mode,
+            first_image=self.first_image if from_images else None,
+            last_image=self.last_image if from_images else None,
         )
 
 
@@ -160,6 +175,7 @@ def controls_from_settings(
         interpolate=method is not None,
         interpolation_method=method,
         fast_mode=bool(settings.get("fast_mode", False)),
+        task=IMAGE_TO_VIDEO if settings.get("first_image") else TEXT_TO_VIDEO,
     )
     return LoadedControls(values, tuple(notes))
 
@@ -182,7 +198,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
         negative_prompt=settings.get("negative_prompt"),
         seed=settings.get("seed"),
         steps=settings.get("steps", OFFICIAL_STEPS),
-        guidance_scale=settings.get("guidance_scale", OFFICIAL_GUIDANCE),
+        guidance_scale=settings.get("guidance_scale"),  # None: the task's official one
         frames=settings.get("frames"),
         height=settings.get("height"),
         width=settings.get("width"),

@@ -30,7 +30,9 @@ from allegro.events import CancelToken, ProgressEvent
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
     DEFAULT_OVERLAP_FRAMES,
+    OFFICIAL_GUIDANCE,
     OFFICIAL_STEPS,
+    OFFICIAL_TI2V_GUIDANCE,
     GenerationRequest,
     check_request,
     resolve_request,
@@ -43,14 +45,17 @@ from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
 from ui.presets import (
+    IMAGE_TO_VIDEO,
     MODEL_DEFAULT,
     ControlValues,
     controls_from_settings,
+    frames_for,
     interpolation_choices,
     length_choices,
     request_from_settings,
     resolved_shape,
     size_choices,
+    size_for,
 )
 from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 
@@ -83,9 +88,11 @@ _MESSAGE_FIELDS = (
     (re.compile(r"interpolation method"), ("interpolation_method",)),
     (re.compile(r"^The first image"), ("image", "first_image")),
     (re.compile(r"^The last image|^A last frame"), ("last_image",)),
+    (re.compile(r"needs a first frame"), ("first_image",)),
     (re.compile(r"^Overlap frames"), ("overlap_frames",)),
     (re.compile(r"to continue|continued|continuation"), ("video",)),
 )
+INPUT_LABELS = {"first_image": "First frame", "last_image": "Last frame"}
 TEXT_ONLY_MESSAGE = (
     "This server makes videos from text only (it was started with --ti2v-model none): "
     "leave out the images."
@@ -260,15 +267,20 @@ class Studio:
         interpolate: bool,
         interpolation_method: str | None,
         fast_mode: bool,
+        task: str,
+        first_image: str | None,
+        last_image: str | None,
         owner_id: str,
         job: JobSlot,
         request: gr.Request = None,
     ) -> list[dict]:
         """Generate's validator: runs when the click arrives, before it joins the queue
-        (gradio/queueing.py:308-348), so a bad request never waits for the GPU."""
+        (gradio/queueing.py:308-348), so a bad request (a bad image included) never waits
+        for the GPU."""
         controls = ControlValues(  # the page's controls, in the field order
             prompt, negative_prompt, seed, steps, guidance_scale, length, size,
             use_template, interpolate, interpolation_method, fast_mode,
+            task, first_image, last_image,
         )  # fmt: skip
         problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()), request)
         return _validations(PAGE_INPUTS, problem)
@@ -424,6 +436,9 @@ class Studio:
         interpolate: bool,
         interpolation_method: str | None,
         fast_mode: bool,
+        task: str,
+        first_image: str | None,
+        last_image: str | None,
         owner_id: str,
         job: JobSlot,
         progress=gr.Progress(),  # noqa: B008 - Gradio's way of asking for a progress bar
@@ -441,12 +456,85 @@ class Studio:
             interpolate=interpolate,
             interpolation_method=interpolation_method,
             fast_mode=fast_mode,
+            task=task,
+            first_image=first_image,
+            last_image=last_image,
         )
         try:
             owner = self.page_owner(owner_id)
             prepared = self.prepare(controls.to_request())
         except AllegroError as error:
             raise user_error(error) from None
+        async for outputs in self._page_run(prepared, owner, job, progress):
+            yield outputs
+
+    def check_extend_page(
+        self,
+        name: str | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float | None,
+        steps: float,
+        guidance_scale: float,
+        length: str,
+        use_template: bool,
+        fast_mode: bool,
+        owner_id: str,
+        job: JobSlot,
+        request: gr.Request = None,
+    ) -> list[dict]:
+        """Extend's validator: the selected video must be the caller's, the fields good."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, length)
+
+        def build():
+            owner = self.page_owner(owner_id)
+            return owner, self._page_extension(name, owner, *fields, use_template, fast_mode)
+
+        problem = self._problem(build, request)
+        inputs = tuple(inspect.signature(self.check_extend_page).parameters)[:-1]
+        return _validations(inputs, problem)
+
+    async def extend_page(
+        self,
+        name: str | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float | None,
+        steps: float,
+        guidance_scale: float,
+        length: str,
+        use_template: bool,
+        fast_mode: bool,
+        owner_id: str,
+        job: JobSlot,
+        progress=gr.Progress(),  # noqa: B008
+    ):
+        """The selected gallery video, continued with the page's prompt and settings; yields
+        as generate_page."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, length)
+        try:
+            owner = self.page_owner(owner_id)
+            extension = self._page_extension(name, owner, *fields, use_template, fast_mode)
+            prepared = self.prepare(extension)
+        except AllegroError as error:
+            raise user_error(error) from None
+        async for outputs in self._page_run(prepared, owner, job, progress):
+            yield outputs
+
+    def _page_extension(
+        self, name, owner, prompt, negative, seed, steps, guidance, length, template, fast
+    ) -> GenerationRequest:
+        if not name:
+            raise gallery.GalleryError("Pick a video in the gallery first.")
+        frames = frames_for(length)
+        return self.extend_request(
+            name, owner, prompt, negative, seed, steps, guidance, frames,
+            DEFAULT_OVERLAP_FRAMES, template, fast,
+        )  # fmt: skip
+
+    async def _page_run(
+        self, prepared: GenerationRequest, owner: Owner, job: JobSlot, progress: gr.Progress
+    ):
         token = job.token = CancelToken()
         skip = gr.skip()
         progress(0.0, desc="Starting …")
@@ -644,17 +732,20 @@ class Studio:
 
     def poll_status(self, steps: float, length: str, size: str, fast_mode: bool):
         """Timer tick: (banner, generate button, retry button, timer, length, size,
-        interpolate toggle, method, cost hint). Choices are sent once, when ready."""
+        interpolate toggle, method, task switch, extend button, cost hint). Choices are sent
+        once, when ready; the task switch and Extend show only if image to video is served."""
         status = self.loader.status()
         label, interactive = generate_button(status)
         skip = gr.skip()
-        dropdowns: tuple = (skip, skip, skip, skip)
+        dropdowns: tuple = (skip,) * 6
         if status.ready:
             dropdowns = (
                 gr.update(choices=length_choices(status.native)),
                 gr.update(choices=size_choices(status.native)),
                 gr.update(visible=status.interpolation is not None),
                 gr.update(choices=interpolation_choices(list(status.interpolation or ()))),
+                gr.update(visible=status.image_to_video),
+                gr.update(visible=status.image_to_video),
             )
         return (
             banner_markdown(status),
@@ -714,28 +805,34 @@ class Studio:
         return items, [entry.name for entry in entries]
 
     def select_entry(self, names: list[str], owner_id: str, event: gr.SelectData):
-        """(selected name, video, summary, settings, actions row)."""
+        """(selected name, video, summary, settings, input images, actions row)."""
         owner = self._page_gallery(owner_id)
         try:
             name = names[event.index]
         except (IndexError, TypeError):
             raise gr.Error("Pick a video again.", print_exception=False) from None
         entry = self._find(name, owner)
+        inputs = [
+            (self.publish(path), INPUT_LABELS[key]) for key, path in entry.input_images.items()
+        ]
         return (
             entry.name,
             self.publish(entry.video),
             entry_markdown(entry.settings, entry.video.name),
             entry.settings,
+            gr.update(value=inputs, visible=bool(inputs)),
             gr.update(visible=True),
         )
 
     def reuse_entry(self, name: str | None, owner_id: str):
-        """The selected video's settings into the controls (11 control values)."""
+        """The selected video's settings and input images into the controls."""
         owner = self._page_gallery(owner_id)
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
         entry = self._find(name, owner)
-        return self._controls_from(entry.settings, f"Settings of {entry.name} loaded.")
+        return self._controls_from(
+            entry.settings, f"Settings of {entry.name} loaded.", entry.input_images
+        )
 
     def delete_entry(self, name: str | None, owner_id: str):
         """(gallery items, names, selected name, video, summary, settings, actions row)."""
@@ -752,11 +849,12 @@ class Studio:
             raise user_error(error) from None
         return (*self.refresh_gallery(owner_id), None, None, "", None, gr.update(visible=False))
 
-    def load_dropped_video(self, path: str | None):
-        """A dropped MP4 -> its settings in the controls. The settings are checked field by
-        field like a request; any problem is a message and nothing is loaded."""
+    def load_dropped_video(self, path: str | None, owner_id: Any = None):
+        """A dropped MP4 -> its settings in the controls, and its input images when they are
+        in the caller's gallery. The settings are checked field by field like a request; any
+        problem is a message and nothing is loaded."""
         if not path:
-            return tuple(gr.skip() for _ in range(11))
+            return tuple(gr.skip() for _ in PAGE_INPUTS[:-2])
         from allegro.video import read_settings
 
         upload = Path(path)
@@ -768,18 +866,27 @@ class Studio:
             if request.interpolate:
                 self._check_interpolation(request.interpolation_method)
             check_request(request)
+            owner = self.gallery_owner(self.page_owner(owner_id)) if owner_id else None
+            try:
+                images = gallery.images_named(self.output_dir, settings, owner)
+            except gallery.GalleryError as error:
+                gr.Warning(f"{error} Add the input images again.")
+                images = {}
         except AllegroError as error:
             raise gr.Error(f"Nothing was loaded: {error}", print_exception=False) from None
         finally:
             upload.unlink(missing_ok=True)  # only its settings were wanted; nobody may fetch it
-        return self._controls_from(settings, "Settings loaded from the video.")
+        return self._controls_from(settings, "Settings loaded from the video.", images)
 
-    def _controls_from(self, settings: Mapping[str, Any], message: str):
+    def _controls_from(self, settings: Mapping[str, Any], message: str, images: Mapping[str, Path]):
+        """The controls' values (PAGE_INPUTS but the owner and job): images as copies served
+        to this caller."""
         loaded = controls_from_settings(settings, self.loader.status().native)
         for note in loaded.notes:
             gr.Warning(note)
         gr.Info(message)
         values = loaded.values
+        first, last = (images.get(key) for key in gallery.INPUT_IMAGES)
         return (
             values.prompt,
             values.negative_prompt,
@@ -792,4 +899,37 @@ class Studio:
             values.interpolate,
             values.interpolation_method or gr.skip(),
             values.fast_mode,
+            values.task,
+            self.publish(first) if first else None,
+            self.publish(last) if last else None,
         )
+
+    # ---- image to video -----------------------------------------------------------------
+
+    def crop_preview(self, image: str | None, size: str):
+        """The frame the model will be given for ``image`` at the chosen size (the engine's
+        own crop and resize), or None."""
+        if not image:
+            return None
+        from allegro.ti2v.condition import condition_preview
+        from allegro.ti2v.inputs import load_image
+
+        native = self.loader.status().native
+        height, width = size_for(size)
+        if height is None or width is None:
+            if native is None:
+                return None
+            height, width = native.height, native.width
+        try:
+            return condition_preview(load_image(image), height, width)
+        except AllegroError as error:
+            raise user_error(error) from None
+
+    def switch_task(self, task: str, guidance: float):
+        """(image inputs shown, guidance): the official guidance of the new task replaces
+        the other task's."""
+        from_images = task == IMAGE_TO_VIDEO
+        official = (OFFICIAL_GUIDANCE, OFFICIAL_TI2V_GUIDANCE)
+        if guidance in official:
+            guidance = official[from_images]
+        return gr.update(visible=from_images), guidance
