@@ -567,6 +567,9 @@ def test_preview_mode_serves_image_to_video(tmp_path, monkeypatch):
     assert made == [False, True]
     loader.load()  # a retry makes nothing again
     assert made == [False, True]
+    zero_gpu = ModelLoader(_config(output_dir=tmp_path, zero_gpu=True), environ, lambda: False)
+    zero_gpu.load()
+    assert zero_gpu.engine().ti2v_spec is None  # no second load inside a lent GPU call
 
 
 def test_preview_model_folder(tmp_path):

@@ -331,6 +331,10 @@ class ModelLoader:
             choice = choose_model(self.config, has_cuda)
             self._update(choice=choice)
             model, ti2v_model = choice.model, choice.ti2v_model
+            if self.config.zero_gpu:
+                # Weights load only before launch there (see load), and the cache holds one
+                # pipeline: image to video would need a second load inside a GPU call.
+                ti2v_model = None
             if choice.preview:
                 self._update(message="Preparing the preview model …")
                 model = str(ensure_preview_model(preview_model_dir(self.environ)))
