@@ -443,21 +443,15 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
         dropped.upload(studio.load_dropped_video, [dropped, owner], controls, **private)
 
-        generate_api = gr.api(
-            studio.api_generate,
-            api_name="generate",
-            concurrency_limit=1,
-            concurrency_id=GENERATION,
-        )
-        # gr.api has no validator argument; the event has the same field as a click's.
-        demo.fns[generate_api["id"]].validator = studio.check_api
-        extend_api = gr.api(
-            studio.api_extend,
-            api_name="extend",
-            concurrency_limit=1,
-            concurrency_id=GENERATION,
-        )
-        demo.fns[extend_api["id"]].validator = studio.check_extend
+        for name, handler, validator in (
+            ("generate", studio.api_generate, studio.check_api),
+            ("extend", studio.api_extend, studio.check_extend),
+        ):
+            endpoint = gr.api(
+                handler, api_name=name, concurrency_limit=1, concurrency_id=GENERATION
+            )
+            # gr.api has no validator argument; the event has the same field as a click's.
+            demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.api_history, api_name="history", queue=False)
     return demo
 
