@@ -165,7 +165,7 @@ def test_a_huge_prompt_is_refused_before_it_is_queued(server, alice):
     with pytest.raises(Exception, match="negative prompt is 4,001 characters"):
         bob.predict(prompt="a cat", negative_prompt="n" * 4001, api_name="/generate")
     as_bob = PageSession(server.url, headers={"X-Allegro-Key": BOB_KEY})
-    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 11)
+    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 13)  # 14 parameters
     assert broken.status == 422 and "not valid text" in broken.error
     assert time.monotonic() - started < 10
 
