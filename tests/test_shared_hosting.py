@@ -151,6 +151,15 @@ def test_output_files_cannot_be_fetched_or_probed_by_path(server, alice):
     assert answers[0].text.replace(str(real), "") == answers[2].text.replace(str(missing), "")
 
 
+def test_a_page_image_must_be_an_upload(server, alice):
+    """Raw HTTP in place of the page: a server path as the first frame is refused by the
+    validator, on the first frame's box."""
+    inputs = generation_inputs("a cat", alice["token"])
+    inputs[11:14] = ["Image to video", "/etc/passwd", None]
+    refused = alice["page"].call("generate_page", *inputs)
+    assert refused.status == 422 and "not a path on the server" in refused.error
+
+
 def test_crash_leftovers_are_removed_at_start(server):
     names = {path.name for path in server.output_dir.iterdir()}
     assert not [name for name in names if ".partial." in name or "orphan" in name]

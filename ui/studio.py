@@ -86,8 +86,8 @@ _MESSAGE_FIELDS = (
     (re.compile(r"^Allegro cannot make \d+ frames"), ("length", "frames")),
     (re.compile(r"^Allegro cannot make"), ("size", "height")),
     (re.compile(r"interpolation method"), ("interpolation_method",)),
-    (re.compile(r"^The first image"), ("image", "first_image")),
-    (re.compile(r"^The last image|^A last frame"), ("last_image",)),
+    (re.compile(r"^The first (image|frame)"), ("image", "first_image")),
+    (re.compile(r"^The last (image|frame)|^A last frame"), ("last_image",)),
     (re.compile(r"needs a first frame"), ("first_image",)),
     (re.compile(r"^Overlap frames"), ("overlap_frames",)),
     (re.compile(r"to continue|continued|continuation"), ("video",)),
@@ -282,7 +282,7 @@ class Studio:
             use_template, interpolate, interpolation_method, fast_mode,
             task, first_image, last_image,
         )  # fmt: skip
-        problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()), request)
+        problem = self._problem(lambda: self._page_request(owner_id, controls), request)
         return _validations(PAGE_INPUTS, problem)
 
     def check_api(
@@ -461,12 +461,24 @@ class Studio:
             last_image=last_image,
         )
         try:
-            owner = self.page_owner(owner_id)
-            prepared = self.prepare(controls.to_request())
+            owner, generation = self._page_request(owner_id, controls)
+            prepared = self.prepare(generation)
         except AllegroError as error:
             raise user_error(error) from None
         async for outputs in self._page_run(prepared, owner, job, progress):
             yield outputs
+
+    def _page_request(
+        self, owner_id: Any, controls: ControlValues
+    ) -> tuple[Owner, GenerationRequest]:
+        """The page's caller and request; its images must be uploads like an API caller's
+        (raw HTTP can send any text in their place)."""
+        owner = self.page_owner(owner_id)
+        uploads = {
+            key: uploaded_file(getattr(controls, key), label.lower())
+            for key, label in INPUT_LABELS.items()
+        }
+        return owner, replace(controls, **uploads).to_request()
 
     def check_extend_page(
         self,
