@@ -27,9 +27,9 @@ NATIVE_SIZE = ("default", "default")
 
 
 def generation_inputs(prompt: str, token: str, steps: int = 2, seed: int = 7) -> list:
-    """generate_page's 16 inputs: 14 controls (the last three: the task and the images), the
+    """generate_page's 17 inputs: 15 controls (the last three: the task and the images), the
     page token, the job slot (a gr.State)."""
-    controls = [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False]
+    controls = [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False, False]
     return [*controls, "Text to video", None, None, token, None]
 
 
@@ -67,7 +67,7 @@ def alice(server) -> dict:
 def _wait_until_ready(page: PageSession, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        banner = page.call("poll_status", 2, "default", "default", False).data[1]
+        banner = page.call("poll_status", 2, "default", "default", False, False).data[1]
         if banner.get("interactive"):
             return
         time.sleep(0.5)
@@ -155,7 +155,7 @@ def test_a_page_image_must_be_an_upload(server, alice):
     """Raw HTTP in place of the page: a server path as the first frame is refused by the
     validator, on the first frame's box."""
     inputs = generation_inputs("a cat", alice["token"])
-    inputs[11:14] = ["Image to video", "/etc/passwd", None]
+    inputs[12:15] = ["Image to video", "/etc/passwd", None]
     refused = alice["page"].call("generate_page", *inputs)
     assert refused.status == 422 and "not a path on the server" in refused.error
 
@@ -174,7 +174,7 @@ def test_a_huge_prompt_is_refused_before_it_is_queued(server, alice):
     with pytest.raises(Exception, match="negative prompt is 4,001 characters"):
         bob.predict(prompt="a cat", negative_prompt="n" * 4001, api_name="/generate")
     as_bob = PageSession(server.url, headers={"X-Allegro-Key": BOB_KEY})
-    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 13)  # 14 parameters
+    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 14)  # 15 parameters
     assert broken.status == 422 and "not valid text" in broken.error
     assert time.monotonic() - started < 10
 

@@ -28,10 +28,16 @@ def result_markdown(settings: Mapping[str, Any], seconds: float, file_name: str)
     fps = settings.get("fps")
     if isinstance(interpolation, Mapping):
         frames = interpolation.get("frames", frames)
-    return (
+    line = (
         f"**Seed {settings.get('seed')}** · made in {format_duration(seconds)} · "
         f"{frames} frames at {size}, {fps:g} fps · `{file_name}`"
     )
+    step_cache = settings.get("step_cache")
+    if isinstance(step_cache, Mapping):
+        from allegro.step_cache import StepCacheStats
+
+        line += f"\n\n{StepCacheStats.summary_of(step_cache).capitalize()}."
+    return line
 
 
 def entry_markdown(settings: Mapping[str, Any], file_name: str) -> str:

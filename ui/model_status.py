@@ -317,6 +317,7 @@ class ModelLoader:
             vae_precision=self.config.vae_precision,
             offload=self.config.offload,
             compile=self.config.compile,
+            memory_profile=self.config.memory_profile,
         )
 
     def _run(self) -> None:
@@ -383,6 +384,7 @@ def _hardware(loaded) -> Hardware:
         precision=spec.precision or "bf16",
         vae_precision=spec.vae_precision,
         transformer_config=dict(loaded.pipe.transformer.config),
+        memory_profile=spec.memory_profile,
         gpu_memory_bytes=loaded.gpu_memory_bytes,
         multiprocessors=loaded.multiprocessors,
         compiled=loaded.compiled,

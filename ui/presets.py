@@ -96,6 +96,7 @@ class ControlValues:
     interpolate: bool = False
     interpolation_method: str | None = None
     fast_mode: bool = False
+    step_cache: bool = False
     task: str = TEXT_TO_VIDEO
     first_image: str | None = None  # uploaded files (image to video)
     last_image: str | None = None
@@ -123,6 +124,7 @@ class ControlValues:
             interpolate=self.interpolate,
             interpolation_method=self.interpolation_method if self.interpolate else None,
             fast_mode=self.fast_mode,
+            step_cache=self.step_cache,
             first_image=self.first_image if from_images else None,
             last_image=self.last_image if from_images else None,
         )
@@ -175,6 +177,7 @@ def controls_from_settings(
         interpolate=method is not None,
         interpolation_method=method,
         fast_mode=bool(settings.get("fast_mode", False)),
+        step_cache=bool(settings.get("step_cache", False)),  # its statistics when it ran
         task=IMAGE_TO_VIDEO if settings.get("first_image") else TEXT_TO_VIDEO,
     )
     return LoadedControls(values, tuple(notes))
@@ -184,7 +187,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
     """A video's saved settings as the request that made it, for the same checks as any
     request (check_request); InvalidRequestError for a field that is not even the right
     kind of value."""
-    for name in ("use_template", "fast_mode"):
+    for name in ("use_template", "fast_mode", "step_cache"):
         if not isinstance(settings.get(name, False), bool):
             raise InvalidRequestError(f"The video's {name} setting is not yes or no.")
     interpolation = settings.get("interpolation")
@@ -206,6 +209,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
         interpolate=interpolation is not None,
         interpolation_method=method,
         fast_mode=settings.get("fast_mode", False),
+        step_cache=settings.get("step_cache", False),
     )
 
 

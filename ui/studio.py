@@ -39,7 +39,13 @@ from allegro.request import (
 )
 from ui import gallery
 from ui.config import AppConfig
-from ui.estimates import cost_hint, estimate_seconds, fast_mode_notice
+from ui.estimates import (
+    cost_hint,
+    estimate_memory_bytes,
+    estimate_seconds,
+    fast_mode_notice,
+    options_note,
+)
 from ui.formatting import entry_markdown, progress_description, result_markdown
 from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
@@ -267,6 +273,7 @@ class Studio:
         interpolate: bool,
         interpolation_method: str | None,
         fast_mode: bool,
+        step_cache: bool,
         task: str,
         first_image: str | None,
         last_image: str | None,
@@ -279,7 +286,7 @@ class Studio:
         for the GPU."""
         controls = ControlValues(  # the page's controls, in the field order
             prompt, negative_prompt, seed, steps, guidance_scale, length, size,
-            use_template, interpolate, interpolation_method, fast_mode,
+            use_template, interpolate, interpolation_method, fast_mode, step_cache,
             task, first_image, last_image,
         )  # fmt: skip
         problem = self._problem(lambda: self._page_request(owner_id, controls), request)
@@ -299,6 +306,7 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        step_cache: bool = False,
         image: FileData | None = None,
         last_image: FileData | None = None,
         request: gr.Request = None,
@@ -306,7 +314,7 @@ class Studio:
         """/generate's validator (same parameters): the key, every field and the images,
         before the request is queued."""
         fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode)
+        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
         problem = self._problem(
             lambda: (
                 self.api_owner(request),
@@ -436,6 +444,7 @@ class Studio:
         interpolate: bool,
         interpolation_method: str | None,
         fast_mode: bool,
+        step_cache: bool,
         task: str,
         first_image: str | None,
         last_image: str | None,
@@ -456,6 +465,7 @@ class Studio:
             interpolate=interpolate,
             interpolation_method=interpolation_method,
             fast_mode=fast_mode,
+            step_cache=step_cache,
             task=task,
             first_image=first_image,
             last_image=last_image,
@@ -619,6 +629,7 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        step_cache: bool = False,
         image: FileData | None = None,
         last_image: FileData | None = None,
         request: gr.Request = None,
@@ -631,7 +642,7 @@ class Studio:
         shared server, send your own key (32+ characters) in the X-Allegro-Key header: your
         videos and history are those made with it."""
         fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode)
+        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
         try:
             generation = self.api_request(*fields, *options, image=image, last_image=last_image)
         except AllegroError as error:
@@ -742,7 +753,9 @@ class Studio:
 
     # ---- model status -------------------------------------------------------------------
 
-    def poll_status(self, steps: float, length: str, size: str, fast_mode: bool):
+    def poll_status(
+        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+    ):
         """Timer tick: (banner, generate button, retry button, timer, length, size,
         interpolate toggle, method, task switch, extend button, cost hint). Choices are sent
         once, when ready; the task switch and Extend show only if image to video is served."""
@@ -765,14 +778,16 @@ class Studio:
             gr.update(visible=status.phase == Phase.FAILED),
             gr.Timer(active=status.busy),
             *dropdowns,
-            self.hint(steps, length, size, fast_mode),
+            self.hint(steps, length, size, fast_mode, step_cache),
         )
 
     def retry_loading(self):
         self.loader.start()
         return gr.Timer(active=True), gr.update(visible=False)
 
-    def hint(self, steps: float, length: str, size: str, fast_mode: bool) -> str:
+    def hint(
+        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+    ) -> str:
         status = self.loader.status()
         if not status.ready or status.native is None:
             return ""
@@ -781,9 +796,17 @@ class Studio:
             step_count = int(steps)
         except (TypeError, ValueError):
             return ""
-        seconds = self._estimator(status)(frames, height, width, step_count, bool(fast_mode))
-        notice = fast_mode_notice(status.hardware, frames, height, width) if fast_mode else ""
-        return cost_hint(seconds, status.hardware) + notice
+        hardware = status.hardware
+        if hardware is None or hardware.gpu_name is None:
+            return cost_hint(None, hardware)
+        notice = fast_mode_notice(hardware, frames, height, width) if fast_mode else ""
+        fast = bool(fast_mode) and not notice  # the engine will switch it off
+        seconds = estimate_seconds(
+            hardware, frames, height, width, step_count, fast, bool(step_cache)
+        )
+        memory = estimate_memory_bytes(hardware, frames, height, width, bool(step_cache), fast)
+        note = options_note(bool(step_cache), hardware.memory_profile)
+        return cost_hint(seconds, hardware, memory, note) + notice
 
     # ---- gallery ------------------------------------------------------------------------
 
@@ -911,6 +934,7 @@ class Studio:
             values.interpolate,
             values.interpolation_method or gr.skip(),
             values.fast_mode,
+            values.step_cache,
             values.task,
             self.publish(first) if first else None,
             self.publish(last) if last else None,
