@@ -32,6 +32,7 @@ from allegro.loading import (
 )
 from allegro.request import FPS, GenerationRequest, positive_prompt, resolve_request
 from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
+from allegro.video import release_path
 
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
@@ -112,13 +113,16 @@ class _ProgressClock:
 
 
 def output_path_for(directory: Path, request: GenerationRequest, now: datetime) -> Path:
-    """``20261125-031500-seed7-pink-fish-swim.mp4``: sortable and readable. The same prompt
-    and seed twice in one second get ``-2``, ``-3``…: a finished video is never overwritten
-    (generations run one at a time, so checking for the files is enough)."""
+    """``20261125-031500-seed7-pink-fish-swim.mp4``: sortable and readable, and reserved for
+    the caller (release it with ``release_path``). The same prompt and seed twice in one
+    second get ``-2``, ``-3``…: a finished video is never overwritten, and two workers never
+    pick the same name (the reservation is an ``O_EXCL`` file)."""
+    from allegro.video import reserve_path
+
     slug = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")[:40] or "video"
     stem = f"{now:%Y%m%d-%H%M%S}-seed{request.seed}-{slug}"
     candidate, number = stem, 1
-    while any(directory.joinpath(candidate + suffix).exists() for suffix in (".mp4", ".json")):
+    while not reserve_path(directory / f"{candidate}.mp4"):
         number += 1
         candidate = f"{stem}-{number}"
     return directory / f"{candidate}.mp4"
@@ -253,14 +257,17 @@ class Engine:
 
         clock.emit(Stage.SAVING, message="Saving the video …")
         now = datetime.now(timezone.utc)
-        path = (
-            Path(output_path)
-            if output_path
-            else output_path_for(self.output_dir, request, now.astimezone())
-        )
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
-        save_video(path, frames, fps, settings)
+        if output_path:
+            path = Path(output_path)
+            save_video(path, frames, fps, settings)
+        else:
+            path = output_path_for(self.output_dir, request, now.astimezone())
+            try:
+                save_video(path, frames, fps, settings)
+            finally:
+                release_path(path)
         clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
         return GenerationResult(
             video_path=path,

@@ -22,6 +22,7 @@ import numpy as np
 from allegro.errors import AllegroError
 
 SETTINGS_KEY = "allegro_studio"
+RESERVED_SUFFIX = ".reserved"  # an output name taken by a job still running (see reserve_path)
 
 
 @contextlib.contextmanager
@@ -38,6 +39,41 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.replace(temp, final)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _reservation(path: Path) -> Path:
+    return path.with_name(f".{path.name}{RESERVED_SUFFIX}")
+
+
+def reserve_path(path: Path) -> bool:
+    """Take the name ``path`` for a video still to be made, atomically (``O_EXCL``): False
+    if the video or its settings exist, or another worker holds the name."""
+    if path.exists() or path.with_suffix(".json").exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(_reservation(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def release_path(path: Path) -> None:
+    """Give back a name taken with reserve_path (once its video is saved, or not made)."""
+    _reservation(path).unlink(missing_ok=True)
+
+
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Delete the temporary files a killed process left in ``directory`` (a save cut short,
+    a reserved name never used); returns what was removed. Only for a folder no other
+    process is writing to at the moment (called once at start)."""
+    removed = []
+    for pattern in (".*.partial.*", f".*{RESERVED_SUFFIX}"):
+        for path in Path(directory).glob(pattern):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str, title: str) -> None:
