@@ -166,8 +166,8 @@ def _generate(args: argparse.Namespace) -> int:
         bar.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    settings = result.settings
-    print(f"offload: {settings['offload']} ({settings['offload_reason']})", file=sys.stderr)
+    record = result.record
+    print(f"offload: {record.offload} ({record.offload_reason})", file=sys.stderr)
     print(f"saved {result.video_path} (seed {result.seed}, {result.seconds:.1f} s)")
     return 0
 

@@ -10,6 +10,7 @@ cached prompt embeddings and ``output_type="latent"``; we decode with the pipeli
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,7 @@ from allegro.loading import (
     free_accelerator_memory,
 )
 from allegro.request import FPS, GenerationRequest, positive_prompt, resolve_request
+from allegro.settings import InterpolationRecord, VideoSettings
 from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 from allegro.video import release_path
 
@@ -56,13 +58,18 @@ class GenerationResult:
     video_path: Path
     settings_path: Path
     poster_path: Path
-    settings: dict[str, Any]
+    record: VideoSettings
     seconds: float
     warnings: tuple[str, ...] = ()
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The saved settings as JSON (what the API and the page show)."""
+        return self.record.to_dict()
+
+    @property
     def seed(self) -> int:
-        return int(self.settings["seed"])
+        return int(self.record.seed)  # type: ignore[arg-type] - a made video has its seed
 
 
 @dataclass
@@ -241,16 +248,18 @@ class Engine:
         # Loading is not cancellable: other requests wait for the same load.
         loaded = self.load(on_progress)
         request = resolve_request(request, loaded.native)
-        interpolator = self._interpolator(request) if request.interpolate else None
+        if request.interpolate:
+            self._check_interpolation(request)  # before the denoising, not after
         cancel.raise_if_cancelled()
 
         warnings: list[str] = []
         fps: float = FPS
-        interpolation: dict[str, Any] | None = None
-        with loaded.run_lock:  # one job on the GPU at a time, interpolation included
-            with _recover_from_oom(loaded, request):
-                frames = self._make_frames(loaded, request, clock, cancel, warnings)
-            if interpolator is not None:
+        interpolation: InterpolationRecord | None = None
+        # One job on the GPU at a time, interpolation included, and one recovery for both.
+        with loaded.run_lock, _recover_from_oom(loaded, request):
+            frames = self._make_frames(loaded, request, clock, cancel, warnings)
+            if request.interpolate:
+                interpolator = self._interpolator(loaded, request)
                 frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
                 fps = INTERPOLATED_FPS
         cancel.raise_if_cancelled()
@@ -273,16 +282,25 @@ class Engine:
             video_path=path,
             settings_path=path.with_suffix(".json"),
             poster_path=path.with_suffix(".jpg"),
-            settings=settings,
+            record=settings,
             seconds=seconds,
             warnings=tuple(warnings),
         )
 
-    def _interpolator(self, request: GenerationRequest) -> Interpolator:
+    def _check_interpolation(self, request: GenerationRequest) -> None:
+        from allegro.interpolation import DEFAULT_METHOD, require_available
+
+        require_available(request.interpolation_method or DEFAULT_METHOD, self.ema_vfi_weights)
+
+    def _interpolator(self, loaded: LoadedPipeline, request: GenerationRequest) -> Interpolator:
+        """The method's interpolator, made once per loaded pipeline (EMA-VFI reads its
+        checkpoint then); the caller holds the run lock, so two jobs never load it twice."""
         from allegro.interpolation import DEFAULT_METHOD, create_interpolator
 
-        method = request.interpolation_method or DEFAULT_METHOD
-        return create_interpolator(method, weights=self.ema_vfi_weights)
+        key = (request.interpolation_method or DEFAULT_METHOD, self.ema_vfi_weights)
+        if key not in loaded.interpolators:
+            loaded.interpolators[key] = create_interpolator(key[0], weights=key[1])
+        return loaded.interpolators[key]
 
     def _make_frames(
         self,
@@ -417,47 +435,46 @@ class Engine:
         loaded: LoadedPipeline,
         request: GenerationRequest,
         fps: float,
-        interpolation: dict[str, Any] | None,
+        interpolation: InterpolationRecord | None,
         seconds: float,
         now: datetime,
         labels: Mapping[str, str] | None,
-    ) -> dict[str, Any]:
+    ) -> VideoSettings:
         spec = loaded.spec
-        return {
-            "app": "Allegro Studio",
-            "app_version": __version__,
-            "created": now.isoformat(timespec="seconds"),
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt,
-            "seed": request.seed,
-            "steps": request.steps,
-            "guidance_scale": request.guidance_scale,
-            "frames": request.frames,
-            "height": request.height,
-            "width": request.width,
-            "fps": fps,
-            "use_template": request.use_template,
-            "fast_mode": request.fast_mode,
-            "interpolation": interpolation,
-            "model": spec.model,
-            "transformer": spec.transformer,
-            "precision": spec.precision,
-            "vae_precision": spec.vae_precision,
-            "offload": loaded.offload.mode,
-            "offload_reason": loaded.offload.reason,
-            "compiled": spec.compile,
-            "device": loaded.device,
-            "run_seconds": round(seconds, 2),
-            "labels": dict(labels or {}),
-        }
+        return VideoSettings(
+            app_version=__version__,
+            created=now.isoformat(timespec="seconds"),
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            frames=request.frames,
+            height=request.height,
+            width=request.width,
+            fps=fps,
+            use_template=request.use_template,
+            fast_mode=request.fast_mode,
+            interpolation=interpolation,
+            model=spec.model,
+            transformer=spec.transformer,
+            precision=spec.precision,
+            vae_precision=spec.vae_precision,
+            offload=loaded.offload.mode,
+            offload_reason=loaded.offload.reason,
+            compiled=spec.compile,
+            device=loaded.device,
+            run_seconds=round(seconds, 2),
+            labels=dict(labels or {}),
+        )
 
 
-def save_video(path: Path, frames: np.ndarray, fps: float, settings: dict[str, Any]) -> None:
+def save_video(path: Path, frames: np.ndarray, fps: float, settings: VideoSettings) -> None:
     """write_video with disk errors turned into a message (nothing half-written remains)."""
     from allegro.video import write_video
 
     try:
-        write_video(path, frames, fps, settings)
+        write_video(path, frames, fps, settings.to_dict())
     except OSError as error:
         raise AllegroError(
             f"Could not save the video to {path.parent}: {error.strerror or error}. "
@@ -467,7 +484,7 @@ def save_video(path: Path, frames: np.ndarray, fps: float, settings: dict[str, A
 
 def _run_interpolation(
     frames: np.ndarray, interpolator: Interpolator, clock: _ProgressClock, cancel: CancelToken
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, InterpolationRecord]:
     from allegro.interpolation.driver import interpolate_frames
 
     started = time.monotonic()
@@ -515,28 +532,28 @@ def interpolate_video(
     if len(frames) < 2:
         raise InterpolationError(f"{source.name} has only one frame: nothing to interpolate.")
     try:
-        settings = read_settings(source)
+        settings = VideoSettings.from_dict(read_settings(source))
     except AllegroError:
-        settings = {"source": source.name}
+        settings = VideoSettings(extra={"source": source.name})
     clock = _ProgressClock(on_progress, interpolate=True)
     frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel or CancelToken())
-    interpolation["source_fps"] = fps
-    settings = {**settings, "fps": interpolation["fps"], "interpolation": interpolation}
+    interpolation = dataclasses.replace(interpolation, source_fps=fps)
+    settings = dataclasses.replace(settings, fps=interpolation.fps, interpolation=interpolation)
     clock.emit(Stage.SAVING, message="Saving the video …")
-    save_video(destination, frames, interpolation["fps"], settings)
+    save_video(destination, frames, interpolation.fps, settings)
     clock.emit(Stage.DONE, 1.0)
     return destination
 
 
-def interpolation_settings(method: str, result: InterpolationResult) -> dict[str, Any]:
-    return {
-        "method": method,
-        "fps": INTERPOLATED_FPS,
-        "source_fps": FPS,
-        "frames": len(result.frames),
-        "layout": "every source frame kept; one new frame between each pair; last repeated",
-        "fallback_pairs": int(result.fallback_pairs),
-    }
+def interpolation_settings(method: str, result: InterpolationResult) -> InterpolationRecord:
+    return InterpolationRecord(
+        method=method,
+        fps=INTERPOLATED_FPS,
+        source_fps=FPS,
+        frames=len(result.frames),
+        layout="every source frame kept; one new frame between each pair; last repeated",
+        fallback_pairs=int(result.fallback_pairs),
+    )
 
 
 def _set_fast_mode(pipe, enabled: bool) -> None:

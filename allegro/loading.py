@@ -81,6 +81,7 @@ class LoadedPipeline:
     run_lock: threading.Lock = field(default_factory=threading.Lock)
     preview_map: Any = None  # latent -> RGB matrix for live previews (numpy)
     seconds_per_tile: float | None = None  # measured VAE decode speed, for the ETA
+    interpolators: dict[tuple, Any] = field(default_factory=dict)  # made once, by the engine
 
 
 def cuda_available() -> bool:
@@ -424,6 +425,7 @@ class PipelineCache:
     def release_locked(self) -> None:
         if self._loaded is not None:
             self._loaded.prompt_cache.clear()
+            self._loaded.interpolators.clear()
             self._loaded = None
             self._key = None
             free_accelerator_memory()

@@ -319,3 +319,45 @@ def test_same_prompt_and_seed_in_one_second_never_overwrite(tmp_path):
     assert second.name == "20261125-031500-seed7-pink-fish-swim-in-the-sea-2.mp4"
     second.with_suffix(".json").write_text("{}")  # a save under way reserves the name too
     assert output_path_for(tmp_path, request(), now).name.endswith("-sea-3.mp4")
+
+
+def test_the_interpolator_is_made_once_under_the_run_lock(engine, cache, monkeypatch):
+    """EMA-VFI reads its checkpoint when made: once per process, never two jobs at once."""
+    import allegro.interpolation
+
+    engine.load()
+    cache.loaded.interpolators.clear()
+    real_create = allegro.interpolation.create_interpolator
+    made = []
+
+    def create(name, weights=None, device=None):
+        made.append(cache.loaded.run_lock.locked())
+        return real_create(name, weights, device)
+
+    monkeypatch.setattr(allegro.interpolation, "create_interpolator", create)
+    engine.generate(request(interpolate=True, interpolation_method="blend"))
+    engine.generate(request(interpolate=True, interpolation_method="blend"))
+    assert made == [True]
+    cache.loaded.interpolators.clear()
+
+
+def test_out_of_memory_while_interpolating_gets_the_same_recovery(engine, cache, monkeypatch):
+    import allegro.engine
+
+    class RunsOutOfMemory:
+        name = "blend"
+        batch_size = 4
+
+        def midframes(self, before, after):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    released = []
+    monkeypatch.setattr(allegro.engine, "_release", released.append)
+    engine.load()
+    cache.loaded.interpolators.clear()
+    cache.loaded.interpolators[("blend", None)] = RunsOutOfMemory()
+    with pytest.raises(GpuOutOfMemoryError, match="ran out of memory"):
+        engine.generate(request(interpolate=True, interpolation_method="blend"))
+    assert released == [cache.loaded]
+    assert not engine.output_dir.exists() or not list(engine.output_dir.glob("*"))
+    cache.loaded.interpolators.clear()

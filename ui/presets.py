@@ -18,6 +18,7 @@ from allegro.request import (
     GenerationRequest,
     NativeSize,
 )
+from allegro.settings import VideoSettings
 
 MODEL_DEFAULT = "default"  # dropdown value: the loaded model's native length or size
 RANDOM_SEED = -1
@@ -124,8 +125,8 @@ def controls_from_settings(
     """A video's saved settings -> control values. Sizes that are not presets fall back to
     the model default (with a note), unless they are the loaded model's native size."""
     notes: list[str] = []
-    frames = settings.get("frames")
-    height, width = settings.get("height"), settings.get("width")
+    record = VideoSettings.from_dict(settings)
+    frames, height, width = record.frames, record.height, record.width
 
     if native is not None and (frames, height, width) == (
         native.frames,
@@ -144,21 +145,22 @@ def controls_from_settings(
                 notes.append(f"{width}x{height} is not an available size; using the model default.")
             size = MODEL_DEFAULT
 
-    interpolation = settings.get("interpolation")
-    method = interpolation.get("method") if isinstance(interpolation, Mapping) else None
-    negative = settings.get("negative_prompt")
+    method = record.interpolation.method if record.interpolation else None
+    negative = record.negative_prompt
     values = ControlValues(
-        prompt=str(settings.get("prompt", "")),
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else str(negative),
-        seed=settings.get("seed", RANDOM_SEED),
-        steps=settings.get("steps", OFFICIAL_STEPS),
-        guidance_scale=settings.get("guidance_scale", OFFICIAL_GUIDANCE),
+        prompt=record.prompt,
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
+        seed=RANDOM_SEED if record.seed is None else record.seed,
+        steps=OFFICIAL_STEPS if record.steps is None else record.steps,
+        guidance_scale=(
+            OFFICIAL_GUIDANCE if record.guidance_scale is None else record.guidance_scale
+        ),
         length=length,
         size=size,
-        use_template=bool(settings.get("use_template", True)),
+        use_template=record.use_template,
         interpolate=method is not None,
         interpolation_method=method,
-        fast_mode=bool(settings.get("fast_mode", False)),
+        fast_mode=record.fast_mode,
     )
     return LoadedControls(values, tuple(notes))
 
