@@ -298,15 +298,20 @@ def test_two_workers_share_one_queue(store, tmp_path):
     runner.stop(timeout=5)
 
 
-def test_engine_worker_makes_the_video_with_the_submitted_seed(tiny_model, tmp_path):
+def _engine_runner(model: Path, folder: Path) -> tuple[JobRunner, Path]:
+    """A runner with the real engine on the tiny model; its output folder."""
     from allegro.engine import Engine
     from allegro.loading import PipelineSpec
+
+    output = folder / "out"
+    engine = Engine(PipelineSpec(model=str(model)), output)
+    return JobRunner(JobStore(folder / "jobs.sqlite"), [EngineWorker(engine, output)]), output
+
+
+def test_engine_worker_makes_the_video_with_the_submitted_seed(tiny_model, tmp_path):
     from allegro.video import read_settings
 
-    output = tmp_path / "out"
-    engine = Engine(PipelineSpec(model=str(tiny_model)), output)
-    store = JobStore(tmp_path / "jobs.sqlite")
-    runner = JobRunner(store, [EngineWorker(engine, output)])
+    runner, _output = _engine_runner(tiny_model, tmp_path)
     job = runner.submit(
         request(frames=24, height=160, width=160), owner="ann", labels={"owner": "ann"}
     )
@@ -323,13 +328,7 @@ def test_engine_worker_makes_the_video_with_the_submitted_seed(tiny_model, tmp_p
 
 def test_cancel_from_the_engine_is_recorded(tiny_model, tmp_path):
     """A real cancel: the engine raises Cancelled within a step and leaves no file."""
-    from allegro.engine import Engine
-    from allegro.loading import PipelineSpec
-
-    output = tmp_path / "out"
-    engine = Engine(PipelineSpec(model=str(tiny_model)), output)
-    store = JobStore(tmp_path / "jobs.sqlite")
-    runner = JobRunner(store, [EngineWorker(engine, output)])
+    runner, output = _engine_runner(tiny_model, tmp_path)
     job = runner.submit(
         GenerationRequest("slow", steps=50, frames=24, height=160, width=160), owner="ann"
     )

@@ -250,7 +250,8 @@ class JobRunner:
             elif job.state == JobState.RUNNING and not job.cancel_requested:
                 self.store.update(job_id, cancel_requested=True)
                 self._remember(dataclasses.replace(job, cancel_requested=True))
-                self._tokens[job_id].cancel()
+                if job_id in self._tokens:  # else another process runs it: it reads the store
+                    self._tokens[job_id].cancel()
             return self._get_locked(job_id, owner)
 
     def reorder(self, owner: str, job_ids: Sequence[str]) -> list[Job]:
