@@ -35,13 +35,16 @@ def launch(config: AppConfig) -> None:
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     loader = ModelLoader(config)
-    demo = build_blocks(Studio(config, loader, os.environ))
+    studio = Studio(config, loader, os.environ, jobs_db=config.jobs_db_path)
+    demo = build_blocks(studio)
     demo.queue(max_size=config.max_queue, default_concurrency_limit=None)
     demo.launch(
         server_name=config.host,
         server_port=config.port,
         share=config.share,
         allowed_paths=[str(config.output_dir)],
+        # The jobs database may sit in the output folder: never serve it (nor its WAL).
+        blocked_paths=[f"{config.jobs_db_path}{suffix}" for suffix in ("", "-wal", "-shm")],
         mcp_server=config.mcp,
         theme=theme(),
         css_paths=[STYLE],
@@ -51,6 +54,8 @@ def launch(config: AppConfig) -> None:
     )
     # Loading starts once the page answers: importing torch on the side would slow that down.
     loader.start()
+    if studio.runner is not None:
+        studio.runner.start()  # the queue left by the last run goes on
     logger.info("Serving %s on %s:%s", loader.config.output_dir, config.host, config.port)
     demo.block_thread()
 

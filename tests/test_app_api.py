@@ -274,3 +274,37 @@ def _wait_for(condition, what: str, timeout: float = 60) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def test_jobs_api_submit_poll_list_cancel_with_owner_isolation(studio):
+    """/submit returns at once; /job polls; /jobs lists only the caller's; /cancel by id;
+    another owner cannot see or cancel a job, whatever id they send."""
+    alice, bob = studio.client(ALICE), studio.client(BOB)
+    params = {"prompt": "a lantern on a lake", "steps": 2, "frames": 24}
+    first = alice.predict(api_name="/submit", **params, height=160, width=160)
+    assert first["state"] in ("queued", "running") and isinstance(first["seed"], int)
+    slow = alice.predict(api_name="/submit", **{**params, "steps": 400}, height=160, width=160)
+    with pytest.raises(Exception, match="no job"):
+        bob.predict(first["id"], api_name="/job")
+    with pytest.raises(Exception, match="no job"):
+        bob.predict(slow["id"], api_name="/cancel")
+    assert bob.predict(api_name="/jobs") == []
+    assert [job["id"] for job in alice.predict(api_name="/jobs")] == [first["id"], slow["id"]]
+
+    deadline = time.monotonic() + 180
+    job = first
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = alice.predict(first["id"], api_name="/job")
+    assert job["state"] == "done", job
+    assert job["video"] in studio.videos() and job["video_url"].endswith(".mp4")
+    cancelled = alice.predict(slow["id"], api_name="/cancel")
+    assert cancelled["state"] in ("cancelled", "running")
+    while alice.predict(slow["id"], api_name="/job")["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert alice.predict(slow["id"], api_name="/job")["state"] == "cancelled"
+    with pytest.raises(Exception, match="prompt"):
+        alice.predict(api_name="/submit", prompt="  ")
+    database = httpx.get(f"{studio.url}gradio_api/file={studio.output_dir}/.allegro-jobs.sqlite")
+    assert database.status_code != 200  # the queue's database is never served

@@ -27,6 +27,9 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
+JOBS_DB_NAME = ".allegro-jobs.sqlite"
+
+
 class ConfigError(ValueError):
     """An environment variable holds a value the app cannot use."""
 
@@ -51,6 +54,11 @@ class AppConfig:
     space_id: str | None  # set on Hugging Face Spaces
     zero_gpu: bool  # a ZeroGPU Space: the GPU is lent per call, for a limited time
     zero_gpu_max_seconds: int
+    jobs_db: Path | None = None  # None: a hidden file in the output folder
+
+    @property
+    def jobs_db_path(self) -> Path:
+        return self.jobs_db or self.output_dir / JOBS_DB_NAME
 
     @property
     def shared(self) -> bool:
@@ -224,6 +232,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "pip install 'gradio[mcp]'). [ALLEGRO_MCP or GRADIO_MCP_SERVER]",
     )
     parser.add_argument(
+        "--jobs-db",
+        type=Path,
+        default=_env_text(environ, "ALLEGRO_JOBS_DB"),
+        help="the SQLite file that keeps the job queue across restarts (never served). "
+        f"Default: {JOBS_DB_NAME} in the output folder. [ALLEGRO_JOBS_DB]",
+    )
+    parser.add_argument(
         "--max-queue",
         type=_bounded_int(1),
         default=env_int(environ, ("ALLEGRO_MAX_QUEUE",), DEFAULT_MAX_QUEUE, 1),
@@ -280,4 +295,5 @@ def parse_config(
         space_id=_env_text(environ, "SPACE_ID"),
         zero_gpu=zero_gpu,
         zero_gpu_max_seconds=args.zero_gpu_max_seconds,
+        jobs_db=Path(args.jobs_db).expanduser().resolve() if args.jobs_db else None,
     )

@@ -340,6 +340,14 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             concurrency_id="generation",
         )
         gr.api(studio.api_history, api_name="history", concurrency_limit=None)
+        if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
+            for handler, name in (
+                (studio.api_submit, "submit"),
+                (studio.api_job, "job"),
+                (studio.api_cancel, "cancel"),
+                (studio.api_jobs, "jobs"),
+            ):
+                gr.api(handler, api_name=name, concurrency_limit=None)
     return demo
 
 

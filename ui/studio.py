@@ -5,9 +5,13 @@ are (gr.Error); any other exception is a bug: logged with its traceback, shown a
 generic message, and the app keeps serving.
 """
 
+import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -15,6 +19,7 @@ from gradio.data_classes import FileData
 
 from allegro.errors import AllegroError, Cancelled, InterpolationError
 from allegro.events import CancelToken, ProgressEvent
+from allegro.jobs import Job, JobRunner, JobState, prepare_request
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
     OFFICIAL_GUIDANCE,
@@ -67,12 +72,26 @@ def user_error(error: BaseException) -> gr.Error:
 class Studio:
     """The app's behaviour, independent of where each component sits on the page."""
 
-    def __init__(self, config: AppConfig, loader: ModelLoader, environ: Mapping[str, str]):
+    def __init__(
+        self,
+        config: AppConfig,
+        loader: ModelLoader,
+        environ: Mapping[str, str],
+        jobs_db: Path | None = None,
+    ):
         self.config = config
         self.loader = loader
         self.output_dir = config.output_dir
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
         self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ)
+        # Jobs that outlive the page. Not on ZeroGPU yet: there the GPU is lent to one call
+        # of a spaces.GPU function, not to a background worker thread.
+        self.runner: JobRunner | None = None
+        if jobs_db is not None and not config.zero_gpu:
+            from allegro.jobs import EngineWorker, JobStore
+
+            worker = EngineWorker(loader.manager.ready_engine, config.output_dir)
+            self.runner = JobRunner(JobStore(jobs_db), [worker], prepare=self.prepare_job)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -121,6 +140,10 @@ class Studio:
                 default=self.config.zero_gpu_max_seconds,
             )
         return request
+
+    def prepare_job(self, request: GenerationRequest) -> GenerationRequest:
+        """The checks before a job is queued, with its seed fixed."""
+        return prepare_request(self.prepare(request))
 
     def _check_interpolation(self, method: str | None) -> None:
         from allegro.interpolation import DEFAULT_METHOD, method_availability
@@ -275,20 +298,7 @@ class Studio:
         warnings). Sizes left empty take the model's native size; seed empty or -1 is
         random. Identify yourself with the X-Allegro-Owner header to keep your own history
         on a shared server."""
-        generation = GenerationRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            frames=frames,
-            height=height,
-            width=width,
-            use_template=use_template,
-            interpolate=interpolate or bool(interpolation_method),
-            interpolation_method=interpolation_method,
-            fast_mode=fast_mode,
-        )
+        generation = api_request(**_arguments(locals()))
         token = CancelToken()
         try:
             prepared = self.prepare(generation)
@@ -299,6 +309,67 @@ class Studio:
         except Exception as error:
             raise user_error(error) from None
         raise user_error(RuntimeError("the generation ended without a result"))
+
+    # ---- jobs (API) ----------------------------------------------------------------------
+
+    def _runner(self) -> JobRunner:
+        if self.runner is None:
+            raise gr.Error(
+                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate.",
+                print_exception=False,
+            )
+        return self.runner
+
+    async def api_submit(
+        self,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        frames: int | str | None = None,
+        height: int | str | None = None,
+        width: int | str | None = None,
+        use_template: bool = True,
+        interpolate: bool = False,
+        interpolation_method: str | None = None,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> dict:
+        """Queue one video and return at once with its job (id, state, seed fixed now). The
+        job goes on if you disconnect and after a server restart; poll /job with its id.
+        Same parameters as /generate."""
+        runner, owner = self._runner(), self.api_owner(request)
+        generation = api_request(**_arguments(locals()))
+        try:
+            job = await asyncio.to_thread(
+                runner.submit, generation, owner, {gallery.OWNER_LABEL: owner}
+            )
+        except Exception as error:
+            raise user_error(error) from None
+        return job_record(job, runner)
+
+    def api_job(self, job_id: str, request: gr.Request = None) -> dict:
+        """One of your jobs: state, queue position, progress, and the video once done."""
+        runner = self._runner()
+        try:
+            return job_record(runner.get(str(job_id), self.api_owner(request)), runner)
+        except Exception as error:
+            raise user_error(error) from None
+
+    def api_cancel(self, job_id: str, request: gr.Request = None) -> dict:
+        """Cancel one of your jobs: a queued one leaves the queue, a running one stops within
+        a step (no file is left). Returns the job."""
+        runner = self._runner()
+        try:
+            return job_record(runner.cancel(str(job_id), self.api_owner(request)), runner)
+        except Exception as error:
+            raise user_error(error) from None
+
+    def api_jobs(self, request: gr.Request = None) -> list[dict]:
+        """Your queued and running jobs in queue order, then your recent finished ones."""
+        runner = self._runner()
+        return [job_record(job, runner) for job in runner.list(self.api_owner(request))]
 
     def api_history(self, request: gr.Request = None) -> list[dict]:
         """Past generations visible to the caller, newest first (on a shared server: those
@@ -434,3 +505,76 @@ class Studio:
 def _client_host(request: gr.Request | None) -> str | None:
     client = getattr(request, "client", None)
     return getattr(client, "host", None)
+
+
+def api_request(
+    prompt: str,
+    negative_prompt: str | None,
+    seed: int | str | None,
+    steps: int | float | str,
+    guidance_scale: float | str,
+    frames: int | str | None,
+    height: int | str | None,
+    width: int | str | None,
+    use_template: bool,
+    interpolate: bool,
+    interpolation_method: str | None,
+    fast_mode: bool,
+) -> GenerationRequest:
+    """An API call's parameters as a request (checked later, with the engine's messages)."""
+    return GenerationRequest(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        frames=frames,
+        height=height,
+        width=width,
+        use_template=use_template,
+        interpolate=interpolate or bool(interpolation_method),
+        interpolation_method=interpolation_method,
+        fast_mode=fast_mode,
+    )
+
+
+def _arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+    """An API handler's own parameters, for api_request."""
+    return {name: values[name] for name in inspect.signature(api_request).parameters}
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def job_record(job: Job, runner: JobRunner) -> dict[str, Any]:
+    """One job as the API reports it."""
+    progress = job.progress
+    video = Path(job.video) if job.video else None
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "queue_position": runner.queue_position(job.id) if job.state == JobState.QUEUED else None,
+        "prompt": job.request.prompt,
+        "seed": job.seed,
+        "created": _iso(job.created),
+        "started": _iso(job.started),
+        "finished": _iso(job.finished),
+        "attempts": job.attempts,
+        "note": job.note,
+        "error": job.error,
+        "progress": None
+        if progress is None
+        else {
+            "stage": progress.stage.value,
+            "fraction": round(progress.fraction, 4),
+            "step": progress.step,
+            "total": progress.total,
+            "eta_seconds": None if progress.eta is None else round(progress.eta, 1),
+            "message": progress.message,
+        },
+        "video": video.name if video else None,
+        "video_url": gallery.file_url(video) if video else None,
+    }
