@@ -5,7 +5,6 @@ and keeps its state. The page polls ``ModelLoader.status()``.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -42,8 +41,6 @@ __all__ = [
     "generate_button",
     "preview_model_dir",
 ]
-
-logger = logging.getLogger(__name__)
 
 PREVIEW_MODEL_NOTE = (
     "Real videos need an NVIDIA GPU and the Allegro weights (about 25 GB to download): "
