@@ -669,3 +669,14 @@ def test_method_labels_say_why_a_method_is_unavailable_or_slow(tmp_path):
     assert on_gpu["ema-vfi"] == "ema-vfi"
     missing = {c.name: c.label for c in _interpolation_methods(str(tmp_path / "none.pkl"), "cpu")}
     assert missing["ema-vfi"].startswith("ema-vfi (unavailable: ")
+
+
+def test_the_jobs_database_defaults_to_a_hidden_file_in_the_output_folder(tmp_path):
+    config = parse_config(["--output-dir", str(tmp_path)], {})
+    assert config.jobs_db_path == tmp_path.resolve() / ".allegro-jobs.sqlite"
+    moved = parse_config(["--jobs-db", str(tmp_path / "q.sqlite")], {})
+    assert moved.jobs_db_path == (tmp_path / "q.sqlite").resolve()
+    assert (
+        parse_config([], {"ALLEGRO_JOBS_DB": str(tmp_path / "e.sqlite")}).jobs_db
+        == (tmp_path / "e.sqlite").resolve()
+    )
