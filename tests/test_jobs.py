@@ -103,6 +103,7 @@ def test_store_round_trip_and_wal(store, tmp_path):
         position=store.next_position(),
         labels={"owner": "ann"},
         created=time.time(),
+        warnings=("The prompt was cut to 512 tokens.",),
     )
     store.add(job)
     again = JobStore(tmp_path / "jobs.sqlite").get("j1")  # a second connection sees it
@@ -111,6 +112,7 @@ def test_store_round_trip_and_wal(store, tmp_path):
     assert store.update("j1", expect=JobState.RUNNING, state=JobState.DONE) is False
     assert store.update("j1", expect=JobState.QUEUED, state=JobState.RUNNING) is True
     assert store.get("j1").state == JobState.RUNNING
+    assert store.update("j1", warnings=("another",)) and store.get("j1").warnings == ("another",)
 
 
 def test_store_refuses_a_newer_schema(tmp_path):

@@ -299,6 +299,8 @@ class Studio:
         random. Identify yourself with the X-Allegro-Owner header to keep your own history
         on a shared server."""
         generation = api_request(**_arguments(locals()))
+        if self.runner is not None:
+            return await self._generate_as_job(generation, self.api_owner(request))
         token = CancelToken()
         try:
             prepared = self.prepare(generation)
@@ -319,6 +321,31 @@ class Studio:
                 print_exception=False,
             )
         return self.runner
+
+    async def _generate_as_job(
+        self, generation: GenerationRequest, owner: str
+    ) -> tuple[FileData, dict]:
+        """/generate through the queue: recorded like any job (a restart runs it again);
+        the caller waits for it, and cancelling the call cancels the job, as before."""
+        runner = self._runner()
+        try:
+            job = await asyncio.to_thread(
+                runner.submit, generation, owner, {gallery.OWNER_LABEL: owner}
+            )
+        except Exception as error:
+            raise user_error(error) from None
+        try:
+            final = await asyncio.to_thread(runner.wait, job.id)
+        except BaseException:  # the call was cancelled (a client's cancel, a closed page)
+            runner.cancel(job.id)
+            raise
+        if final.state == JobState.DONE and final.video:
+            from allegro.video import read_settings
+
+            settings = {**read_settings(final.video), "warnings": list(final.warnings)}
+            return FileData(path=final.video), settings
+        error = Cancelled() if final.state == JobState.CANCELLED else AllegroError(final.error)
+        raise user_error(error)
 
     async def api_submit(
         self,

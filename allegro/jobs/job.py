@@ -69,6 +69,7 @@ class Job:
     note: str = ""  # what happened to it beyond its state, e.g. a restart
     video: str | None = None  # the finished MP4
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # what the finished video should be read with
     progress: ProgressEvent | None = None
     preview: np.ndarray | None = None
 

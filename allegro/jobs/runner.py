@@ -405,4 +405,9 @@ class JobRunner:
                     error=f"Unexpected {type(error).__name__}: {error} (see the server log).",
                 )
             else:
-                self._finish(job.id, JobState.DONE, video=str(result.video_path))
+                self._finish(
+                    job.id,
+                    JobState.DONE,
+                    video=str(result.video_path),
+                    warnings=tuple(getattr(result, "warnings", ())),
+                )

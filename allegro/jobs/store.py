@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     note TEXT NOT NULL DEFAULT '',
     video TEXT,
-    error TEXT
+    error TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, position);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created);
@@ -42,7 +43,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created);
 
 _COLUMNS = (
     "id, owner, request, state, position, labels, created, started, finished, attempts,"
-    " cancel_requested, note, video, error"
+    " cancel_requested, note, video, error, warnings"
 )
 
 # Columns a caller may change with update(); id, owner, request and created never change.
@@ -57,6 +58,7 @@ _MUTABLE = frozenset(
         "note",
         "video",
         "error",
+        "warnings",
     }
 )
 
@@ -106,7 +108,7 @@ class JobStore:
 
     def add(self, job: Job) -> None:
         self._write(
-            f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
             (
                 job.id,
                 job.owner,
@@ -122,6 +124,7 @@ class JobStore:
                 job.note,
                 job.video,
                 job.error,
+                json.dumps(list(job.warnings), ensure_ascii=False),
             ),
         )
 
@@ -131,9 +134,7 @@ class JobStore:
         unknown = set(changes) - _MUTABLE
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
-        values = [
-            value.value if isinstance(value, JobState) else value for value in changes.values()
-        ]
+        values = [_column_value(value) for value in changes.values()]
         sql = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in changes)} WHERE id = ?"
         values.append(job_id)
         if expect is not None:
@@ -204,6 +205,14 @@ class JobStore:
         return int(self._query("SELECT COALESCE(MAX(position), 0) + 1 FROM jobs")[0][0])
 
 
+def _column_value(value: Any) -> Any:
+    if isinstance(value, JobState):
+        return value.value
+    if isinstance(value, tuple):  # warnings
+        return json.dumps(list(value), ensure_ascii=False)
+    return value
+
+
 def _job_from_row(row: tuple) -> Job:
     (
         job_id,
@@ -220,6 +229,7 @@ def _job_from_row(row: tuple) -> Job:
         note,
         video,
         error,
+        warnings,
     ) = row
     return Job(
         id=job_id,
@@ -236,4 +246,5 @@ def _job_from_row(row: tuple) -> Job:
         note=note,
         video=video,
         error=error,
+        warnings=tuple(json.loads(warnings)),
     )
