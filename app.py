@@ -44,6 +44,7 @@ def launch(config: AppConfig) -> None:
         share=config.share,
         allowed_paths=[str(config.output_dir)],
         # The jobs database may sit in the output folder: never serve it (nor its WAL).
+        # Blocked paths win over allowed ones (gradio/blocks.py:3125, absolute paths).
         blocked_paths=[f"{config.jobs_db_path}{suffix}" for suffix in ("", "-wal", "-shm")],
         mcp_server=config.mcp,
         theme=theme(),
