@@ -5,7 +5,12 @@
 #       allegro-studio
 #
 # The Allegro weights (~25 GB) download into the /data/hf volume on the first start, once.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+#
+# PyPI's torch==2.13.0 (x86_64) is built for CUDA 13.0 and brings its own CUDA libraries, so
+# the base image only has to match it: its NVIDIA_REQUIRE_CUDA=cuda>=13.0 makes the NVIDIA
+# Container Toolkit refuse to start on a host whose driver is older than 580, instead of a
+# container that silently runs the CPU preview model. GPUs: Turing or newer.
+FROM nvidia/cuda:13.0.0-base-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -17,8 +22,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # Python 3.12 from Ubuntu, in a virtual environment (Ubuntu's own Python is externally
 # managed); curl for the health check. PyAV and OpenCV wheels bring their own FFmpeg.
+# gcc, libc6-dev and the Python headers: --compile's Triton builds its kernel launcher with
+# the system C compiler (triton/runtime/build.py: CC, else gcc or clang, else it fails).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv curl ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+        libc6-dev curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV"
 

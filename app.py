@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ui.config import AppConfig, parse_config
+from ui.config import MAX_UPLOAD_MB, AppConfig, parse_config
 
 logger = logging.getLogger("allegro_studio")
 
@@ -29,22 +29,43 @@ def mcp_missing_message() -> str | None:
 
 
 def launch(config: AppConfig) -> None:
+    if config.zero_gpu:
+        # Before anything can initialise CUDA: spaces patches torch when imported, and
+        # refuses to once CUDA is up (spaces 0.51.3 zero/__init__.py:23-27).
+        import spaces  # noqa: F401
+    from allegro.video import remove_leftovers
     from ui.layout import FAVICON, STYLE, build_blocks, theme
     from ui.model_status import ModelLoader
+    from ui.origins import studio_app
     from ui.studio import Studio
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
+    if leftovers := remove_leftovers(config.output_dir):
+        logger.info("Removed %d leftovers of interrupted saves", len(leftovers))
+    # uvicorn believes X-Forwarded-For only from these addresses (uvicorn/config.py:362-363,
+    # 127.0.0.1 by default): nobody's unless the operator names their proxy.
+    os.environ["FORWARDED_ALLOW_IPS"] = config.trusted_proxies or ""
     loader = ModelLoader(config)
+    if config.zero_gpu:
+        # On the main thread and before launch, where ZeroGPU can take the weights: see
+        # ModelLoader.load. The page answers only once the model is loaded.
+        loader.load()
     studio = Studio(config, loader, os.environ, jobs_db=config.jobs_db_path)
     demo = build_blocks(studio)
-    demo.queue(max_size=config.max_queue, default_concurrency_limit=None)
+    # No overall limit: only generations are limited (--max-queue), by their validator
+    # (ui/studio.py, waiting_generations), so a full queue never turns away a page load.
+    demo.queue(max_size=None, default_concurrency_limit=None)
     demo.launch(
         server_name=config.host,
         server_port=config.port,
         share=config.share,
-        allowed_paths=[str(config.output_dir)],
-        # The jobs database may sit in the output folder: never serve it (nor its WAL).
-        # Blocked paths win over allowed ones (gradio/blocks.py:3125, absolute paths).
+        # No allowed_paths: the output folder is never served as such; handlers hand out
+        # copies to each video's owner (ui/studio.py, Studio.publish).
+        max_file_size=f"{MAX_UPLOAD_MB}mb",
+        enable_monitoring=False,
+        _app=studio_app(config.allowed_origins),
+        # The jobs database may sit in the output folder: never serve it (nor its WAL), even
+        # if a path there were allowed. Blocked paths win (gradio/blocks.py:3125).
         blocked_paths=[f"{config.jobs_db_path}{suffix}" for suffix in ("", "-wal", "-shm")],
         mcp_server=config.mcp,
         theme=theme(),
@@ -53,8 +74,9 @@ def launch(config: AppConfig) -> None:
         footer_links=["api", "gradio"],
         prevent_thread_lock=True,
     )
-    # Loading starts once the page answers: importing torch on the side would slow that down.
-    loader.start()
+    if not config.zero_gpu:
+        # Loading starts once the page answers: importing torch on the side would slow that.
+        loader.start()
     if studio.runner is not None:
         studio.runner.start()  # the queue left by the last run goes on
     logger.info("Serving %s on %s:%s", loader.config.output_dir, config.host, config.port)

@@ -19,6 +19,7 @@ from allegro.errors import AllegroError, Cancelled
 from allegro.loading import OFFLOAD_MODES, PRECISIONS, PipelineSpec
 from allegro.request import (
     DEFAULT_MODEL,
+    DEFAULT_OVERLAP_FRAMES,
     MODEL_PRESETS,
     GenerationRequest,
     accepted_sizes_text,
@@ -40,48 +41,48 @@ def _build_parser() -> argparse.ArgumentParser:
         "make-tiny", help="write a tiny random checkpoint (diffusers layout) for tests/demos"
     )
     tiny.add_argument("directory", type=Path)
+    tiny.add_argument(
+        "--ti2v", action="store_true", help="the image-to-video model (Allegro-TI2V layout)"
+    )
 
     gen = commands.add_parser(
         "generate",
-        help="make one video",
+        help="make one video (from text, or from a first image and text)",
         description=f"Make one video. Accepted sizes: {accepted_sizes_text()}.",
         epilog=costs.memory_table_markdown(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    gen.add_argument(
-        "--model", default=None, help=f"hub id, local folder or preset name ({DEFAULT_MODEL})"
-    )
-    gen.add_argument(
-        "--preset",
-        choices=sorted(MODEL_PRESETS),
-        help="a named model variant; "
-        + "; ".join(f"{p.name}: {p.description}" for p in MODEL_PRESETS.values()),
-    )
-    gen.add_argument("--transformer", help="take the transformer from this source instead")
+    _add_model_arguments(gen)
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", help="default: the official negative prompt")
-    # Numbers are taken as text and checked by the engine, so the CLI, the page and the API
-    # give the same messages.
-    gen.add_argument("--seed", help="0..4294967295; default: random (the used seed is shown)")
-    gen.add_argument("--steps", default="100", help="denoising steps (official: 100)")
-    gen.add_argument("--guidance", default="7.5", help="guidance scale (official: 7.5)")
+    gen.add_argument("--image", type=Path, help="first frame: image to video with Allegro-TI2V")
+    gen.add_argument("--last-image", type=Path, help="last frame (needs --image)")
+    _add_sampling_arguments(gen)
     gen.add_argument("--frames", help="default: the model's native length (88)")
     gen.add_argument("--height", help="default: the model's native height (720)")
     gen.add_argument("--width", help="default: the model's native width (1280)")
-    gen.add_argument("--precision", choices=PRECISIONS, help="default: bf16 on GPU, fp32 on CPU")
-    gen.add_argument(
-        "--vae-precision", choices=PRECISIONS, default="fp32", help="default: fp32 (official)"
-    )
-    gen.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
-    gen.add_argument("--no-template", action="store_true", help="skip the official template")
-    gen.add_argument("--fast", action="store_true", help="Pyramid Attention Broadcast (~1.4x)")
-    gen.add_argument(
-        "--compile", action="store_true", help="torch.compile the transformer blocks (GPU)"
-    )
     gen.add_argument("--interpolate", action="store_true", help="30 fps output")
     gen.add_argument("--interpolation-method", choices=INTERPOLATION_METHODS, default=None)
     gen.add_argument("--weights", help="EMA-VFI checkpoint (.pkl) for --interpolation-method")
     gen.add_argument("--out", type=Path, help="output .mp4 (default: outputs/<name>.mp4)")
+
+    extend = commands.add_parser(
+        "extend",
+        help="continue a clip made here: its last frames open a new one, joined into one MP4",
+        description="Continue VIDEO with Allegro-TI2V: its last --overlap frames become the "
+        "first frames of a new clip; the result is VIDEO followed by the new frames, with the "
+        "chain of clips recorded in its settings.",
+    )
+    extend.add_argument("video", type=Path)
+    _add_model_arguments(extend)
+    extend.add_argument("--prompt", required=True)
+    extend.add_argument(
+        "--overlap",
+        default=str(DEFAULT_OVERLAP_FRAMES),
+        help=f"frames the clips share (default {DEFAULT_OVERLAP_FRAMES})",
+    )
+    extend.add_argument("--frames", help="length of the new clip (default: the model's, 88)")
+    _add_sampling_arguments(extend)
+    extend.add_argument("--out", type=Path, help="output .mp4 (default: outputs/<name>.mp4)")
 
     info = commands.add_parser("info", help="print the settings embedded in a video as JSON")
     info.add_argument("video", type=Path)
@@ -92,6 +93,43 @@ def _build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--method", choices=INTERPOLATION_METHODS, default="flow")
     interp.add_argument("--weights", help="EMA-VFI checkpoint (.pkl)")
     return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"hub id, local folder or preset name (default: {DEFAULT_MODEL}; "
+        "allegro-ti2v from images and for extend)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(MODEL_PRESETS),
+        help="a named model variant; "
+        + "; ".join(f"{p.name}: {p.description}" for p in MODEL_PRESETS.values()),
+    )
+    parser.add_argument("--transformer", help="take the transformer from this source instead")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument(
+        "--vae-precision", choices=PRECISIONS, default="fp32", help="default: fp32 (official)"
+    )
+    parser.add_argument("--offload", choices=OFFLOAD_MODES, default="auto")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the transformer blocks (GPU)"
+    )
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--negative-prompt", help="default: the official negative prompt")
+    # Numbers are taken as text and checked by the engine, so the CLI, the page and the API
+    # give the same messages.
+    parser.add_argument("--seed", help="0..4294967295; default: random (the used seed is shown)")
+    parser.add_argument("--steps", default="100", help="denoising steps (official: 100)")
+    parser.add_argument(
+        "--guidance", help="guidance scale (official: 7.5 from text, 8 from images)"
+    )
+    parser.add_argument("--no-template", action="store_true", help="skip the official template")
+    parser.add_argument("--fast", action="store_true", help="Pyramid Attention Broadcast (~1.4x)")
 
 
 class _ProgressBar:
@@ -117,29 +155,84 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _generate(args: argparse.Namespace) -> int:
-    # A preset comes from --preset, or from --model naming one (as the app's --model does).
-    preset = MODEL_PRESETS.get(args.preset or args.model or "")
+def _model_choice(args: argparse.Namespace, image_to_video: bool):
+    """(model, transformer, preset): a preset comes from --preset, or from --model naming one
+    (as the app's --model does); image to video defaults to the allegro-ti2v preset."""
+    default = "allegro-ti2v" if image_to_video else None
+    preset = MODEL_PRESETS.get(args.preset or args.model or default or "")
     if preset and args.model in (None, preset.name):
         model = preset.model
     else:
         model = args.model or DEFAULT_MODEL
     transformer = args.transformer or (preset.transformer if preset else None)
+    return model, transformer, preset
+
+
+def _sampling_fields(args: argparse.Namespace) -> dict:
+    """The request fields that generate and extend share (see _add_sampling_arguments)."""
+    return {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "seed": args.seed,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "use_template": not args.no_template,
+        "fast_mode": args.fast,
+    }
+
+
+def _generate(args: argparse.Namespace) -> int:
+    image_to_video = args.image is not None or args.last_image is not None
+    model, transformer, preset = _model_choice(args, image_to_video)
     request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
+        **_sampling_fields(args),
         frames=args.frames if args.frames is not None else (preset and preset.frames),
         height=args.height if args.height is not None else (preset and preset.height),
         width=args.width if args.width is not None else (preset and preset.width),
-        use_template=not args.no_template,
         interpolate=args.interpolate or args.interpolation_method is not None,
         interpolation_method=args.interpolation_method,
-        fast_mode=args.fast,
+        first_image=str(args.image) if args.image else None,
+        last_image=str(args.last_image) if args.last_image else None,
     )
+    return _run(args, request, model, transformer, weights=args.weights)
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from allegro.ti2v.inputs import last_frames
+
+    model, transformer, preset = _model_choice(args, image_to_video=True)
+    overlap = args.overlap
+    earlier, _ = last_frames(args.video, max(_whole(overlap), 1))
+    request = GenerationRequest(
+        **_sampling_fields(args),
+        frames=args.frames if args.frames is not None else (preset and preset.frames),
+        height=earlier.shape[1],  # a continuation has the clip's size
+        width=earlier.shape[2],
+        continue_video=str(args.video),
+        overlap_frames=overlap,
+    )
+    return _run(args, request, model, transformer)
+
+
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise AllegroError(f"--overlap must be a whole number of frames, not {value!r}.") from None
+
+
+def _run(
+    args: argparse.Namespace,
+    request: GenerationRequest,
+    model: str,
+    transformer: str | None,
+    weights: str | None = None,
+) -> int:
     check_request(request)  # fail before loading 25 GB
+    if request.image_to_video:
+        from allegro.ti2v.inputs import check_condition_files
+
+        check_condition_files(request)
     if args.out is not None and args.out.suffix.lower() != ".mp4":
         raise AllegroError(f"--out must name an .mp4 file, not {args.out}.")
 
@@ -154,7 +247,7 @@ def _generate(args: argparse.Namespace) -> int:
         offload=args.offload,
         compile=args.compile,
     )
-    engine = Engine(spec, output_dir="outputs", ema_vfi_weights=args.weights)
+    engine = Engine(spec, output_dir="outputs", ema_vfi_weights=weights)
     cancel = CancelToken()
     bar = _ProgressBar()
     # Ctrl-C cancels cleanly between steps instead of killing the process mid-write.
@@ -196,7 +289,7 @@ def _info(args: argparse.Namespace) -> int:
 def _make_tiny(args: argparse.Namespace) -> int:
     from allegro.tiny import make_tiny
 
-    print(f"tiny checkpoint written to {make_tiny(args.directory)}")
+    print(f"tiny checkpoint written to {make_tiny(args.directory, ti2v=args.ti2v)}")
     return 0
 
 
@@ -206,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "make-tiny": _make_tiny,
         "generate": _generate,
+        "extend": _extend,
         "info": _info,
         "interpolate": _interpolate,
     }

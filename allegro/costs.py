@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -72,6 +72,9 @@ VAE_OUT_CHANNELS = 3
 # pixels x frames ("voxels") of a tile. Both were measured on the meta device for the
 # released config (diffusers 0.42.1, eval mode) with 24-frame tiles:
 VAE_DECODE_FLOPS_PER_VOXEL = 12.41e6
+# The encoder, measured the same way (FlopCounterMode, meta device, 24-frame tiles of 64 and
+# 160 pixels: 6.215e6 and 6.218e6); image to video encodes the whole conditioned video once.
+VAE_ENCODE_FLOPS_PER_VOXEL = 6.22e6
 # At the last up block, alive at once: that block's 256-channel input (held by the caller),
 # a 128-channel resnet output and three 128-channel copies padded to 26 frames.
 VAE_DECODE_PEAK_ELEMENTS_PER_VOXEL = 802
@@ -352,6 +355,56 @@ def vae_decode_flops(frames: int, height: int, width: int) -> int:
     return round(tiles * tile_voxels * VAE_DECODE_FLOPS_PER_VOXEL)
 
 
+def vae_encode_flops(frames: int, height: int, width: int) -> int:
+    """Image to video: the masked video (all frames, mostly grey) through the encoder, with
+    the same fitted tiles as the decode. About 1.2 PFLOP at 88x720x1280."""
+    tiles, tile_voxels = _tiles(frames, height, width)
+    return round(tiles * tile_voxels * VAE_ENCODE_FLOPS_PER_VOXEL)
+
+
+def ti2v_branch_flops(
+    frames: int,
+    height: int,
+    width: int,
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+    guidance: bool = True,
+) -> int:
+    """Allegro-TI2V's extra work per denoising step: the masked-video and mask branches (a
+    patch embedding and a DxD linear per token each) and the first frame's (one frame's
+    tokens). About 3.4 TFLOP at 88x720x1280 with guidance: 0.08% of a step."""
+    dims = _TransformerDims.from_config(config)
+    per_token = 2 * (dims.in_channels * dims.patch**2 * dims.width) + 2 * dims.width**2
+    tokens = token_count(frames, height, width, config)
+    latent_frames = latent_shape(frames, height, width)[0] // dims.patch_t
+    first_frame_tokens = tokens // latent_frames
+    return (2 if guidance else 1) * per_token * (2 * tokens + first_frame_tokens)
+
+
+def ti2v_extra_seconds(
+    frames: int,
+    height: int,
+    width: int,
+    gpu: GpuClass,
+    steps: int = 100,
+    guidance: bool = True,
+    efficiency: float = DEFAULT_EFFICIENCY,
+    offload: str = "none",
+    precision: str = "bf16",
+    vae_precision: str = "fp32",
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+) -> float:
+    """What image to video adds to ``estimate_seconds``: encoding the condition once, and the
+    TI2V branches at every step."""
+    _check_offload(offload)
+    slowdown = OFFLOAD_SLOWDOWN[offload]
+    vae_peak = gpu.tf32_tflops if vae_precision == "fp32" else gpu.half_tflops
+    encode = vae_encode_flops(frames, height, width) / (vae_peak * 1e12 * efficiency)
+    branches = steps * ti2v_branch_flops(frames, height, width, config, guidance)
+    return (encode + branches / (_matmul_flops_per_second(gpu, precision) * efficiency)) * (
+        slowdown
+    )
+
+
 @dataclass(frozen=True)
 class GpuClass:
     name: str
@@ -408,13 +461,50 @@ _GPU_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def gpu_class_for(device_name: str) -> GpuClass:
-    """Map e.g. "NVIDIA H100 80GB HBM3" to its class; unknown names get UNKNOWN_GPU."""
+# Streaming multiprocessors of each whole card (vendor sheets). A MIG slice or a ZeroGPU
+# slice reports the same name with fewer of them (spaces 0.51.3 zero/configs.json: "NVIDIA
+# H200" with 60 of 132), so its speed is the class's scaled by the share it got.
+FULL_CARD_MULTIPROCESSORS: Mapping[str, int] = MappingProxyType(
+    {
+        "H100 SXM": 132,
+        "H100 PCIe": 114,
+        "H200": 132,
+        "A100 80GB": 108,
+        "A100 40GB": 108,
+        "L40S": 142,
+        "L40": 142,
+        "RTX A6000": 84,
+        "RTX 4090": 128,
+        "A10": 72,
+        "A10G": 80,
+        "L4": 58,
+        "T4": 40,
+    }
+)
+
+
+def gpu_class_for(device_name: str, multiprocessors: int | None = None) -> GpuClass:
+    """Map e.g. "NVIDIA H100 80GB HBM3" to its class; unknown names get UNKNOWN_GPU. With
+    ``multiprocessors`` (torch.cuda.get_device_properties().multi_processor_count) below the
+    whole card's, the peaks are scaled down to the slice actually got."""
     name = device_name.upper()
     for pattern, gpu in _GPU_NAME_PATTERNS:
         if re.search(pattern, name):
+            full = FULL_CARD_MULTIPROCESSORS[gpu]
+            if multiprocessors and 0 < multiprocessors < full:
+                return scaled_gpu_class(GPU_CLASSES[gpu], multiprocessors / full)
             return GPU_CLASSES[gpu]
     return UNKNOWN_GPU
+
+
+def scaled_gpu_class(gpu: GpuClass, share: float) -> GpuClass:
+    """The same class with ``share`` of its compute (a MIG or ZeroGPU slice)."""
+    return replace(
+        gpu,
+        half_tflops=gpu.half_tflops * share,
+        tf32_tflops=gpu.tf32_tflops * share,
+        fp32_tflops=gpu.fp32_tflops * share,
+    )
 
 
 @dataclass(frozen=True)
@@ -500,6 +590,25 @@ def transformer_activation_bytes(
     return batch * tokens * (2 * dims.ff + 4 * dims.width) * PRECISION_BYTES[precision]
 
 
+def fast_mode_cache_bytes(
+    config: Mapping[str, Any],
+    frames: int,
+    height: int,
+    width: int,
+    precision: str = "bf16",
+    guidance: bool = True,
+) -> int:
+    """GPU memory fast mode holds while denoising: Pyramid Attention Broadcast keeps every
+    hooked self-attention's last output (diffusers 0.42.1 hooks/pyramid_attention_broadcast.py
+    :172 ``self.state.cache = output``), one (batch, tokens, width) tensor per block, until
+    the pipeline's ``maybe_free_model_hooks`` resets it after the call (pipelines/allegro/
+    pipeline_allegro.py:931, pipelines/pipeline_utils.py:1283). 23.4 GB at 88x720x1280."""
+    dims = _TransformerDims.from_config(config)
+    batch = 2 if guidance else 1
+    tokens = token_count(frames, height, width, config)
+    return dims.blocks * batch * tokens * dims.width * PRECISION_BYTES[precision]
+
+
 def text_encoder_activation_bytes(
     precision: str = "bf16", text_tokens: int = DEFAULT_TEXT_TOKENS, t5: T5Geometry = T5_XXL
 ) -> int:
@@ -545,14 +654,16 @@ def estimate_memory(
     vae_precision: str = "fp32",
     config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
     guidance: bool = True,
+    fast_mode: bool = False,
 ) -> MemoryEstimate:
     """Peak GPU memory with the engine's offload modes (see loading.apply_offload).
 
     none: all weights stay on the GPU. model: one component at a time. group: block-level
     groups with stream prefetch, so two transformer blocks plus its small non-block layers;
-    the text encoder leaf by leaf with prefetch (two layers at once, the largest being its
-    32128x4096 embedding); the VAE stays on the GPU. sequential: one layer at a time, the
-    largest being T5's embedding.
+    the text encoder leaf by leaf without a stream (one layer at a time, the largest being
+    its 32128x4096 embedding); the VAE stays on the GPU. sequential: one layer at a time, the
+    largest being T5's embedding. Fast mode adds its attention cache to denoising, whatever
+    the offload mode (fast_mode_cache_bytes).
     """
     _check_offload(offload)
     dims = _TransformerDims.from_config(config)
@@ -585,15 +696,18 @@ def estimate_memory(
         }
     elif offload == "group":
         streamed = (2 * _block_parameters(dims) + _non_block_parameters(dims)) * element
-        t5_layers = 2 * T5_XXL.vocab * T5_XXL.d_model * element
+        t5_layer = T5_XXL.vocab * T5_XXL.d_model * element
         resident = {
-            "text encoding": ((vae_label, vae), ("two text encoder layers", t5_layers)),
+            "text encoding": ((vae_label, vae), ("largest text encoder layer", t5_layer)),
             "denoising": ((vae_label, vae), ("two transformer blocks + embeddings", streamed)),
             "VAE decode": ((vae_label, vae),),
         }
     else:  # sequential
         largest_layer = T5_XXL.vocab * T5_XXL.d_model * element
         resident = dict.fromkeys(activations, (("largest single layer", largest_layer),))
+    if fast_mode:
+        cache = fast_mode_cache_bytes(config, frames, height, width, precision, guidance)
+        resident["denoising"] = (*resident["denoising"], ("fast mode attention cache", cache))
 
     def phase_bytes(phase: str) -> int:
         return sum(size for _, size in resident[phase]) + activations[phase]
@@ -632,8 +746,14 @@ def choose_offload(
     config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
     guidance: bool = True,
     margin: float = SAFETY_MARGIN,
+    available_host_bytes: int | None = None,
+    group_host_bytes: int = 0,
 ) -> OffloadChoice:
-    """The fastest offload mode whose estimate, plus ``margin``, fits in the free memory."""
+    """The fastest offload mode whose estimate, plus ``margin``, fits in the free memory.
+
+    Group offload also needs ``group_host_bytes`` of pinned host RAM beyond the weights
+    already loaded (pinned_host_bytes); it is passed over when that does not fit in
+    ``available_host_bytes`` (None: not known)."""
     needs = {
         mode: estimate_memory(
             mode, precision, frames, height, width, vae_precision, config, guidance
@@ -641,19 +761,78 @@ def choose_offload(
         for mode in OFFLOAD_ORDER
     }
     free = _gb(free_gpu_bytes)
+    host_note = ""
     for index, mode in enumerate(OFFLOAD_ORDER):
+        if (
+            mode == "group"
+            and available_host_bytes is not None
+            and group_host_bytes * (1 + margin) > available_host_bytes
+        ):
+            host_note = (
+                f"; 'group' offload would pin ~{_gb(group_host_bytes)} of host RAM, "
+                f"{_gb(available_host_bytes)} available"
+            )
+            continue
         if needs[mode] * (1 + margin) <= free_gpu_bytes:
             reason = f"auto: {_mode_label(mode)} — needs ~{_gb(needs[mode])}, {free} free"
             if index:
                 faster = OFFLOAD_ORDER[index - 1]
-                reason += f" ({_mode_label(faster)} needs ~{_gb(needs[faster])})"
+                reason += f" ({_mode_label(faster)} needs ~{_gb(needs[faster])}{host_note})"
             return OffloadChoice(mode, reason, needs[mode])
     need = needs["sequential"]
     return OffloadChoice(
         "sequential",
         f"auto: 'sequential' offload — needs ~{_gb(need)} but only {free} free, so it may "
-        "still run out of GPU memory; a shorter or smaller video needs less",
+        "still run out of GPU memory; a shorter or smaller video needs less" + host_note,
         need,
+    )
+
+
+def pinned_host_bytes(tensor_bytes: Iterable[int]) -> int:
+    """Pinned host RAM for copies of tensors of these sizes: PyTorch's caching host allocator
+    rounds every pinned allocation up to a power of two (torch 2.13.0
+    include/ATen/core/CachingHostAllocator.h:300-305, with the default unlimited thresholds
+    of c10/core/AllocatorConfig.h:361-363)."""
+    return sum(1 << max(size - 1, 0).bit_length() for size in tensor_bytes if size)
+
+
+def fast_mode_blocker(
+    gpu_memory_bytes: int | None,
+    compiled: bool,
+    offload: str,
+    precision: str,
+    frames: int,
+    height: int,
+    width: int,
+    vae_precision: str = "fp32",
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+    guidance: bool = True,
+    margin: float = SAFETY_MARGIN,
+) -> str | None:
+    """Why fast mode cannot run here, or None where it can: compiled blocks (its hooks are
+    re-armed every run and count iterations, so torch.compile would recompile the blocks past
+    its limit), or a GPU of ``gpu_memory_bytes`` too small for its attention cache on top of
+    everything else (None: no GPU, nothing to check)."""
+    if compiled:
+        return (
+            "with --compile its hooks, re-armed every run, would make torch.compile recompile "
+            "the transformer blocks until it gives up"
+        )
+    if gpu_memory_bytes is None:
+        return None
+    try:
+        need = estimate_memory(
+            offload, precision, frames, height, width, vae_precision, config, guidance, True
+        ).peak_bytes
+    except (KeyError, ValueError):  # a transformer the model does not describe
+        return None
+    if need * (1 + margin) <= gpu_memory_bytes:
+        return None
+    cache = fast_mode_cache_bytes(config, frames, height, width, precision, guidance)
+    return (
+        f"at {frames}x{height}x{width} with {_mode_label(offload)} it needs about {_gb(need)} "
+        f"of GPU memory (its attention cache alone {_gb(cache)}), more than this GPU's "
+        f"{_gb(gpu_memory_bytes)}"
     )
 
 
@@ -675,4 +854,28 @@ def memory_table_markdown(
                 for size in sizes
             ]
             lines.append(f"| {mode} | {precision} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fast_mode_memory_table_markdown(
+    sizes: tuple[tuple[int, int, int], ...] = OFFICIAL_SIZES, vae_precision: str = "fp32"
+) -> str:
+    """Estimated peak GPU memory with fast mode on (bf16), as a Markdown table."""
+    columns = [f"{frames}x{height}x{width}" for frames, height, width in sizes]
+    cache = [f"{fast_mode_cache_bytes(ALLEGRO_TRANSFORMER_CONFIG, *s) / GB:.1f}" for s in sizes]
+    lines = [
+        "With fast mode on, in GB (bf16, VAE in "
+        f"{vae_precision}): its attention cache is held while denoising, whatever the offload:",
+        "",
+        "| Offload | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+        "| (attention cache alone) | " + " | ".join(cache) + " |",
+    ]
+    for mode in OFFLOAD_ORDER:
+        peaks = [
+            estimate_memory(mode, "bf16", *size, vae_precision, fast_mode=True).peak_bytes
+            for size in sizes
+        ]
+        cells = [f"{peak / GB:.1f}" for peak in peaks]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

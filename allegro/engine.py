@@ -13,16 +13,16 @@ import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from allegro import __version__
-from allegro.errors import AllegroError, GpuOutOfMemoryError
+from allegro.errors import AllegroError, Cancelled, GpuOutOfMemoryError, InvalidRequestError
 from allegro.events import CancelToken, ProgressCallback, ProgressEvent, Stage, ignore_progress
 from allegro.loading import (
     PIPELINE_CACHE,
@@ -31,7 +31,13 @@ from allegro.loading import (
     PipelineSpec,
     free_accelerator_memory,
 )
-from allegro.request import FPS, GenerationRequest, positive_prompt, resolve_request
+from allegro.request import (
+    FPS,
+    TI2V_MODEL,
+    GenerationRequest,
+    positive_prompt,
+    resolve_request,
+)
 from allegro.settings import InterpolationRecord, VideoSettings
 from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 from allegro.video import release_path
@@ -39,13 +45,16 @@ from allegro.video import release_path
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
     from allegro.interpolation.driver import InterpolationResult
+    from allegro.ti2v.inputs import ConditionInputs
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
 INTERPOLATED_FPS = 30
+T = TypeVar("T")
 
 # Share of the whole job each stage takes, for one progress bar over every stage.
 _STAGE_WEIGHTS = {
     Stage.ENCODING: 0.02,
+    Stage.ENCODING_IMAGES: 0.02,
     Stage.DENOISING: 0.80,
     Stage.DECODING: 0.12,
     Stage.INTERPOLATING: 0.04,
@@ -78,12 +87,15 @@ class _ProgressClock:
 
     on_progress: ProgressCallback
     interpolate: bool
+    encode_images: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def _weights(self) -> dict[Stage, float]:
         weights = dict(_STAGE_WEIGHTS)
         if not self.interpolate:
             weights.pop(Stage.INTERPOLATING)
+        if not self.encode_images:
+            weights.pop(Stage.ENCODING_IMAGES)
         total = sum(weights.values())
         return {stage: weight / total for stage, weight in weights.items()}
 
@@ -136,30 +148,38 @@ def output_path_for(directory: Path, request: GenerationRequest, now: datetime) 
 
 
 @contextlib.contextmanager
-def _count_decoded_tiles(vae, on_tile) -> Iterator[None]:
-    """Report each decoded VAE tile (the tiled decode has no callback of its own)."""
-    handle = vae.decoder.register_forward_hook(lambda *_: on_tile())
+def _count_decoded_tiles(vae, on_tile, part: str = "decoder") -> Iterator[None]:
+    """Report each decoded (or, with part="encoder", encoded) VAE tile (the tiled decode
+    has no callback of its own)."""
+    handle = getattr(vae, part).register_forward_hook(lambda *_: on_tile())
     try:
         yield
     finally:
         handle.remove()
 
 
-@contextlib.contextmanager
-def _recover_from_oom(loaded: LoadedPipeline, request: GenerationRequest) -> Iterator[None]:
-    """Turn a CUDA out-of-memory error into advice; after any failure or cancel, leave the
-    GPU clean for the next request. (On success the pipeline has already released its
-    offload hooks itself.)"""
+def _run_on_gpu(loaded: LoadedPipeline, work: Callable[[], T], advice: Callable[[], str]) -> T:
+    """``work()``, with a CUDA out-of-memory error turned into ``advice()``; after any failure
+    or cancel the GPU is left clean for the next request. (On success the pipeline has
+    already released its offload hooks itself.)
+
+    An OOM or a cancel is released only after its ``except`` block: until then the traceback
+    keeps the failed run's frames, and the activations they hold, alive, so empty_cache
+    would return little. Their replacement is raised without that traceback. A bug keeps its
+    traceback for the log, so it is released where it is caught."""
     import torch
 
     try:
-        yield
+        return work()
     except torch.OutOfMemoryError:
-        _release(loaded)
-        raise GpuOutOfMemoryError(oom_advice(loaded, request)) from None
-    except BaseException:  # cancel or error: the next request starts from a clean GPU
+        failure: AllegroError = GpuOutOfMemoryError(advice())
+    except Cancelled as cancelled:
+        failure = Cancelled(*cancelled.args)
+    except BaseException:
         _release(loaded)
         raise
+    _release(loaded)
+    raise failure
 
 
 def _release(loaded: LoadedPipeline) -> None:
@@ -175,43 +195,89 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
         return None
     from allegro import costs
 
-    estimate = costs.estimate_seconds(
-        request.frames,
-        request.height,
-        request.width,
-        costs.gpu_class_for(loaded.device_name),
-        steps=request.steps,
-        guidance=request.guidance_scale > 1,
-        offload=loaded.offload.mode,
-        precision=loaded.spec.precision or "bf16",
-        vae_precision=loaded.spec.vae_precision,
-        config=loaded.pipe.transformer.config,
-    )
-    return estimate.transformer_seconds + estimate.vae_decode_seconds
+    size = (request.frames, request.height, request.width)
+    gpu = costs.gpu_class_for(loaded.device_name, loaded.multiprocessors)
+    options: dict[str, Any] = {
+        "steps": request.steps,
+        "guidance": request.guidance_scale > 1,
+        "offload": loaded.offload.mode,
+        "precision": loaded.spec.precision or "bf16",
+        "vae_precision": loaded.spec.vae_precision,
+        "config": loaded.pipe.transformer.config,
+    }
+    estimate = costs.estimate_seconds(*size, gpu, **options)
+    extra = costs.ti2v_extra_seconds(*size, gpu, **options) if request.image_to_video else 0.0
+    return estimate.transformer_seconds + estimate.vae_decode_seconds + extra
 
 
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
-    """What to change after running out of GPU memory, most effective first."""
+    """What to change after running out of GPU memory, most effective first: fast mode off
+    (its attention cache is the largest single item), then offload modes and a smaller size,
+    each counted with fast mode as asked, and only those that fit the GPU where known."""
     from allegro import costs
 
     offload = loaded.offload.mode
     precision = loaded.spec.precision or "bf16"
+    vae_precision = loaded.spec.vae_precision
+    fast = request.fast_mode
     size = f"{request.frames}x{request.height}x{request.width}"
+
+    def need(mode: str, frames: int, height: int, width: int, fast_mode: bool = fast) -> int:
+        return costs.estimate_memory(
+            mode, precision, frames, height, width, vae_precision, fast_mode=fast_mode
+        ).peak_bytes
+
+    def fits(size_bytes: int) -> bool:
+        capacity = loaded.gpu_memory_bytes
+        return capacity is None or size_bytes <= capacity
+
+    shape = (request.frames, request.height, request.width)
     suggestions = []
-    for mode in ("model", "group", "sequential"):
-        if costs.OFFLOAD_ORDER.index(mode) > costs.OFFLOAD_ORDER.index(offload):
-            need = costs.estimate_memory(
-                mode, precision, request.frames, request.height, request.width
-            ).peak_bytes
-            suggestions.append(f"start with --offload {mode} (needs about {need / 1e9:.1f} GB)")
-    smaller = costs.estimate_memory(offload, precision, 40, 368, 640).peak_bytes
+    if fast:
+        without = need(offload, *shape, fast_mode=False)
+        suggestions.append(f"turn fast mode off (about {without / 1e9:.1f} GB)")
+    for mode in costs.OFFLOAD_ORDER[costs.OFFLOAD_ORDER.index(offload) + 1 :]:
+        if fits(mode_need := need(mode, *shape)):
+            suggestions.append(
+                f"start with --offload {mode} (needs about {mode_need / 1e9:.1f} GB)"
+            )
+    smaller = need(offload, 40, 368, 640)
     suggestions.append(
         f"make a smaller video, e.g. 40 frames at 368x640 (about {smaller / 1e9:.1f} GB "
         f"with offload '{offload}')"
     )
+    fast_note = " and fast mode" if fast else ""
     return (
-        f"The GPU ran out of memory making a {size} video with offload '{offload}'. "
+        f"The GPU ran out of memory making a {size} video with offload '{offload}'{fast_note}. "
         "Settings that should fit: " + "; or ".join(suggestions) + ". The app keeps running."
+    )
+
+
+def interpolation_oom_advice(method: str) -> str:
+    return (
+        f"The GPU ran out of memory interpolating to {INTERPOLATED_FPS} fps with '{method}', "
+        f"so the video was saved at {FPS} fps. The flow method runs on the CPU; or "
+        "interpolate it later with `python -m allegro interpolate`."
+    )
+
+
+def fast_mode_off_reason(loaded: LoadedPipeline, request: GenerationRequest) -> str | None:
+    """Why this request cannot run in fast mode here (said to the user), or None."""
+    if not request.fast_mode:
+        return None
+    from allegro import costs
+
+    return costs.fast_mode_blocker(
+        loaded.gpu_memory_bytes,
+        loaded.compiled,
+        loaded.offload.mode,
+        loaded.spec.precision or "bf16",
+        request.frames,
+        request.height,
+        request.width,
+        loaded.spec.vae_precision,
+        loaded.pipe.transformer.config,
+        guidance=request.guidance_scale > 1,
     )
 
 
@@ -224,14 +290,27 @@ class Engine:
         output_dir: str | Path,
         ema_vfi_weights: str | None = None,
         cache: PipelineCache = PIPELINE_CACHE,
+        ti2v_spec: PipelineSpec | None = None,
     ) -> None:
         self.spec = spec
         self.output_dir = Path(output_dir)
         self.ema_vfi_weights = ema_vfi_weights
         self.cache = cache
+        # The model for image-to-video requests (None: ``spec`` serves every request).
+        self.ti2v_spec = ti2v_spec
 
-    def load(self, on_progress: ProgressCallback = ignore_progress) -> LoadedPipeline:
-        return self.cache.get(self.spec, on_progress)
+    def spec_for(self, request: GenerationRequest) -> PipelineSpec:
+        if request.image_to_video and self.ti2v_spec is not None:
+            return self.ti2v_spec
+        return self.spec
+
+    def load(
+        self,
+        on_progress: ProgressCallback = ignore_progress,
+        request: GenerationRequest | None = None,
+    ) -> LoadedPipeline:
+        spec = self.spec if request is None else self.spec_for(request)
+        return self.cache.get(spec, on_progress)
 
     def generate(
         self,
@@ -244,24 +323,57 @@ class Engine:
         """Make one video. Raises AllegroError subclasses with readable messages; on
         cancel or error no file is left behind."""
         cancel = cancel or CancelToken()
-        clock = _ProgressClock(on_progress, interpolate=bool(request.interpolate))
+        clock = _ProgressClock(
+            on_progress,
+            interpolate=bool(request.interpolate),
+            encode_images=request.image_to_video,
+        )
         # Loading is not cancellable: other requests wait for the same load.
-        loaded = self.load(on_progress)
+        loaded = self.load(on_progress, request)
         request = resolve_request(request, loaded.native)
+        _check_task(loaded, request)
         if request.interpolate:
             self._check_interpolation(request)  # before the denoising, not after
+        condition = None
+        if request.image_to_video:
+            from allegro.ti2v.inputs import read_condition
+
+            condition = read_condition(request)
         cancel.raise_if_cancelled()
+        # Caption cleaning is CPU work (quadratic in the text's length in diffusers): done
+        # before taking the GPU, so a long prompt never holds the lock, and cancellable.
+        texts = clean_texts(loaded.pipe, request, cancel)
 
         warnings: list[str] = []
+        if reason := fast_mode_off_reason(loaded, request):
+            warnings.append(f"Fast mode was switched off: {reason}.")
+            request = replace(request, fast_mode=False)
         fps: float = FPS
         interpolation: InterpolationRecord | None = None
-        # One job on the GPU at a time, interpolation included, and one recovery for both.
-        with loaded.run_lock, _recover_from_oom(loaded, request):
-            frames = self._make_frames(loaded, request, clock, cancel, warnings)
+        with loaded.run_lock:  # one job on the GPU at a time, interpolation included
+            frames = _run_on_gpu(
+                loaded,
+                lambda: self._make_frames(
+                    loaded, request, clock, cancel, warnings, texts, condition
+                ),
+                lambda: oom_advice(loaded, request),
+            )
             if request.interpolate:
-                interpolator = self._interpolator(loaded, request)
-                frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel)
-                fps = INTERPOLATED_FPS
+                from allegro.interpolation import DEFAULT_METHOD
+
+                source = frames
+                method = request.interpolation_method or DEFAULT_METHOD
+                try:
+                    frames, interpolation = _run_on_gpu(
+                        loaded,
+                        lambda: _run_interpolation(
+                            source, self._interpolator(loaded, request), clock, cancel
+                        ),
+                        lambda: interpolation_oom_advice(method),
+                    )
+                    fps = INTERPOLATED_FPS
+                except GpuOutOfMemoryError as error:  # the video itself is kept, at 15 fps
+                    warnings.append(str(error))
         cancel.raise_if_cancelled()
 
         clock.emit(Stage.SAVING, message="Saving the video …")
@@ -269,13 +381,20 @@ class Engine:
         seconds = time.monotonic() - clock.started
         settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
         if output_path:
-            path = Path(output_path)
-            save_video(path, frames, fps, settings)
+            path, reserved = Path(output_path), False
         else:
-            path = output_path_for(self.output_dir, request, now.astimezone())
-            try:
+            path, reserved = output_path_for(self.output_dir, request, now.astimezone()), True
+        try:
+            saving_inputs: contextlib.AbstractContextManager = contextlib.nullcontext()
+            if condition is not None:
+                frames = condition.joined(frames)
+                recorded = condition.settings(path, len(frames))
+                settings = VideoSettings.from_dict({**settings.to_dict(), **recorded})
+                saving_inputs = condition.saved_beside(path)
+            with saving_inputs:
                 save_video(path, frames, fps, settings)
-            finally:
+        finally:
+            if reserved:
                 release_path(path)
         clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
         return GenerationResult(
@@ -309,7 +428,11 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
+        texts: tuple[str, str] | None = None,
+        condition: ConditionInputs | None = None,
     ) -> np.ndarray:
+        """``texts``: the positive and negative prompts from clean_texts (cleaned here if
+        not given)."""
         import torch
 
         pipe = loaded.pipe
@@ -317,16 +440,20 @@ class Engine:
         clean_caption = _clean_caption_available()
 
         clock.emit(Stage.ENCODING, message="Encoding the prompt …")
-        text = positive_prompt(request)
         from allegro.prompts import find_truncation
 
-        notice = find_truncation(pipe.tokenizer, text)
+        notice = find_truncation(pipe.tokenizer, positive_prompt(request))
         if notice is not None:
             warnings.append(notice.message())
-        positive = loaded.prompt_cache.encode(pipe, text, clean_caption, device)
-        negative = loaded.prompt_cache.encode(pipe, request.negative_prompt, clean_caption, device)
+        cleaned_positive, cleaned_negative = texts or clean_texts(pipe, request, cancel)
+        # Already cleaned: the pipeline only lower-cases and strips them again (a no-op).
+        positive = loaded.prompt_cache.encode(pipe, cleaned_positive, False, device)
+        cancel.raise_if_cancelled()
+        negative = loaded.prompt_cache.encode(pipe, cleaned_negative, False, device)
         cancel.raise_if_cancelled()
 
+        if loaded.preview_map is None:
+            loaded.preview_map = _fit_preview_map(pipe)
         _set_fast_mode(pipe, request.fast_mode)
         geometry = fit_tiling(
             request.frames, request.height, request.width, pipe.vae_scale_factor_spatial
@@ -361,32 +488,58 @@ class Engine:
             )
             return {}
 
-        clock.emit(
-            Stage.DENOISING,
-            0.0,
-            step=0,
-            total=steps,
-            eta=estimated_seconds(loaded, request),
-            message="Denoising …",
-        )
+        extra: dict[str, Any] = {}
+        counting: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if condition is not None:
+            extra["condition"] = condition.frames(request.height, request.width)
+            encoded = 0
+
+            def on_encoded_tile() -> None:
+                nonlocal encoded, denoise_started
+                cancel.raise_if_cancelled()
+                encoded += 1
+                clock.emit(
+                    Stage.ENCODING_IMAGES,
+                    encoded / tiles,
+                    step=encoded,
+                    total=tiles,
+                    message=f"Encoding images: tile {encoded} of {tiles}",
+                )
+                denoise_started = time.monotonic()  # the steps' clock starts after encoding
+
+            # The pipeline encodes the images inside the call, after drawing the initial noise
+            # (the official order of random draws): count the encoder's tiles from here.
+            counting = _count_decoded_tiles(pipe.vae, on_encoded_tile, part="encoder")
+            clock.emit(Stage.ENCODING_IMAGES, 0.0, total=tiles, message="Encoding images …")
+        else:
+            clock.emit(
+                Stage.DENOISING,
+                0.0,
+                step=0,
+                total=steps,
+                eta=estimated_seconds(loaded, request),
+                message="Denoising …",
+            )
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        latents = pipe(
-            prompt_embeds=positive.embeds,
-            prompt_attention_mask=positive.attention_mask,
-            negative_prompt_embeds=negative.embeds,
-            negative_prompt_attention_mask=negative.attention_mask,
-            negative_prompt=None,
-            num_inference_steps=steps,
-            guidance_scale=request.guidance_scale,
-            num_frames=request.frames,
-            height=request.height,
-            width=request.width,
-            generator=generator,
-            output_type="latent",
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-            clean_caption=clean_caption,
-        ).frames
+        with counting:
+            latents = pipe(
+                prompt_embeds=positive.embeds,
+                prompt_attention_mask=positive.attention_mask,
+                negative_prompt_embeds=negative.embeds,
+                negative_prompt_attention_mask=negative.attention_mask,
+                negative_prompt=None,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance_scale,
+                num_frames=request.frames,
+                height=request.height,
+                width=request.width,
+                generator=generator,
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                clean_caption=clean_caption,
+                **extra,
+            ).frames
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
 
@@ -462,7 +615,7 @@ class Engine:
             vae_precision=spec.vae_precision,
             offload=loaded.offload.mode,
             offload_reason=loaded.offload.reason,
-            compiled=spec.compile,
+            compiled=loaded.compiled,
             device=loaded.device,
             run_seconds=round(seconds, 2),
             labels=dict(labels or {}),
@@ -556,6 +709,30 @@ def interpolation_settings(method: str, result: InterpolationResult) -> Interpol
     )
 
 
+def _fit_preview_map(pipe) -> np.ndarray:
+    """The live preview's latent -> RGB map, fitted on the first run rather than at load:
+    on ZeroGPU the load happens before launch, where every CUDA op runs on the CPU under
+    spaces' emulation, and this fit runs the real VAE."""
+    from allegro.preview import fit_latent_to_rgb
+
+    mapping = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
+    pipe.maybe_free_model_hooks()  # under model offload the VAE goes back to the CPU
+    return mapping
+
+
+def _check_task(loaded: LoadedPipeline, request: GenerationRequest) -> None:
+    if request.image_to_video and not loaded.ti2v:
+        raise InvalidRequestError(
+            f"{loaded.spec.model} makes videos from text only. Image to video needs "
+            f"Allegro-TI2V: choose the allegro-ti2v model ({TI2V_MODEL})."
+        )
+    if loaded.ti2v and not request.image_to_video:
+        raise InvalidRequestError(
+            f"{loaded.spec.model} (Allegro-TI2V) makes videos from a first frame: add a first "
+            "image, or choose a text-to-video model."
+        )
+
+
 def _set_fast_mode(pipe, enabled: bool) -> None:
     """Pyramid Attention Broadcast through diffusers' cache API, with the pipeline's current
     timestep wired in. The cache is re-armed for every run: its hooks keep state (the last
@@ -575,6 +752,18 @@ def _set_fast_mode(pipe, enabled: bool) -> None:
                 current_timestep_callback=lambda: pipe.current_timestep,
             )
         )
+
+
+def clean_texts(pipe, request: GenerationRequest, cancel: CancelToken) -> tuple[str, str]:
+    """The positive and negative prompts cleaned exactly as the pipeline's encode_prompt
+    would (diffusers pipeline_allegro.py ``_text_preprocessing``): CPU only, no lock."""
+    clean_caption = _clean_caption_available()
+    cleaned = []
+    for text in (positive_prompt(request), request.negative_prompt or ""):
+        cancel.raise_if_cancelled()
+        cleaned.append(pipe._text_preprocessing(text, clean_caption=clean_caption)[0])
+    cancel.raise_if_cancelled()
+    return cleaned[0], cleaned[1]
 
 
 def _clean_caption_available() -> bool:

@@ -18,6 +18,7 @@ class Stage(str, Enum):
     LOADING = "loading model"
     DOWNLOADING = "downloading weights"
     ENCODING = "encoding prompt"
+    ENCODING_IMAGES = "encoding images"
     DENOISING = "denoising"
     DECODING = "decoding"
     INTERPOLATING = "interpolating"

@@ -10,6 +10,8 @@ the text encoder folder are never fetched), which honours the Hugging Face cache
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -27,6 +29,11 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("bf16", "fp16", "fp32")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential", "group")
 GPU_OFFLOAD_MODES = ("model", "sequential", "group")
+# torch.compile stays clean only where no hooks move weights inside the compiled blocks:
+# group offload's per-block hooks run under torch.compiler.disable (diffusers 0.42.1
+# hooks/group_offloading.py:353,361) and sequential offload's accelerate hooks wrap every layer,
+# so each block would break its graph and recompile past the limit, then fall back.
+COMPILE_OFFLOAD_MODES = ("none", "model")
 
 # Only what the pipeline needs: configs, tokenizer files and safetensors weights.
 _PIPELINE_FILES = [
@@ -79,9 +86,64 @@ class LoadedPipeline:
     load_seconds: float
     prompt_cache: PromptEmbeddingCache = field(default_factory=PromptEmbeddingCache)
     run_lock: threading.Lock = field(default_factory=threading.Lock)
-    preview_map: Any = None  # latent -> RGB matrix for live previews (numpy)
+    preview_map: Any = None  # latent -> RGB matrix for live previews (numpy), fitted on first use
     seconds_per_tile: float | None = None  # measured VAE decode speed, for the ETA
     interpolators: dict[tuple, Any] = field(default_factory=dict)  # made once, by the engine
+    gpu_memory_bytes: int | None = None  # the GPU's capacity; None on the CPU
+    multiprocessors: int | None = None  # SMs of the GPU (or slice) actually got
+    compiled: bool = False  # transformer blocks compiled (--compile, where it is clean)
+    ti2v: bool = False  # an Allegro-TI2V pipeline (text + images to video)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # see weights_fingerprint
+    reused: tuple[str, ...] = ()  # components kept from the previous pipeline
+
+
+# Components that Allegro and Allegro-TI2V share (the same T5-XXL and VAE): a switch between
+# the two keeps them in memory when their weights are the same files (weights_fingerprint).
+SHAREABLE_COMPONENTS = ("text_encoder", "vae")
+# Offload modes whose hooks can be taken off a module and put on again by the next pipeline
+# (accelerate's remove_hook_from_module); group and sequential offload reload instead.
+_REUSABLE_OFFLOAD = ("none", "model")
+
+
+@dataclass(frozen=True)
+class ReusableComponent:
+    fingerprint: str
+    module: Any
+
+
+def _file_identity(path: Path) -> str:
+    """A hub snapshot's weights are links to blobs named by their sha256 (the LFS etag,
+    huggingface_hub/file_download.py:1200): same name, same bytes, with no hashing of 20 GB.
+    A plain file is the same file when path, size and modification time agree."""
+    real = path.resolve()
+    if real.parent.name == "blobs":
+        return real.name
+    stat = real.stat()
+    return f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def weights_fingerprint(folder: Path, dtype_name: str) -> str:
+    """Identifies a component's weights as loaded: its config, its safetensors files and the
+    precision they are loaded in."""
+    digest = hashlib.sha256(dtype_name.encode())
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(f"{weights.name}={_file_identity(weights)};".encode())
+    return digest.hexdigest()
+
+
+def is_ti2v_checkpoint(folder: Path) -> bool:
+    """The transformer's config names the TI2V class (the official one on the hub)."""
+    from allegro.ti2v.transformer import OFFICIAL_CLASS_NAME, AllegroTI2VTransformer3DModel
+
+    config = folder / "transformer" / "config.json"
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return False
+    return name in (OFFICIAL_CLASS_NAME, AllegroTI2VTransformer3DModel.__name__)
 
 
 def cuda_available() -> bool:
@@ -92,6 +154,39 @@ def cuda_available() -> bool:
 
 def execution_device() -> str:
     return "cuda" if cuda_available() else "cpu"
+
+
+# What PyPI's torch==2.13.0 (requirements.txt) is built for on Linux x86_64, and the oldest
+# NVIDIA driver that runs it; the Dockerfile's base image and the README say the same.
+TORCH_CUDA = "13.0"
+MIN_NVIDIA_DRIVER = 580
+
+
+def visible_nvidia_devices(dev: Path = Path("/dev")) -> list[str]:
+    """The NVIDIA GPU device nodes this process sees (/dev/nvidia0 …): what the NVIDIA
+    Container Toolkit gives a container started with --gpus, and the driver elsewhere."""
+    return sorted(str(p) for p in dev.glob("nvidia[0-9]*") if p.name[len("nvidia") :].isdigit())
+
+
+def cuda_unusable_message(devices: list[str]) -> str:
+    """Why PyTorch cannot use the GPU at ``devices``, and what to do about it."""
+    import torch
+
+    if torch.version.cuda is None:
+        reason = f"this PyTorch ({torch.__version__}) is a CPU-only build"
+    else:
+        try:
+            torch.cuda.init()  # raises with the driver's own complaint (e.g. too old)
+            reason = "torch.cuda.is_available() is False"
+        except Exception as error:  # any reason is worth showing
+            reason = str(error).strip().splitlines()[0]
+    return (
+        f"An NVIDIA GPU is visible ({', '.join(devices)}) but PyTorch cannot use it: {reason}. "
+        f"PyPI's torch 2.13.0 is built for CUDA {TORCH_CUDA} and needs NVIDIA driver "
+        f"{MIN_NVIDIA_DRIVER} or newer and a Turing or newer GPU: update the driver (check "
+        "with nvidia-smi), or start with "
+        "--preview to run the CPU preview model on purpose."
+    )
 
 
 def resolve_precision(precision: str | None, device: str) -> str:
@@ -122,24 +217,60 @@ def check_offload_mode(requested: str, device: str) -> None:
         )
 
 
+def check_compile(compile: bool, requested_offload: str) -> None:
+    """--compile with an offload mode it cannot work with is refused before any download
+    (``auto`` is settled at load: compilation is skipped, and said so, if it picks one)."""
+    if compile and requested_offload not in (*COMPILE_OFFLOAD_MODES, "auto"):
+        raise UnsupportedSetupError(
+            f"--compile works with offload none or model, not {requested_offload!r}: its "
+            "hooks would make torch.compile recompile every block until it gives up. "
+            "Drop --compile, or use --offload model."
+        )
+
+
 def choose_offload(
-    requested: str, device: str, precision: str, native: NativeSize, vae_precision: str = "fp32"
+    requested: str,
+    device: str,
+    precision: str,
+    native: NativeSize,
+    vae_precision: str = "fp32",
+    group_host_bytes: int = 0,
 ) -> AppliedOffload:
-    """Apply the user's offload choice; ``auto`` decides from the free GPU memory."""
+    """Apply the user's offload choice; ``auto`` decides from the free GPU memory and, for
+    group offload's pinned copies (``group_host_bytes``), the available host RAM."""
     check_offload_mode(requested, device)
     if device != "cuda":
         return AppliedOffload("none", "no GPU: everything runs on the CPU")
     if requested != "auto":
         return AppliedOffload(requested, "chosen by the user")
+    import psutil
     import torch
 
     from allegro import costs
 
     free_bytes, _total = torch.cuda.mem_get_info()
     choice = costs.choose_offload(
-        free_bytes, precision, native.frames, native.height, native.width, vae_precision
+        free_bytes,
+        precision,
+        native.frames,
+        native.height,
+        native.width,
+        vae_precision,
+        available_host_bytes=psutil.virtual_memory().available,
+        group_host_bytes=group_host_bytes,
     )
     return AppliedOffload(choice.mode, choice.reason)
+
+
+def group_offload_host_bytes(pipe) -> int:
+    """Host RAM group offload adds: a pinned copy of every transformer tensor (made when a
+    stream is used, diffusers 0.42.1 hooks/group_offloading.py:172-194). T5 gets no stream,
+    so no pinned copy (see apply_offload)."""
+    from allegro.costs import pinned_host_bytes
+
+    module = pipe.transformer
+    tensors = [*module.parameters(), *module.buffers()]
+    return pinned_host_bytes(t.numel() * t.element_size() for t in tensors)
 
 
 def apply_offload(pipe, mode: str, device: str) -> None:
@@ -164,8 +295,10 @@ def apply_offload(pipe, mode: str, device: str) -> None:
         )
         # T5 keeps its blocks inside `encoder`, not in a top-level list, so block level would
         # move all 9.5 GB at once; it runs once per prompt, so layer by layer costs little.
+        # No stream: with one, every T5 weight gets a pinned, power-of-two-rounded copy
+        # (hooks/group_offloading.py:172-194), ~13 GB of host RAM for a once-per-prompt model.
         apply_group_offloading(
-            pipe.text_encoder, onload_device=onload, offload_type="leaf_level", use_stream=streams
+            pipe.text_encoder, onload_device=onload, offload_type="leaf_level", use_stream=False
         )
         # The VAE is small and decodes many tiles: it stays on the GPU.
         pipe.vae.to(onload)
@@ -287,13 +420,20 @@ def _transformer_subfolder(path: Path) -> str | None:
     return "transformer" if (path / "transformer" / "config.json").is_file() else None
 
 
-def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_progress):
-    """Load, place and configure an AllegroPipeline; returns a LoadedPipeline."""
+def load_pipeline(
+    spec: PipelineSpec,
+    on_progress: ProgressCallback = ignore_progress,
+    reusable: dict[str, ReusableComponent] | None = None,
+):
+    """Load, place and configure an AllegroPipeline (or, for an Allegro-TI2V checkpoint, an
+    AllegroTI2VPipeline); returns a LoadedPipeline. ``reusable`` components of the previous
+    pipeline are used instead of loading when their weights are the same."""
     started = time.monotonic()
     device = execution_device()
     precision = resolve_precision(spec.precision, device)
     vae_precision = resolve_precision(spec.vae_precision, device)
     check_offload_mode(spec.offload, device)  # before a 25 GB download, not after
+    check_compile(spec.compile, spec.offload)
 
     base_files = list(_PIPELINE_FILES)
     if spec.transformer:
@@ -314,21 +454,35 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
-    components: dict[str, Any] = {}
+    ti2v = transformer_path is None and is_ti2v_checkpoint(base_path)
+    fingerprints = {
+        "text_encoder": weights_fingerprint(base_path / "text_encoder", precision),
+        "vae": weights_fingerprint(base_path / "vae", vae_precision),
+    }
+    components: dict[str, Any] = {
+        name: reusable[name].module
+        for name in SHAREABLE_COMPONENTS
+        if reusable and name in reusable and reusable[name].fingerprint == fingerprints[name]
+    }
+    reused = tuple(components)
     try:
-        components["vae"] = AutoencoderKLAllegro.from_pretrained(
-            base_path, subfolder="vae", dtype=torch_dtype(vae_precision)
-        )
-        if transformer_path is not None:
+        if "vae" not in components:
+            components["vae"] = AutoencoderKLAllegro.from_pretrained(
+                base_path, subfolder="vae", dtype=torch_dtype(vae_precision)
+            )
+        if ti2v:
+            pipe = _load_ti2v_parts(base_path, precision, components)
+        elif transformer_path is not None:
             components["transformer"] = AllegroTransformer3DModel.from_pretrained(
                 transformer_path,
                 subfolder=_transformer_subfolder(transformer_path),
                 dtype=torch_dtype(precision),
                 use_safetensors=True,
             )
-        pipe = AllegroPipeline.from_pretrained(
-            base_path, dtype=torch_dtype(precision), use_safetensors=True, **components
-        )
+        if not ti2v:
+            pipe = AllegroPipeline.from_pretrained(
+                base_path, dtype=torch_dtype(precision), use_safetensors=True, **components
+            )
     except (OSError, ValueError) as error:
         raise ModelUnavailableError(
             f"{spec.model} is not a complete Allegro checkpoint ({error}). Files may be "
@@ -345,17 +499,29 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
         height=config.sample_height * pipe.vae_scale_factor_spatial,
         width=config.sample_width * pipe.vae_scale_factor_spatial,
     )
-    offload = choose_offload(spec.offload, device, precision, native, vae_precision)
+    group_host_bytes = group_offload_host_bytes(pipe) if spec.offload == "auto" else 0
+    offload = choose_offload(
+        spec.offload, device, precision, native, vae_precision, group_host_bytes
+    )
+    compiled = spec.compile and offload.mode in COMPILE_OFFLOAD_MODES
+    if spec.compile and not compiled:
+        offload = replace(
+            offload,
+            reason=f"{offload.reason}; --compile skipped: it works with offload none or model",
+        )
     apply_offload(pipe, offload.mode, device)
     logger.info("Offload: %s (%s)", offload.mode, offload.reason)
-    if spec.compile:
+    if compiled:
         compile_transformer_blocks(pipe.transformer)
-    from allegro.preview import fit_latent_to_rgb
-
-    preview_map = fit_latent_to_rgb(pipe.vae, pipe._execution_device, pipe.vae.dtype)
-    pipe.maybe_free_model_hooks()  # under model offload the VAE goes back to the CPU
+    # Fitted on the first run (engine._fit_preview_map), or kept: a fit of the very same VAE.
+    preview_map = None
+    if "vae" in reused and reusable and "preview_map" in reusable:
+        preview_map = reusable["preview_map"].module
     import torch
 
+    # On ZeroGPU these are spaces' emulated answers for the slice lent per call
+    # (spaces 0.51.3 zero/torch/patching.py:321-322, zero/torch/static.py:18-29).
+    properties = torch.cuda.get_device_properties() if device == "cuda" else None
     return LoadedPipeline(
         pipe=pipe,
         device_name=torch.cuda.get_device_name() if device == "cuda" else None,
@@ -365,7 +531,37 @@ def load_pipeline(spec: PipelineSpec, on_progress: ProgressCallback = ignore_pro
         native=native,
         official=spec.model in OFFICIAL_MODELS,
         load_seconds=time.monotonic() - started,
+        gpu_memory_bytes=properties.total_memory if properties else None,
+        multiprocessors=properties.multi_processor_count if properties else None,
+        compiled=compiled,
         preview_map=preview_map,
+        ti2v=ti2v,
+        fingerprints=fingerprints,
+        reused=reused,
+    )
+
+
+def _load_ti2v_parts(base_path: Path, precision: str, components: dict[str, Any]):
+    """Allegro-TI2V part by part: the hub's model_index.json names the T2V pipeline and its
+    transformer config the official class, so nothing is left to auto-detection."""
+    from diffusers import EulerAncestralDiscreteScheduler
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from allegro.ti2v.pipeline import AllegroTI2VPipeline
+    from allegro.ti2v.transformer import AllegroTI2VTransformer3DModel
+
+    dtype = torch_dtype(precision)
+    if "text_encoder" not in components:
+        components["text_encoder"] = T5EncoderModel.from_pretrained(
+            base_path / "text_encoder", dtype=dtype, use_safetensors=True
+        )
+    return AllegroTI2VPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(base_path / "tokenizer"),
+        scheduler=EulerAncestralDiscreteScheduler.from_pretrained(base_path / "scheduler"),
+        transformer=AllegroTI2VTransformer3DModel.from_pretrained(
+            base_path / "transformer", dtype=dtype, use_safetensors=True
+        ),
+        **components,
     )
 
 
@@ -412,8 +608,9 @@ class PipelineCache:
         with self._lock:
             if self._key == key and self._loaded is not None:
                 return self._loaded
+            reusable = self._reusable_locked()
             self.release_locked()
-            self._loaded = load_pipeline(spec, on_progress)
+            self._loaded = load_pipeline(spec, on_progress, reusable)
             self._key = key
             self.load_count += 1
             return self._loaded
@@ -421,6 +618,22 @@ class PipelineCache:
     def release(self) -> None:
         with self._lock:
             self.release_locked()
+
+    def _reusable_locked(self) -> dict[str, ReusableComponent]:
+        """The shared components of the pipeline about to be released, with their offload
+        hooks taken off so the next pipeline can place them."""
+        loaded = self._loaded
+        if loaded is None or loaded.offload.mode not in _REUSABLE_OFFLOAD:
+            return {}
+        from accelerate.hooks import remove_hook_from_module
+
+        reusable = {}
+        for name in SHAREABLE_COMPONENTS:
+            module = getattr(loaded.pipe, name)
+            remove_hook_from_module(module, recurse=True)
+            reusable[name] = ReusableComponent(loaded.fingerprints[name], module)
+        reusable["preview_map"] = ReusableComponent(loaded.fingerprints["vae"], loaded.preview_map)
+        return reusable
 
     def release_locked(self) -> None:
         if self._loaded is not None:

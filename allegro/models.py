@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allegro.errors import AllegroError, ModelUnavailableError
+from allegro.errors import AllegroError, ModelUnavailableError, UnsupportedSetupError
 from allegro.events import ProgressCallback, ProgressEvent, Stage, ignore_progress
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 
@@ -145,6 +145,12 @@ def _cuda_available() -> bool:
     return cuda_available()
 
 
+def _visible_gpus() -> list[str]:
+    from allegro.loading import visible_nvidia_devices
+
+    return visible_nvidia_devices()
+
+
 class ModelManager:
     """Owns the background load and the engine built for the chosen model."""
 
@@ -153,10 +159,12 @@ class ModelManager:
         settings: ModelSettings,
         environ: Mapping[str, str],
         has_cuda: Callable[[], bool] = _cuda_available,
+        visible_gpus: Callable[[], list[str]] = _visible_gpus,
     ) -> None:
         self.settings = settings
         self.environ = environ
         self._has_cuda = has_cuda
+        self._visible_gpus = visible_gpus
         self._changed = threading.Condition()
         self._state = ModelState()
         self._engine: Engine | None = None
@@ -199,6 +207,15 @@ class ModelManager:
                 target=self._run, name="allegro-model-loader", daemon=True
             )
             self._thread.start()
+
+    def load(self) -> None:
+        """Load on the calling thread and return when done (or failed: see state()). On
+        ZeroGPU the app calls this on the main thread before launch: spaces emulates CUDA
+        only on the thread that imported it (its TorchFunctionMode is thread-local, spaces
+        0.51.3 zero/torch/patching.py:301-307, zero/wrappers.py:355) and packs the "cuda"
+        weights at launch (zero/__init__.py:31, zero/gradio.py:157-163). A finished load
+        also means no request can fork the GPU worker while the cache's lock is held."""
+        self._run()
 
     def engine(self, timeout: float = 600.0) -> Engine:
         """The engine once the model is chosen (loading may still be under way). Raises
@@ -248,9 +265,13 @@ class ModelManager:
         settings = self.settings
         try:
             self._update(message="Looking for a GPU …")
-            choice = choose_model(
-                settings.model, settings.transformer, settings.preview, self._has_cuda()
-            )
+            has_cuda = self._has_cuda()
+            if not has_cuda and not settings.preview and (devices := self._visible_gpus()):
+                from allegro.loading import cuda_unusable_message
+
+                # Loud: silently serving the CPU preview model would hide a broken setup.
+                raise UnsupportedSetupError(cuda_unusable_message(devices))
+            choice = choose_model(settings.model, settings.transformer, settings.preview, has_cuda)
             self._update(choice=choice)
             model = choice.model
             if choice.preview:

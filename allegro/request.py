@@ -14,8 +14,9 @@ from typing import Any
 from allegro.errors import InvalidRequestError
 
 DEFAULT_MODEL = "rhymes-ai/Allegro"
+TI2V_MODEL = "rhymes-ai/Allegro-TI2V"
 OFFICIAL_MODELS = frozenset(
-    {DEFAULT_MODEL, "rhymes-ai/Allegro-T2V-40x720P", "rhymes-ai/Allegro-T2V-40x360P"}
+    {DEFAULT_MODEL, "rhymes-ai/Allegro-T2V-40x720P", "rhymes-ai/Allegro-T2V-40x360P", TI2V_MODEL}
 )
 
 # The official inference script's quality template and negative prompt (model card).
@@ -32,8 +33,16 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 OFFICIAL_STEPS = 100
 OFFICIAL_GUIDANCE = 7.5
+OFFICIAL_TI2V_GUIDANCE = 8.0  # single_inference_ti2v.py
+# Frames of an earlier clip that open a continued one (training drew 1..all, uniformly).
+DEFAULT_OVERLAP_FRAMES = 8
 FPS = 15
 MAX_PROMPT_TOKENS = 512
+# T5 reads 512 tokens, about 2,000 characters of English; twice that refuses nothing the
+# model can use, and bounds diffusers' caption cleaning, which is quadratic in the length:
+# measured here, 4,000 characters take 0.03 s (prose) to 0.3 s (worst pattern found, "a-"
+# repeated), 16,000 take up to 9 s. Applies to the prompt and the negative prompt.
+MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
 STEPS_RANGE = (1, 500)
 GUIDANCE_RANGE = (1.0, 20.0)
@@ -112,6 +121,15 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
             640,
             "40-frame 368x640 variant (a draft in minutes)",
         ),
+        ModelPreset(
+            "allegro-ti2v",
+            TI2V_MODEL,
+            None,
+            88,
+            720,
+            1280,
+            "Allegro-TI2V: image (first, or first and last frame) + text to video, 88x720x1280",
+        ),
     )
 }
 
@@ -129,13 +147,17 @@ class NativeSize:
 class GenerationRequest:
     """One video to make. ``None`` fields take defaults when the request is resolved:
     seed -> random, frames/height/width -> the model's native size, negative prompt ->
-    the official one."""
+    the official one, guidance -> the official one of the task.
+
+    Image to video (Allegro-TI2V): ``first_image`` (and optionally ``last_image``) are image
+    files that become the first (and last) frame; or ``continue_video``, an earlier clip
+    whose last ``overlap_frames`` frames become the first frames of this one."""
 
     prompt: str
     negative_prompt: str | None = None
     seed: int | None = None
     steps: int = OFFICIAL_STEPS
-    guidance_scale: float = OFFICIAL_GUIDANCE
+    guidance_scale: float | None = None
     frames: int | None = None
     height: int | None = None
     width: int | None = None
@@ -143,6 +165,14 @@ class GenerationRequest:
     interpolate: bool = False
     interpolation_method: str | None = None
     fast_mode: bool = False
+    first_image: str | None = None
+    last_image: str | None = None
+    continue_video: str | None = None
+    overlap_frames: int = DEFAULT_OVERLAP_FRAMES
+
+    @property
+    def image_to_video(self) -> bool:
+        return bool(self.first_image or self.last_image or self.continue_video)
 
 
 def apply_template(prompt: str) -> str:
@@ -219,17 +249,34 @@ def validate_size(frames: int, height: int, width: int) -> None:
         )
 
 
+def check_text(text: str, name: str) -> None:
+    """A prompt's length and characters (InvalidRequestError for a person to read)."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError(
+            f"The {name} is {len(text):,} characters long; at most {MAX_PROMPT_CHARS:,} are "
+            f"accepted (Allegro reads only the first {MAX_PROMPT_TOKENS} tokens, about 2,000 "
+            "characters)."
+        )
+    if any("\ud800" <= char <= "\udfff" or char == "\x00" for char in text):
+        raise InvalidRequestError(
+            f"The {name} contains characters that are not valid text (a broken emoji or a "
+            "null character); please type it again."
+        )
+
+
 def resolve_request(request: GenerationRequest, native: NativeSize) -> GenerationRequest:
     """Check every field and fill in the defaults; returns a request with no ``None`` left
     (the seed actually used included). Raises InvalidRequestError with a readable message."""
     prompt = request.prompt if isinstance(request.prompt, str) else ""
     if not prompt.strip():
         raise InvalidRequestError("Please write a prompt: describe the video you want.")
+    check_text(prompt, "prompt")
     negative = request.negative_prompt
     if negative is None:
         negative = DEFAULT_NEGATIVE_PROMPT
     elif not isinstance(negative, str):
         raise InvalidRequestError("The negative prompt must be text.")
+    check_text(negative, "negative prompt")
 
     steps = _as_int(request.steps, "Steps")
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
@@ -237,16 +284,22 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
             f"Steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}, not {steps} "
             f"(the official setting is {OFFICIAL_STEPS})."
         )
-    guidance = _as_float(request.guidance_scale, "Guidance scale")
+    official_guidance = OFFICIAL_TI2V_GUIDANCE if request.image_to_video else OFFICIAL_GUIDANCE
+    guidance = (
+        official_guidance
+        if request.guidance_scale is None
+        else _as_float(request.guidance_scale, "Guidance scale")
+    )
     if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
         raise InvalidRequestError(
             f"Guidance scale must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}, "
-            f"not {guidance:g} (the official setting is {OFFICIAL_GUIDANCE})."
+            f"not {guidance:g} (the official setting is {official_guidance:g})."
         )
     frames = native.frames if request.frames is None else _as_int(request.frames, "Frames")
     height = native.height if request.height is None else _as_int(request.height, "Height")
     width = native.width if request.width is None else _as_int(request.width, "Width")
     validate_size(frames, height, width)
+    overlap = _check_condition(request, frames)
 
     seed = parse_seed(request.seed)
     if seed is None:
@@ -264,7 +317,35 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
         use_template=bool(request.use_template),
         interpolate=bool(request.interpolate),
         fast_mode=bool(request.fast_mode),
+        overlap_frames=overlap,
     )
+
+
+def _check_condition(request: GenerationRequest, frames: int) -> int:
+    """Which condition combinations make sense; returns the checked overlap. (Whether the
+    files are good images and videos is checked by ``allegro.ti2v.inputs``.)"""
+    if request.last_image and not request.first_image:
+        raise InvalidRequestError(
+            "A last frame needs a first frame too: add a first image (Allegro-TI2V is trained "
+            "with the first frame, or the first and the last)."
+        )
+    if request.continue_video and request.first_image:
+        raise InvalidRequestError(
+            "Continue a clip, or start from images, not both: a continued clip starts from "
+            "the earlier clip's last frames."
+        )
+    if request.continue_video and request.interpolate:
+        raise InvalidRequestError(
+            "A continued clip is joined to a 15 fps clip, so it cannot be interpolated on the "
+            "way: extend first, then interpolate the whole video."
+        )
+    overlap = _as_int(request.overlap_frames, "Overlap frames")
+    if request.continue_video and not 1 <= overlap < frames:
+        raise InvalidRequestError(
+            f"Overlap frames must be between 1 and {frames - 1} for a {frames}-frame video, "
+            f"not {overlap}."
+        )
+    return overlap
 
 
 def check_request(request: GenerationRequest) -> None:

@@ -31,6 +31,15 @@ class InterpolationRecord:
 
 
 @dataclass(frozen=True)
+class ContinuationRecord:
+    """The clip an image-to-video continuation extends (its last frames were the input)."""
+
+    video: str
+    overlap_frames: int
+    source_frames: int | None = None
+
+
+@dataclass(frozen=True)
 class VideoSettings:
     """How a video was made. Fields an old or foreign sidecar lacks are None."""
 
@@ -57,6 +66,13 @@ class VideoSettings:
     run_seconds: float | None = None
     created: str | None = None  # ISO 8601 with its UTC offset
     labels: dict[str, str] = field(default_factory=dict)
+    # Image to video: the input images' file names beside the video, or the clip this one
+    # continues, the chain of clips before it, and how many of ``frames`` were generated.
+    first_image: str | None = None
+    last_image: str | None = None
+    continues: ContinuationRecord | None = None
+    chain: tuple[str, ...] = ()
+    generated_frames: int | None = None
     app: str = "Allegro Studio"
     app_version: str | None = None
     schema: int = SETTINGS_SCHEMA
@@ -75,6 +91,8 @@ class VideoSettings:
         interpolation = data["interpolation"]
         data["interpolation"] = dataclasses.asdict(interpolation) if interpolation else None
         data["labels"] = dict(self.labels)
+        data["continues"] = dataclasses.asdict(self.continues) if self.continues else None
+        data["chain"] = list(self.chain)
         return {**extra, **data}
 
     @classmethod
@@ -87,6 +105,7 @@ class VideoSettings:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         interpolation = data.get("interpolation")
         labels = data.get("labels")
+        chain = data.get("chain")
         return cls(
             prompt=_as(str, data.get("prompt"), ""),
             negative_prompt=_as(str, data.get("negative_prompt")),
@@ -113,6 +132,11 @@ class VideoSettings:
             labels=(
                 {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
             ),
+            first_image=_as(str, data.get("first_image")),
+            last_image=_as(str, data.get("last_image")),
+            continues=_continuation(data.get("continues")),
+            chain=tuple(str(name) for name in chain) if isinstance(chain, list) else (),
+            generated_frames=_as(int, data.get("generated_frames")),
             app=_as(str, data.get("app"), "Allegro Studio"),
             app_version=_as(str, data.get("app_version")),
             schema=max(schema, 0),
@@ -120,12 +144,13 @@ class VideoSettings:
         )
 
     def to_request(self) -> GenerationRequest:
-        """The request that makes this video again (same seed, same settings)."""
+        """The request that makes this video again (same seed, same settings). Input images
+        are not set: the record holds their names, the caller knows their folder."""
         fields: dict[str, Any] = {
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
-            "frames": self.frames,
+            "frames": self.frames if self.generated_frames is None else self.generated_frames,
             "height": self.height,
             "width": self.width,
             "use_template": self.use_template,
@@ -166,4 +191,14 @@ def _interpolation(value: Any) -> InterpolationRecord | None:
         frames=_as(int, value.get("frames")),
         layout=_as(str, value.get("layout"), ""),
         fallback_pairs=_as(int, value.get("fallback_pairs"), 0),
+    )
+
+
+def _continuation(value: Any) -> ContinuationRecord | None:
+    if not isinstance(value, Mapping) or not isinstance(value.get("video"), str):
+        return None
+    return ContinuationRecord(
+        video=value["video"],
+        overlap_frames=_as(int, value.get("overlap_frames"), 0),
+        source_frames=_as(int, value.get("source_frames")),
     )

@@ -7,6 +7,7 @@ instead, save it with ``save_pretrained`` and load it back through the very same
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -39,8 +40,10 @@ def _char_tokenizer():
     )
 
 
-def make_tiny_pipeline(seed: int = 0):
-    """Build the tiny pipeline in memory (random weights, seeded)."""
+def make_tiny_pipeline(seed: int = 0, ti2v: bool = False):
+    """Build the tiny pipeline in memory (random weights, seeded); ``ti2v``: the
+    image-to-video model, with its condition branches randomised (their official zero init
+    would make the condition invisible)."""
     import torch
     from diffusers import (
         AllegroPipeline,
@@ -64,7 +67,12 @@ def make_tiny_pipeline(seed: int = 0):
             eos_token_id=tokenizer.eos_token_id,
         )
     )
-    transformer = AllegroTransformer3DModel(
+    transformer_class = AllegroTransformer3DModel
+    if ti2v:
+        from allegro.ti2v.transformer import AllegroTI2VTransformer3DModel
+
+        transformer_class = AllegroTI2VTransformer3DModel
+    transformer = transformer_class(
         num_attention_heads=2,
         attention_head_dim=12,
         num_layers=1,
@@ -81,11 +89,20 @@ def make_tiny_pipeline(seed: int = 0):
         norm_num_groups=2,
         sample_size=TINY_SIZE,
     )
+    if ti2v:
+        for name, parameter in transformer.named_parameters():
+            if name.startswith("pos_embed_") and name.endswith(".1.weight"):
+                torch.nn.init.normal_(parameter, std=parameter.shape[1] ** -0.5)
     # The official scheduler settings of rhymes-ai/Allegro.
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.0001, beta_end=0.02, beta_schedule="linear", timestep_spacing="linspace"
     )
-    return AllegroPipeline(
+    pipeline_class = AllegroPipeline
+    if ti2v:
+        from allegro.ti2v.pipeline import AllegroTI2VPipeline
+
+        pipeline_class = AllegroTI2VPipeline
+    return pipeline_class(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
@@ -94,8 +111,29 @@ def make_tiny_pipeline(seed: int = 0):
     )
 
 
-def make_tiny(directory: str | Path, seed: int = 0) -> Path:
-    """Save a tiny checkpoint to ``directory`` (safetensors, diffusers layout)."""
+def make_tiny(directory: str | Path, seed: int = 0, ti2v: bool = False) -> Path:
+    """Save a tiny checkpoint to ``directory`` (safetensors, diffusers layout). ``ti2v``
+    writes it as rhymes-ai/Allegro-TI2V is laid out: ``model_index.json`` names the T2V
+    pipeline, the transformer config is the official class's, with its keys."""
     directory = Path(directory)
-    make_tiny_pipeline(seed).save_pretrained(directory, safe_serialization=True)
+    make_tiny_pipeline(seed, ti2v).save_pretrained(directory, safe_serialization=True)
+    if ti2v:
+        _as_official_ti2v_layout(directory)
     return directory
+
+
+def _as_official_ti2v_layout(directory: Path) -> None:
+    from allegro.ti2v.transformer import OFFICIAL_CLASS_NAME
+
+    index_path = directory / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = "AllegroPipeline"
+    index["transformer"] = ["diffusers", "AllegroTransformer3DModel"]
+    index_path.write_text(json.dumps(index, indent=2))
+    config_path = directory / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["_class_name"] = OFFICIAL_CLASS_NAME
+    config["sample_size"] = [config.pop("sample_height"), config.pop("sample_width")]
+    config["sample_size_t"] = config.pop("sample_frames")
+    config.update(norm_type="ada_norm_single", use_rope=True, sa_attention_mode="flash")
+    config_path.write_text(json.dumps(config, indent=2))

@@ -2,8 +2,8 @@
 
 Videos are H.264 in yuv420p (plays in every browser), written under a temporary name and
 renamed into place, so a crash, a cancel or a full disk never leaves a half-written file.
-The settings travel in the MP4's ``comment`` tag as JSON and in a JSON file beside it; a
-poster image beside it serves galleries.
+The settings travel in the MP4's ``comment`` tag as JSON (without the server's labels) and in
+a JSON file beside it; a poster image beside it serves galleries.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def atomic_path(final: Path) -> Iterator[Path]:
     temp = Path(temp_name)
     try:
         yield temp
+        _fsync(temp)  # the data on disk before the name: a crash never leaves a torn file
         os.replace(temp, final)
+        _fsync(final.parent)
     finally:
         temp.unlink(missing_ok=True)
 
@@ -64,16 +66,50 @@ def release_path(path: Path) -> None:
 
 
 def remove_leftovers(directory: Path) -> list[Path]:
-    """Delete the temporary files a killed process left in ``directory`` (a save cut short,
-    a reserved name never used); returns what was removed. Only for a folder no other
-    process is writing to at the moment (called once at start)."""
+    """Delete what a killed process can leave in ``directory``: a save cut short
+    (``.NAME.partial.*``), a reserved name never used (``.NAME.mp4.reserved``), and sidecars,
+    posters or input images whose video never arrived. Returns what was removed. Only for a
+    folder no other process is writing to at the moment (called once at start)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
     removed = []
-    for pattern in (".*.partial.*", f".*{RESERVED_SUFFIX}"):
-        for path in Path(directory).glob(pattern):
+    for path in directory.iterdir():
+        hidden = path.name.startswith(".")
+        temporary = hidden and (".partial." in path.name or path.name.endswith(RESERVED_SUFFIX))
+        if not (temporary or (not hidden and _is_orphan(path))):
+            continue
+        if path.is_symlink() or path.is_file():
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed.append(path)
     return removed
+
+
+def _is_orphan(path: Path) -> bool:
+    """``NAME.json``, ``NAME.jpg``, ``NAME.first.png`` or ``NAME.last.png`` with no
+    ``NAME.mp4`` (a link does not count as the video)."""
+    if path.suffix in (".json", ".jpg"):
+        video = path.with_suffix(".mp4")
+    elif path.suffix == ".png" and Path(path.stem).suffix in (".first", ".last"):
+        video = path.with_name(f"{Path(path.stem).stem}.mp4")
+    else:
+        return False
+    return video.is_symlink() or not video.is_file()
+
+
+def _fsync(path: Path) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. directories cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory
+    finally:
+        os.close(fd)
 
 
 def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str, title: str) -> None:
@@ -112,7 +148,10 @@ def write_video(
         raise ValueError(f"expected (N, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError("yuv420p needs even frame sizes")
-    text = json.dumps({SETTINGS_KEY: dict(settings)}, ensure_ascii=False)
+    # Labels (e.g. the owner tag) are the server's bookkeeping: they stay in the sidecar,
+    # never in a file that is handed to people.
+    portable = {key: value for key, value in settings.items() if key != "labels"}
+    text = json.dumps({SETTINGS_KEY: portable}, ensure_ascii=False)
     json_path, poster_path = path.with_suffix(".json"), path.with_suffix(".jpg")
     written: list[Path] = []
     try:

@@ -14,12 +14,18 @@ GPU in bf16; nothing is downloaded. Measured, after warm-up, with CUDA events:
   (tiling fitted by ``allegro.tiling``) through a real ``AllegroPipeline`` placed by
   ``allegro.loading.apply_offload``, per offload mode, beside ``costs.estimate_memory``.
 
+With ``--compile`` the transformer blocks are compiled as the app's ``--compile`` does
+(``allegro.loading.compile_transformer_blocks``) and every recompilation and graph break is
+logged (torch's "recompiles" and "graph_breaks" logs) and counted in the report: a block that
+keeps recompiling hits dynamo's recompile limit (8) and silently falls back to eager.
+
 Without a CUDA GPU it prints one line and exits 0. ``--dry-run-cpu`` runs the same code on
 the CPU with a 1-layer transformer, a tiny VAE and text encoder at a tiny size, to show the
 code works end to end; its times are CPU seconds and it reports no memory.
 
     python bench/gpu.py [--parts steps,fast,memory] [--sizes 88x720x1280,40x368x640]
-                        [--modes none,model,group,sequential] [--steps 10] [--dry-run-cpu]
+                        [--modes none,model,group,sequential] [--steps 10] [--compile]
+                        [--dry-run-cpu]
 
 Estimated from the cost model (not yet timed on a GPU) at about 8 minutes on an H100 with the
 defaults; ``--steps 4`` or fewer sizes/modes cut it.
@@ -33,10 +39,10 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -193,6 +199,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"(default {DEFAULT_STEPS}; dry run {DRY_RUN_STEPS})",
     )
     parser.add_argument("--warmup", type=_positive, default=1, help="untimed steps first")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the transformer blocks for the steps and fast parts, logging and "
+        "counting recompilations and graph breaks",
+    )
     parser.add_argument(
         "--dry-run-cpu",
         action="store_true",
@@ -672,11 +684,76 @@ def _step_inputs(transformer, size: Size, device: str, dtype) -> dict[str, Any]:
     }
 
 
+class CompileWatch:
+    """Counts dynamo's recompilations and graph breaks while active, through the artifact
+    loggers behind TORCH_LOGS="recompiles,graph_breaks" (torch 2.13.0 _dynamo/guards.py:223,
+    _dynamo/symbolic_convert.py), which it also turns on so each one is logged with its
+    reason."""
+
+    LOGGERS: Mapping[str, str] = MappingProxyType(
+        {
+            "recompiles": "torch._dynamo.guards.__recompiles",
+            "graph_breaks": "torch._dynamo.symbolic_convert.__graph_breaks",
+        }
+    )
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[str]] = {kind: [] for kind in self.LOGGERS}
+        self._handlers: list[tuple[Any, Any]] = []
+
+    def __enter__(self) -> CompileWatch:
+        import logging
+
+        import torch
+        from torch._dynamo.utils import counters
+
+        counters.clear()
+        torch._logging.set_logs(recompiles=True, graph_breaks=True)
+        for kind, name in self.LOGGERS.items():
+            handler = logging.Handler()
+            handler.emit = lambda record, kind=kind: self.events[kind].append(
+                record.getMessage().splitlines()[0]
+            )
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            self._handlers.append((logger, handler))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import torch
+
+        for logger, handler in self._handlers:
+            logger.removeHandler(handler)
+        torch._logging.set_logs()
+
+    def summary(self) -> str:
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
+        recompiles, breaks = self.events["recompiles"], self.events["graph_breaks"]
+        line = (
+            f"- Compilation: {graphs} graph(s) compiled, {len(recompiles)} recompilation(s), "
+            f"{len(breaks)} graph break(s)"
+        )
+        firsts = dict.fromkeys([*recompiles, *breaks])  # first line of each, in order
+        return "\n".join([line, *(f"  - {text}" for text in list(firsts)[:5])])
+
+
 def measure_steps(
-    setup: Setup, sizes: Sequence[Size], steps: int, warmup: int, fast: bool, gpu
+    setup: Setup,
+    sizes: Sequence[Size],
+    steps: int,
+    warmup: int,
+    fast: bool,
+    gpu,
+    compile: bool = False,
 ) -> list[StepResult]:
     log("building the transformer")
     transformer = build_transformer(setup, setup.device)
+    if compile:
+        from allegro.loading import compile_transformer_blocks
+
+        compile_transformer_blocks(transformer)
     timesteps = run_timesteps(steps, setup.device)
     results = []
     for size in sizes:
@@ -923,13 +1000,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"device: {environment.device}")
     step_results: list[StepResult] = []
     memory_results: list[MemoryResult] = []
+    watch = CompileWatch() if args.compile else contextlib.nullcontext()
     if "steps" in args.parts or "fast" in args.parts:
-        step_results = measure_steps(
-            setup, args.sizes, args.steps, args.warmup, "fast" in args.parts, environment.gpu
-        )
+        with watch:
+            step_results = measure_steps(
+                setup,
+                args.sizes,
+                args.steps,
+                args.warmup,
+                "fast" in args.parts,
+                environment.gpu,
+                args.compile,
+            )
     if "memory" in args.parts:
         memory_results = measure_memory(setup, args.modes, args.sizes)
     print(render_report(setup, environment, args, step_results, memory_results), end="")
+    if isinstance(watch, CompileWatch):
+        print(watch.summary())
     return 0
 
 

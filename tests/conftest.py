@@ -28,6 +28,16 @@ def tiny_model(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_ti2v_model(tmp_path_factory) -> Path:
+    """A tiny Allegro-TI2V checkpoint laid out as the hub's (make-tiny --ti2v)."""
+    from allegro.cli import main
+
+    directory = tmp_path_factory.mktemp("tiny-allegro-ti2v")
+    assert main(["make-tiny", "--ti2v", str(directory)]) == 0
+    return directory
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to connect outside loopback raises, so a hidden download fails the test."""

@@ -1,8 +1,8 @@
 """The app as a process: ``python app.py`` with the tiny checkpoint, driven through its API with
 gradio_client (generate, history, errors, cancel, a full queue, restarts, shared galleries).
 
-API callers identify themselves with the ``X-Allegro-Owner`` header (any 8-128 letters,
-digits, '-' or '_'); without it, by their address.
+API callers identify themselves with a key of 32+ characters in the ``X-Allegro-Key``
+header; on a shared server a call without one is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gradio_client import Client
 from gradio_client.utils import Status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ALICE, BOB = "alice-key-0001", "bob-key-0002"
+ALICE, BOB = "alice-" + "a1" * 16, "bob-" + "b2" * 16  # keys of 32+ characters
 
 
 def free_port() -> int:
@@ -51,7 +51,7 @@ class StudioServer:
         return self.log.read_text(errors="replace")
 
     def client(self, owner: str | None = None, downloads: Path | None = None) -> Client:
-        headers = {"X-Allegro-Owner": owner} if owner else None
+        headers = {"X-Allegro-Key": owner} if owner else None
         return Client(
             self.url,
             headers=headers,
@@ -153,7 +153,10 @@ def test_generate_returns_the_video_and_its_settings(studio):
     assert Path(video).read_bytes()[4:8] == b"ftyp"  # an MP4
     assert settings["seed"] == 1234 and settings["steps"] == 2
     assert (settings["frames"], settings["height"], settings["width"]) == (24, 160, 160)
-    assert settings["labels"]["owner"] == ALICE and settings["labels"]["job"]  # made as a job
+    from ui.identity import owner_tag
+
+    assert settings["labels"]["owner"] == owner_tag("key", ALICE)  # one-way: not the key
+    assert settings["labels"]["job"]  # made as a job
     assert settings["warnings"] == []
     assert Path(video).name in studio.videos()
 
@@ -291,7 +294,13 @@ def test_restart_keeps_history_and_shared_galleries_are_per_caller(studio, tiny_
             r["name"] for r in made_before
         ]
         assert bob.predict(api_name="/history") == []
-        assert shared.client().predict(api_name="/history") == []  # by address: not Alice
+        with pytest.raises(Exception, match="send your own key"):
+            shared.client().predict(api_name="/history")  # never a gallery by address
+        for name, args in (("/jobs", ()), ("/job", ("x",)), ("/cancel", ("x",))):
+            with pytest.raises(Exception, match="send your own key"):
+                shared.client().predict(*args, api_name=name)  # nor jobs
+        with pytest.raises(Exception, match="send your own key"):
+            shared.client().predict(api_name="/submit", prompt="a key-less job")
 
         bob_video, _settings = generate(bob, prompt="Bob's video", steps=2)
         assert [r["video"] for r in bob.predict(api_name="/history")] == [Path(bob_video).name]

@@ -356,3 +356,65 @@ def test_fast_mode_speedup_matches_the_reported_figure():
     assert 1.4 <= costs.fast_mode_speedup(88, 720, 1280) <= 1.5
     # Shorter videos spend less of their time in self-attention, so gain less.
     assert costs.fast_mode_speedup(40, 368, 640) < costs.fast_mode_speedup(88, 720, 1280)
+
+
+def test_fast_mode_holds_one_attention_output_per_block_while_denoising():
+    """diffusers 0.42.1 hooks/pyramid_attention_broadcast.py:172 keeps each hooked
+    self-attention's output: 32 blocks x (2, 79,200, 2304) bf16 at 88x720x1280."""
+    config = costs.ALLEGRO_TRANSFORMER_CONFIG
+    assert costs.fast_mode_cache_bytes(config, *OFFICIAL) == 32 * 2 * 79_200 * 2304 * 2
+    for size, gb in (((88, 720, 1280), 23.4), ((40, 720, 1280), 10.6), ((40, 368, 640), 2.7)):
+        assert round(costs.fast_mode_cache_bytes(config, *size) / costs.GB, 1) == gb
+    for mode in costs.OFFLOAD_ORDER:
+        plain = costs.estimate_memory(mode, "bf16", *OFFICIAL)
+        fast = costs.estimate_memory(mode, "bf16", *OFFICIAL, fast_mode=True)
+        assert fast.phase == "denoising"
+        assert dict(fast.parts)["fast mode attention cache"] == 32 * 2 * 79_200 * 2304 * 2
+        assert fast.peak_bytes > plain.peak_bytes
+
+
+def test_fast_mode_blocker_says_why_it_cannot_run():
+    gb = 10**9
+    reason = costs.fast_mode_blocker(24 * gb, False, "group", "bf16", *OFFICIAL)
+    assert "33.9 GB" in reason and "23.4 GB" in reason and "24.0 GB" in reason
+    assert costs.fast_mode_blocker(80 * gb, False, "none", "bf16", *OFFICIAL) is None
+    assert costs.fast_mode_blocker(24 * gb, False, "group", "bf16", 40, 368, 640) is None
+    assert costs.fast_mode_blocker(None, False, "none", "bf16", *OFFICIAL) is None  # CPU
+    assert "torch.compile" in costs.fast_mode_blocker(80 * gb, True, "none", "bf16", *OFFICIAL)
+
+
+def test_the_readme_shows_the_memory_model_for_fast_mode():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert costs.memory_table_markdown() in readme
+    assert costs.fast_mode_memory_table_markdown() in readme
+
+
+def test_pinned_copies_are_rounded_to_a_power_of_two():
+    """torch 2.13.0 include/ATen/core/CachingHostAllocator.h:300-305."""
+    assert costs.pinned_host_bytes([3, 4, 5, 0]) == 4 + 4 + 8
+    ff_weight = 2304 * 9216 * 2  # 42.5 MB -> 64 MiB
+    assert costs.pinned_host_bytes([ff_weight]) == 2**26
+
+
+def test_auto_passes_over_group_offload_without_the_host_ram_it_pins():
+    gb = 10**9
+    free = int(14 * gb)  # group fits the GPU, model does not
+    assert costs.choose_offload(free, "bf16", *OFFICIAL).mode == "group"
+    roomy = costs.choose_offload(
+        free, "bf16", *OFFICIAL, available_host_bytes=64 * gb, group_host_bytes=8 * gb
+    )
+    assert roomy.mode == "group"
+    tight = costs.choose_offload(
+        free, "bf16", *OFFICIAL, available_host_bytes=6 * gb, group_host_bytes=8 * gb
+    )
+    assert tight.mode == "sequential"
+    assert "pin ~8.0 GB of host RAM, 6.0 GB available" in tight.reason
+
+
+def test_a_slice_of_a_gpu_gets_its_share_of_the_peak():
+    whole = costs.gpu_class_for("NVIDIA H200")
+    lent = costs.gpu_class_for("NVIDIA H200", multiprocessors=60)
+    assert lent.half_tflops == pytest.approx(whole.half_tflops * 60 / 132)
+    assert costs.gpu_class_for("NVIDIA H200", multiprocessors=132) is whole

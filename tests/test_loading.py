@@ -195,3 +195,72 @@ def test_hub_file_patterns_fetch_only_what_is_used():
         "transformer/config.json",
         "transformer/diffusion_pytorch_model.safetensors",
     }
+
+
+def test_group_offload_pins_the_transformer_but_not_t5(tiny_model, monkeypatch):
+    """With a CUDA stream diffusers pins a copy of every offloaded weight (0.42.1
+    hooks/group_offloading.py:172-194; rounded up to a power of two by torch's host
+    allocator): the transformer, prefetched every step, keeps its stream; T5, run once per
+    prompt, gets none. Only the calls that need a GPU are recorded."""
+    import diffusers.hooks
+    from diffusers import AllegroPipeline
+
+    pipe = AllegroPipeline.from_pretrained(tiny_model)
+    calls = {}
+    monkeypatch.setattr(
+        pipe.transformer, "enable_group_offload", lambda **k: calls.setdefault("transformer", k)
+    )
+    monkeypatch.setattr(
+        diffusers.hooks, "apply_group_offloading", lambda m, **k: calls.setdefault("t5", k)
+    )
+    monkeypatch.setattr(pipe.vae, "to", lambda *a, **k: None)
+    apply_offload(pipe, "group", "cuda")
+    assert calls["transformer"]["use_stream"] is True
+    assert calls["t5"]["use_stream"] is False
+
+
+def test_auto_offload_counts_the_host_ram_group_offload_pins(tiny_model, monkeypatch):
+    """A 16 GB card in a machine with little free RAM: group offload would pin more than is
+    available, so auto picks sequential and says why. Only the GPU's answer is faked."""
+    import psutil
+    from diffusers import AllegroPipeline
+
+    from allegro import costs
+    from allegro.loading import group_offload_host_bytes
+
+    pipe = AllegroPipeline.from_pretrained(tiny_model)
+    tensors = [*pipe.transformer.parameters(), *pipe.transformer.buffers()]
+    expected = costs.pinned_host_bytes(t.numel() * t.element_size() for t in tensors)
+    assert group_offload_host_bytes(pipe) == expected > 0
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (14 * 10**9, 16 * 10**9))
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=6 * 10**9))
+    choice = choose_offload("auto", "cuda", "bf16", OFFICIAL, group_host_bytes=25 * 10**9)
+    assert choice.mode == "sequential" and "host RAM" in choice.reason
+    roomy = choose_offload("auto", "cuda", "bf16", OFFICIAL, group_host_bytes=10**9)
+    assert roomy.mode == "group"
+
+
+def test_compile_is_only_allowed_where_it_stays_clean():
+    from allegro.loading import check_compile
+
+    for mode in ("auto", "none", "model"):
+        check_compile(True, mode)
+    for mode in ("group", "sequential"):
+        with pytest.raises(UnsupportedSetupError, match="--compile works with offload none"):
+            check_compile(True, mode)
+    check_compile(False, "group")
+
+
+def test_a_visible_gpu_is_found_by_its_device_node(tmp_path):
+    from allegro.loading import cuda_unusable_message, visible_nvidia_devices
+
+    assert visible_nvidia_devices(tmp_path) == []
+    for name in ("nvidiactl", "nvidia-uvm", "nvidia0", "nvidia1"):
+        (tmp_path / name).touch()
+    devices = visible_nvidia_devices(tmp_path)
+    assert devices == [str(tmp_path / "nvidia0"), str(tmp_path / "nvidia1")]
+    message = cuda_unusable_message(devices)
+    reason = "CPU-only build" if torch.version.cuda is None else "PyTorch cannot use it"
+    assert reason in message and "driver 580" in message

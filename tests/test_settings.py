@@ -80,3 +80,23 @@ def test_two_workers_never_reserve_the_same_name(tmp_path):
     for thread in threads:
         thread.join()
     assert len(set(names)) == 8
+
+
+def test_image_to_video_settings_round_trip_typed():
+    """The input images' names and a continuation's chain (issue 12) are fields, not extras."""
+    continued = {
+        "prompt": "more sea",
+        "seed": 3,
+        "frames": 40,
+        "generated_frames": 24,
+        "continues": {"video": "b.mp4", "overlap_frames": 8, "source_frames": 24},
+        "chain": ["a.mp4", "b.mp4"],
+    }
+    settings = VideoSettings.from_dict(continued)
+    assert settings.continues.video == "b.mp4" and settings.continues.overlap_frames == 8
+    assert settings.chain == ("a.mp4", "b.mp4") and settings.extra == {}
+    assert {key: settings.to_dict()[key] for key in continued} == continued
+    assert settings.to_request().frames == 24  # the clip made, not the joined total
+    first = VideoSettings.from_dict({"prompt": "x", "first_image": "v.first.png"})
+    assert first.first_image == "v.first.png" and first.last_image is None
+    assert VideoSettings.from_dict({"prompt": "x", "chain": "not a list"}).chain == ()

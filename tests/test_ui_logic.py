@@ -27,6 +27,7 @@ from allegro.request import (
     check_request,
     resolve_request,
 )
+from allegro.video import remove_leftovers
 from ui import gallery
 from ui.config import AppConfig, is_loopback, parse_config
 from ui.estimates import Hardware, cost_hint, estimate_seconds, format_duration
@@ -34,6 +35,7 @@ from ui.formatting import progress_description
 from ui.jobs import iterate_in_thread, stream_generation
 from ui.model_status import (
     ModelChoice,
+    ModelLoader,
     ModelStatus,
     Phase,
     banner_markdown,
@@ -72,7 +74,7 @@ def test_environment_variables_set_every_setting(tmp_path):
     environ = {
         "ALLEGRO_MODEL": "allegro-40x360p",
         "ALLEGRO_PRECISION": "fp16",
-        "ALLEGRO_OFFLOAD": "sequential",
+        "ALLEGRO_OFFLOAD": "none",
         "ALLEGRO_OUTPUT_DIR": str(tmp_path / "videos"),
         "ALLEGRO_PREVIEW": "1",
         "ALLEGRO_PUBLIC_GALLERY": "true",
@@ -86,7 +88,7 @@ def test_environment_variables_set_every_setting(tmp_path):
     }
     config = parse_config([], environ)
     assert config.model == "allegro-40x360p"
-    assert (config.precision, config.offload) == ("fp16", "sequential")
+    assert (config.precision, config.offload) == ("fp16", "none")
     assert config.output_dir == tmp_path / "videos"
     assert config.preview and config.public_gallery
     assert config.ema_vfi_weights == "/weights/ema.pkl"
@@ -94,6 +96,22 @@ def test_environment_variables_set_every_setting(tmp_path):
     assert config.space_id == "someone/allegro" and config.zero_gpu
     assert config.zero_gpu_max_seconds == 120
     assert config.shared and not config.per_browser_gallery  # public gallery
+
+
+@pytest.mark.parametrize("mode", ["model", "group", "sequential"])
+def test_zerogpu_refuses_offload_modes_that_move_weights(mode, capsys):
+    """spaces moves the packed weights onto the lent GPU itself for each call (spaces 0.51.3
+    zero/wrappers.py:147-154): offload hooks have nothing to move there."""
+    with pytest.raises(SystemExit):
+        parse_config(["--offload", mode], {"SPACES_ZERO_GPU": "true", "SPACE_ID": "a/b"})
+    assert f"offload '{mode}' cannot work there" in capsys.readouterr().err
+
+
+def test_zerogpu_runs_without_offload():
+    zero = {"SPACES_ZERO_GPU": "true", "SPACE_ID": "a/b"}
+    assert parse_config([], zero).offload == "none"  # auto
+    assert parse_config(["--offload", "none"], zero).offload == "none"
+    assert parse_config([], {}).offload == "auto"
 
 
 def test_flags_win_over_environment():
@@ -321,20 +339,45 @@ def test_a_symbolic_link_out_of_the_folder_is_refused(tmp_path):
     assert secret.exists()
 
 
-def test_owner_ids():
-    assert gallery.is_owner_id(gallery.new_owner_id())
-    assert not gallery.is_owner_id("") and not gallery.is_owner_id("../../x")
-    assert gallery.api_owner_id("my-team-key-1", "1.2.3.4") == "my-team-key-1"
-    by_address = gallery.api_owner_id(None, "1.2.3.4")
-    assert by_address.startswith("ip-") and gallery.is_owner_id(by_address)
-    assert by_address == gallery.api_owner_id("bad id!", "1.2.3.4")
-    assert by_address != gallery.api_owner_id(None, "5.6.7.8")
+def test_links_in_the_folder_are_never_listed_nor_followed(tmp_path):
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"someone else's file")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    _make_video(folder, "real", datetime.now(timezone.utc))
+    (folder / "linked.mp4").symlink_to(outside)
+    (folder / "linked.json").write_text('{"prompt": "linked"}')
+    assert [entry.name for entry in gallery.list_entries(folder)] == ["real"]
+    with pytest.raises(gallery.GalleryError):
+        gallery.find_entry(folder, "linked", None)
 
 
-def test_history_record_points_at_served_urls(videos):
-    record = gallery.history_record(gallery.list_entries(videos)[0])
+def test_crash_leftovers_are_found_and_complete_videos_kept(videos):
+    (videos / ".a-newest.x1.partial.mp4").write_bytes(b"half")
+    (videos / "lost.json").write_text("{}")
+    (videos / "lost.jpg").write_bytes(b"poster")
+    (videos / "lost.first.png").write_bytes(b"input image")
+    (videos / "a-newest.first.png").write_bytes(b"input image")  # its video exists: kept
+    (videos / ".taken.mp4.reserved").write_bytes(b"")
+    removed = remove_leftovers(videos)
+    assert sorted(path.name for path in removed) == [
+        ".a-newest.x1.partial.mp4",
+        ".taken.mp4.reserved",
+        ".x.partial.json",
+        ".x.partial.mp4",
+        "lost.first.png",
+        "lost.jpg",
+        "lost.json",
+        "no-video.json",
+    ]
+    assert (videos / "a-newest.first.png").is_file()
+    assert len(gallery.list_entries(videos)) == 4
+
+
+def test_history_record_uses_the_urls_it_is_given(videos):
+    record = gallery.history_record(gallery.list_entries(videos)[0], "/v", None)
     assert record["name"] == "a-newest" and record["video"] == "a-newest.mp4"
-    assert record["video_url"] == f"/gradio_api/file={videos.resolve()}/a-newest.mp4"
+    assert (record["video_url"], record["poster_url"]) == ("/v", None)
     assert record["settings"]["prompt"] == "prompt of a-newest"
 
 
@@ -421,7 +464,7 @@ def _generation(request: GenerationRequest, labels, cancel=None):
 
 def test_outside_spaces_generation_is_not_wrapped(monkeypatch):
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
-    assert wrap_for_spaces(_generation, lambda *a: 60, {}) is _generation
+    assert wrap_for_spaces(_generation, lambda *a: 60, {}, RuntimeError) is _generation
     assert "spaces" not in sys.modules
 
 
@@ -440,8 +483,12 @@ def test_on_a_space_generation_runs_in_spaces_gpu_with_a_computed_duration(monke
     def duration(request, labels, cancel=None):
         return request.steps * 2
 
-    assert wrap_for_spaces(_generation, duration, {"SPACE_ID": "a/b"}) is _generation
+    space = {"SPACE_ID": "a/b"}
+    assert wrap_for_spaces(_generation, duration, space, RuntimeError) is _generation
     assert calls == [(_generation, duration)]
+    # On ZeroGPU what spaces runs in its worker turns every error into the page's error.
+    zero = wrap_for_spaces(_generation, duration, {**space, "SPACES_ZERO_GPU": "1"}, RuntimeError)
+    assert calls[-1] == (zero, duration) and zero is not _generation
 
 
 # ---- model choice and status -----------------------------------------------------------------
@@ -680,3 +727,41 @@ def test_the_jobs_database_defaults_to_a_hidden_file_in_the_output_folder(tmp_pa
         parse_config([], {"ALLEGRO_JOBS_DB": str(tmp_path / "e.sqlite")}).jobs_db
         == (tmp_path / "e.sqlite").resolve()
     )
+
+
+def test_a_zerogpu_slice_is_timed_by_the_multiprocessors_it_got():
+    """ZeroGPU reports the whole card's name, "NVIDIA H200", with 60 of its 132 SMs
+    (spaces 0.51.3 zero/configs.json, zero/torch/static.py:22-29)."""
+    whole = estimate_seconds(Hardware("NVIDIA H200"), 88, 720, 1280, 100)
+    lent = Hardware("NVIDIA H200", multiprocessors=60)
+    assert estimate_seconds(lent, 88, 720, 1280, 100) == pytest.approx(whole * 132 / 60)
+
+
+def test_the_hint_says_when_fast_mode_will_be_switched_off():
+    """A 24 GB card with group offload: fast mode's 23.4 GB attention cache cannot fit at
+    88x720x1280, and can at 40x368x640 (2.7 GB)."""
+    from ui.studio import Studio
+
+    card = Hardware("NVIDIA GeForce RTX 4090", offload="group", gpu_memory_bytes=24 * 10**9)
+    studio = Studio(_config(), LoadedOn(card), environ={})
+    hint = studio.hint(100, MODEL_DEFAULT, MODEL_DEFAULT, True)
+    assert "Fast mode will be switched off" in hint and "23.4 GB" in hint
+    assert "Fast mode" not in studio.hint(100, MODEL_DEFAULT, MODEL_DEFAULT, False)
+    assert "Fast mode" not in studio.hint(100, "40", "368x640", True)
+
+
+def test_a_gpu_that_torch_cannot_use_fails_loudly(tmp_path):
+    """A container started with --gpus on a host whose driver is too old for torch's CUDA
+    sees /dev/nvidia0 while torch.cuda.is_available() is False: say so, do not serve the
+    preview model as if nothing were wrong."""
+    loader = ModelLoader(
+        _config(output_dir=tmp_path),
+        environ={},
+        has_cuda=lambda: False,
+        visible_gpus=lambda: ["/dev/nvidia0"],
+    )
+    loader.load()
+    status = loader.status()
+    assert status.phase == Phase.FAILED
+    assert "/dev/nvidia0" in status.error and "driver 580" in status.error
+    assert "--preview" in status.error

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from allegro.loading import OFFLOAD_MODES, PRECISIONS
+from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -22,12 +22,22 @@ DEFAULT_OUTPUT_DIR = "outputs"
 DEFAULT_MAX_QUEUE = 20
 # ZeroGPU gives a call at most this long unless the Space is configured otherwise.
 DEFAULT_ZERO_GPU_MAX_SECONDS = 300
+# Uploads are only read for the settings a video carries; Allegro's own MP4s are far smaller.
+MAX_UPLOAD_MB = 100
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 JOBS_DB_NAME = ".allegro-jobs.sqlite"
+# spaces emulates CUDA only until the weights are packed at launch, and its GPU worker gets
+# them back on the GPU (spaces 0.51.3 zero/__init__.py:31, zero/wrappers.py:147-154): nothing
+# can move weights between CPU and GPU per call, so only "none" works there.
+ZERO_GPU_OFFLOAD_MESSAGE = (
+    "On ZeroGPU the weights stay on the lent GPU: offload {mode!r} cannot work there "
+    "(ZeroGPU moves every weight onto the GPU itself for each call). Unset ALLEGRO_OFFLOAD "
+    "or set it to none."
+)
 
 
 class ConfigError(ValueError):
@@ -54,6 +64,9 @@ class AppConfig:
     space_id: str | None  # set on Hugging Face Spaces
     zero_gpu: bool  # a ZeroGPU Space: the GPU is lent per call, for a limited time
     zero_gpu_max_seconds: int
+    force_shared: bool = False  # --shared: behind a reverse proxy on a loopback address
+    allowed_origins: tuple[str, ...] = ()  # other web pages that may call the API
+    trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
     jobs_db: Path | None = None  # None: a hidden file in the output folder
 
     @property
@@ -62,8 +75,14 @@ class AppConfig:
 
     @property
     def shared(self) -> bool:
-        """Reachable by other people: a share link, a Space, or a non-loopback address."""
-        return self.share or self.space_id is not None or not is_loopback(self.host)
+        """Reachable by other people: a share link, a Space, a non-loopback address, or a
+        reverse proxy (--shared)."""
+        return (
+            self.force_shared
+            or self.share
+            or self.space_id is not None
+            or not is_loopback(self.host)
+        )
 
     @property
     def per_browser_gallery(self) -> bool:
@@ -212,6 +231,26 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "automatically when there is no GPU and no --model. [ALLEGRO_PREVIEW]",
     )
     parser.add_argument(
+        "--shared",
+        action=argparse.BooleanOptionalAction,
+        default=env_bool(environ, "ALLEGRO_SHARED"),
+        help="treat every visitor as a stranger even on 127.0.0.1: use it behind a reverse "
+        "proxy (each browser gets its own gallery, the API needs a key). [ALLEGRO_SHARED]",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        default=_env_text(environ, "ALLEGRO_ALLOWED_ORIGINS") or "",
+        help="comma-separated web origins (e.g. https://example.org) whose pages may call "
+        "this server from the browser; requests from any other origin are refused. "
+        "[ALLEGRO_ALLOWED_ORIGINS]",
+    )
+    parser.add_argument(
+        "--trusted-proxies",
+        default=_env_text(environ, "FORWARDED_ALLOW_IPS"),
+        help="comma-separated addresses of your reverse proxy: only their X-Forwarded-For "
+        "headers are believed (by default nobody's). [FORWARDED_ALLOW_IPS]",
+    )
+    parser.add_argument(
         "--public-gallery",
         action=argparse.BooleanOptionalAction,
         default=env_bool(environ, "ALLEGRO_PUBLIC_GALLERY"),
@@ -276,12 +315,17 @@ def parse_config(
         # Same exit as a bad flag, so scripts and Docker see one kind of failure.
         argparse.ArgumentParser(prog="python app.py").error(str(error))
     args = parser.parse_args(argv)
+    offload = args.offload
+    if zero_gpu:
+        if offload in GPU_OFFLOAD_MODES:
+            parser.error(ZERO_GPU_OFFLOAD_MESSAGE.format(mode=offload))
+        offload = "none"  # what auto must pick there, whatever the emulated free memory says
     return AppConfig(
         model=args.model,
         transformer=args.transformer,
         precision=args.precision,
         vae_precision=args.vae_precision,
-        offload=args.offload,
+        offload=offload,
         compile=args.compile,
         host=args.host,
         port=args.port,
@@ -295,5 +339,10 @@ def parse_config(
         space_id=_env_text(environ, "SPACE_ID"),
         zero_gpu=zero_gpu,
         zero_gpu_max_seconds=args.zero_gpu_max_seconds,
+        force_shared=args.shared,
+        allowed_origins=tuple(
+            filter(None, (origin.strip().rstrip("/") for origin in args.allowed_origins.split(",")))
+        ),
+        trusted_proxies=args.trusted_proxies,
         jobs_db=Path(args.jobs_db).expanduser().resolve() if args.jobs_db else None,
     )

@@ -3,7 +3,6 @@ model (``allegro.costs``), and the short hint shown next to Generate."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,9 @@ class Hardware:
     precision: str = "bf16"
     vae_precision: str = "fp32"
     transformer_config: Mapping[str, Any] | None = None  # None: the released Allegro's
+    gpu_memory_bytes: int | None = None  # the GPU's capacity, where known
+    multiprocessors: int | None = None  # SMs of the GPU or slice actually got, where known
+    compiled: bool = False
 
     @property
     def gpu_label(self) -> str:
@@ -34,19 +36,19 @@ class Hardware:
         return self.gpu_name if gpu is costs.UNKNOWN_GPU else gpu.name
 
 
-def _gpu_class(gpu_name: str):
+def _gpu_class(hardware: Hardware):
+    """The cost model's class for the GPU, scaled to the share of it this process got: from
+    its multiprocessor count where known (ZeroGPU names the whole card), else from a MIG
+    profile in its name."""
     from allegro import costs
 
+    gpu_name = hardware.gpu_name or ""
+    if hardware.multiprocessors:
+        return costs.gpu_class_for(gpu_name, hardware.multiprocessors)
     gpu = costs.gpu_class_for(gpu_name)
     match = _MIG_SLICE.search(gpu_name.upper())
     if match:
-        share = int(match.group(1)) / MIG_SLICES
-        gpu = dataclasses.replace(
-            gpu,
-            half_tflops=gpu.half_tflops * share,
-            tf32_tflops=gpu.tf32_tflops * share,
-            fp32_tflops=gpu.fp32_tflops * share,
-        )
+        gpu = costs.scaled_gpu_class(gpu, int(match.group(1)) / MIG_SLICES)
     return gpu
 
 
@@ -70,7 +72,7 @@ def estimate_seconds(
             frames,
             height,
             width,
-            _gpu_class(hardware.gpu_name),
+            _gpu_class(hardware),
             steps=steps,
             offload=hardware.offload if hardware.offload in costs.OFFLOAD_SLOWDOWN else "none",
             precision=hardware.precision,
@@ -84,6 +86,26 @@ def estimate_seconds(
         speedup = costs.fast_mode_speedup(frames, height, width, steps, config)
         seconds -= estimate.transformer_seconds * (1 - 1 / speedup)
     return seconds
+
+
+def fast_mode_notice(hardware: Hardware | None, frames: int, height: int, width: int) -> str:
+    """What the hint says when fast mode cannot run on this machine ("" where it can)."""
+    if hardware is None or hardware.gpu_name is None:
+        return ""
+    from allegro import costs
+
+    reason = costs.fast_mode_blocker(
+        hardware.gpu_memory_bytes,
+        hardware.compiled,
+        hardware.offload if hardware.offload in costs.OFFLOAD_SLOWDOWN else "none",
+        hardware.precision,
+        frames,
+        height,
+        width,
+        hardware.vae_precision,
+        hardware.transformer_config or costs.ALLEGRO_TRANSFORMER_CONFIG,
+    )
+    return f" Fast mode will be switched off: {reason}." if reason else ""
 
 
 def format_duration(seconds: float) -> str:

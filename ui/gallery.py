@@ -3,16 +3,14 @@
 Each video is ``NAME.mp4`` with ``NAME.json`` (its settings) and ``NAME.jpg`` (its poster),
 written by the engine. Nothing is cached in memory: the folder is the gallery, so it
 survives restarts and other processes writing to it. Entries are addressed by NAME only,
-and every path is checked to stay inside the output folder.
+every path is checked to stay inside the output folder, and symbolic links are never
+followed. The owner label holds a one-way tag (see ``ui.identity``), never a credential.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import urllib.parse
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +19,7 @@ from typing import Any
 from allegro.errors import AllegroError
 
 OWNER_LABEL = "owner"
-# A browser's owner id is a uuid4 hex; API callers may choose theirs (see api_owner_id).
-_OWNER_ID = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+PARTS = (".mp4", ".json", ".jpg")  # the video first: without it an entry no longer lists
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -54,21 +51,9 @@ class GalleryEntry:
         return self.poster if self.poster is not None else self.video
 
 
-def new_owner_id() -> str:
-    return uuid.uuid4().hex
-
-
-def is_owner_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_OWNER_ID.match(value))
-
-
-def api_owner_id(header_value: str | None, client_host: str | None) -> str:
-    """Who an API caller is: the X-Allegro-Owner header when it holds a usable id, else an
-    id derived from the caller's address (everyone behind one address shares it)."""
-    if header_value and is_owner_id(header_value.strip()):
-        return header_value.strip()
-    digest = hashlib.sha256((client_host or "unknown").encode()).hexdigest()[:24]
-    return f"ip-{digest}"
+def _is_plain_file(path: Path) -> bool:
+    """A regular file that is not a symbolic link (a link could point anywhere)."""
+    return not path.is_symlink() and path.is_file()
 
 
 def _created(settings: dict[str, Any], video: Path) -> datetime:
@@ -82,7 +67,7 @@ def _created(settings: dict[str, Any], video: Path) -> datetime:
 def _read_entry(sidecar: Path) -> GalleryEntry | None:
     """The entry for ``NAME.json``, or None if it is not a complete, readable generation."""
     video = sidecar.with_suffix(".mp4")
-    if not _NAME.match(sidecar.stem) or not video.is_file():
+    if not _NAME.match(sidecar.stem) or not _is_plain_file(sidecar) or not _is_plain_file(video):
         return None
     try:
         settings = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -98,7 +83,7 @@ def _read_entry(sidecar: Path) -> GalleryEntry | None:
     return GalleryEntry(
         name=sidecar.stem,
         video=video,
-        poster=poster if poster.is_file() else None,
+        poster=poster if _is_plain_file(poster) else None,
         settings=settings,
         created=created,
     )
@@ -127,7 +112,7 @@ def entry_path(output_dir: Path, name: str, suffix: str) -> Path:
         raise GalleryError(f"{name!r} is not the name of a video in the gallery.")
     root = output_dir.resolve()
     path = root / f"{name}{suffix}"
-    if path.resolve().parent != root:  # e.g. a symbolic link pointing elsewhere
+    if path.is_symlink() or path.resolve().parent != root:
         raise GalleryError(f"{name!r} is not inside the output folder.")
     return path
 
@@ -143,18 +128,13 @@ def delete_entry(output_dir: Path, name: str, owner: str | None) -> GalleryEntry
     """Remove a generation's MP4, JSON and poster; only its owner may (unless shared)."""
     entry = find_entry(output_dir, name, owner)
     # The MP4 first: without it the entry no longer lists, even if a later unlink fails.
-    for suffix in (".mp4", ".json", ".jpg"):
+    for suffix in PARTS:
         entry_path(output_dir, name, suffix).unlink(missing_ok=True)
     return entry
 
 
-def file_url(path: Path) -> str:
-    """The server-relative URL Gradio serves an allowed file under."""
-    return "/gradio_api/file=" + urllib.parse.quote(str(path.resolve()))
-
-
-def history_record(entry: GalleryEntry) -> dict[str, Any]:
-    """One generation as the /history API reports it."""
+def history_record(entry: GalleryEntry, video_url: str, poster_url: str | None) -> dict[str, Any]:
+    """One generation as the /history API reports it (URLs to copies only its owner got)."""
     settings = entry.settings
     return {
         "name": entry.name,
@@ -162,7 +142,7 @@ def history_record(entry: GalleryEntry) -> dict[str, Any]:
         "prompt": settings.get("prompt"),
         "seed": settings.get("seed"),
         "video": entry.video.name,
-        "video_url": file_url(entry.video),
-        "poster_url": file_url(entry.poster) if entry.poster else None,
+        "video_url": video_url,
+        "poster_url": poster_url,
         "settings": settings,
     }

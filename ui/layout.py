@@ -16,7 +16,7 @@ from allegro.request import (
     STEPS_RANGE,
 )
 from ui.presets import MODEL_DEFAULT, RANDOM_SEED, length_choices, size_choices
-from ui.studio import JobSlot, Studio
+from ui.studio import GENERATION, JobSlot, Studio
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 STYLE = ASSETS / "style.css"
@@ -62,6 +62,7 @@ def theme() -> gr.themes.Base:
 
 def build_blocks(studio: Studio) -> gr.Blocks:
     private = {"api_visibility": "private"}
+    # Off the queue: these answer at once even when the queue is full of generations.
     light = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
     with gr.Blocks(
@@ -69,7 +70,11 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         analytics_enabled=False,
         delete_cache=(3600, 24 * 3600),  # copies of served videos, after a day
     ) as demo:
-        owner = gr.BrowserState("", storage_key="allegro-studio-owner")
+        # Gradio encrypts a BrowserState with this secret, sent to every page in /config
+        # (so it protects nothing); a stable one keeps the page token across restarts.
+        owner = gr.BrowserState(
+            "", storage_key="allegro-studio-owner", secret="allegro-studio-owner"
+        )
         job = gr.State(JobSlot())
         last_seed = gr.State(None)
         gallery_names = gr.State([])
@@ -275,7 +280,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         hint_inputs = [steps, length, size, fast_mode]
         status_outputs = [banner, generate, retry, timer, length, size, interpolation_row, method]
 
-        demo.load(studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **private)
+        demo.load(studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **light)
         demo.load(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
         timer.tick(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
         retry.click(studio.retry_loading, None, [timer, retry], **light)
@@ -295,7 +300,8 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             [*controls, owner, job],
             [preview, run_status, video, result_info, result_settings, last_seed],
             concurrency_limit=1,
-            concurrency_id="generation",
+            concurrency_id=GENERATION,
+            validator=studio.check_page,
             show_progress_on=[run_status],
             scroll_to_output=True,
             **private,
@@ -310,8 +316,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             studio.select_entry,
             [gallery_names, owner],
             [selected_name, selected_video, selected_info, selected_settings, selected_row],
-            **private,
-            show_progress="hidden",
+            **light,
         )
         reuse.click(studio.reuse_entry, [selected_name, owner], controls, **private)
         # Deleting asks once more, in the page (a second button), before anything is removed.
@@ -329,25 +334,30 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                 selected_settings,
                 selected_row,
             ],
-            **private,
+            **light,
         ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
         dropped.upload(studio.load_dropped_video, dropped, controls, **private)
 
-        gr.api(
+        generate_api = gr.api(
             studio.api_generate,
             api_name="generate",
             concurrency_limit=1,
-            concurrency_id="generation",
+            concurrency_id=GENERATION,
         )
-        gr.api(studio.api_history, api_name="history", concurrency_limit=None)
+        # gr.api has no validator argument; the event has the same field as a click's.
+        demo.fns[generate_api["id"]].validator = studio.check_api
+        gr.api(studio.api_history, api_name="history", queue=False)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
+            # /submit takes /generate's parameters: the same validator checks the key and
+            # every field before the call is queued.
+            submit_api = gr.api(studio.api_submit, api_name="submit", concurrency_limit=None)
+            demo.fns[submit_api["id"]].validator = studio.check_api
             for handler, name in (
-                (studio.api_submit, "submit"),
                 (studio.api_job, "job"),
                 (studio.api_cancel, "cancel"),
                 (studio.api_jobs, "jobs"),
             ):
-                gr.api(handler, api_name=name, concurrency_limit=None)
+                gr.api(handler, api_name=name, queue=False)
     return demo
 
 

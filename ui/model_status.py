@@ -153,16 +153,23 @@ class ModelLoader:
         config: AppConfig,
         environ: Mapping[str, str] | None = None,
         has_cuda: Callable[[], bool] | None = None,
+        visible_gpus: Callable[[], list[str]] | None = None,
     ) -> None:
         self.config = config
         environ = os.environ if environ is None else environ
-        extra = {} if has_cuda is None else {"has_cuda": has_cuda}
-        self.manager = ModelManager(model_settings(config), environ, **extra)
+        probes = {"has_cuda": has_cuda, "visible_gpus": visible_gpus}
+        probes = {name: probe for name, probe in probes.items() if probe is not None}
+        self.manager = ModelManager(model_settings(config), environ, **probes)
         self._ready: tuple[object, ModelStatus] | None = None  # (loaded, status), made once
 
     def start(self) -> None:
         """Start (or, after a failure, retry) loading in the background."""
         self.manager.start()
+
+    def load(self) -> None:
+        """Load on the calling thread (ZeroGPU: the main thread, before launch; see
+        ModelManager.load)."""
+        self.manager.load()
 
     def engine(self, timeout: float = 600.0) -> Engine:
         return self.manager.engine(timeout)
@@ -208,4 +215,7 @@ def _hardware(loaded) -> Hardware:
         precision=spec.precision or "bf16",
         vae_precision=spec.vae_precision,
         transformer_config=dict(loaded.pipe.transformer.config),
+        gpu_memory_bytes=loaded.gpu_memory_bytes,
+        multiprocessors=loaded.multiprocessors,
+        compiled=loaded.compiled,
     )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from allegro.errors import InvalidRequestError
 from allegro.request import (
     ACCEPTED_FRAMES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -163,6 +164,35 @@ def controls_from_settings(
         fast_mode=record.fast_mode,
     )
     return LoadedControls(values, tuple(notes))
+
+
+def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
+    """A video's saved settings as the request that made it, for the same checks as any
+    request (check_request); InvalidRequestError for a field that is not even the right
+    kind of value."""
+    for name in ("use_template", "fast_mode"):
+        if not isinstance(settings.get(name, False), bool):
+            raise InvalidRequestError(f"The video's {name} setting is not yes or no.")
+    interpolation = settings.get("interpolation")
+    if interpolation is not None and not isinstance(interpolation, Mapping):
+        raise InvalidRequestError("The video's interpolation setting is malformed.")
+    method = interpolation.get("method") if interpolation else None
+    if method is not None and not isinstance(method, str):
+        raise InvalidRequestError("The video's interpolation method is not a name.")
+    return GenerationRequest(
+        prompt=settings.get("prompt"),
+        negative_prompt=settings.get("negative_prompt"),
+        seed=settings.get("seed"),
+        steps=settings.get("steps", OFFICIAL_STEPS),
+        guidance_scale=settings.get("guidance_scale"),  # None: the task's official one
+        frames=settings.get("frames"),
+        height=settings.get("height"),
+        width=settings.get("width"),
+        use_template=settings.get("use_template", True),
+        interpolate=interpolation is not None,
+        interpolation_method=method,
+        fast_mode=settings.get("fast_mode", False),
+    )
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,23 @@
 Handlers validate with the engine's own checks and show ``AllegroError`` messages as they
 are (gr.Error); any other exception is a bug: logged with its traceback, shown as a short
 generic message, and the app keeps serving.
+
+Every event verifies who is calling (``ui.identity``): the page's server-issued token, or an
+API key. Files leave the server only as copies in Gradio's cache, under names derived from
+a secret hash of their content (``publish``), handed to their owner; the output folder itself
+is never served.
 """
 
 import asyncio
+import dataclasses
+import functools
 import inspect
 import logging
+import re
+import shutil
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +40,9 @@ from allegro.request import (
 )
 from ui import gallery
 from ui.config import AppConfig
-from ui.estimates import cost_hint, estimate_seconds
+from ui.estimates import cost_hint, estimate_seconds, fast_mode_notice
 from ui.formatting import entry_markdown, progress_description, result_markdown
+from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
 from ui.presets import (
@@ -40,6 +51,7 @@ from ui.presets import (
     controls_from_settings,
     interpolation_choices,
     length_choices,
+    request_from_settings,
     resolved_shape,
     size_choices,
 )
@@ -47,7 +59,8 @@ from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 
 logger = logging.getLogger(__name__)
 
-OWNER_HEADER = "X-Allegro-Owner"
+GENERATION = "generation"  # the concurrency group of every generation, page and API
+LOCAL_OWNER = "local"  # the job owner of a key-less caller where the server is not shared
 BUG_MESSAGE = (
     "Something went wrong inside Allegro Studio (the details are in the server log). "
     "The app keeps running: please try again."
@@ -61,8 +74,56 @@ class JobSlot:
     token: CancelToken | None = None
 
 
+# A validator's answer names the inputs in the event's order.
+PAGE_INPUTS = (*(field.name for field in dataclasses.fields(ControlValues)), "owner_id", "job")
+# Which input a validation message is about, from the engine's wording.
+_MESSAGE_FIELDS = (
+    (re.compile(r"^The negative prompt"), ("negative_prompt",)),
+    (re.compile(r"^Seed"), ("seed",)),
+    (re.compile(r"^Steps"), ("steps",)),
+    (re.compile(r"^Guidance scale"), ("guidance_scale",)),
+    (re.compile(r"^Allegro cannot make \d+ frames"), ("length", "frames")),
+    (re.compile(r"^Allegro cannot make"), ("size", "height")),
+    (re.compile(r"interpolation method"), ("interpolation_method",)),
+)
+
+
+def _validations(inputs: tuple[str, ...], problem: str | None) -> list[dict]:
+    """One gr.validate per input; the problem, if any, on the input it is about (the
+    first, the prompt, when the message names none)."""
+    field = None
+    if problem is not None:
+        field = next(
+            (
+                name
+                for pattern, names in _MESSAGE_FIELDS
+                if pattern.search(problem)
+                for name in names
+                if name in inputs
+            ),
+            inputs[0],
+        )
+    return [gr.validate(name != field, problem if name == field else "") for name in inputs]
+
+
+def waiting_generations(request: gr.Request | None) -> int:
+    """Generations waiting for the GPU. The queue itself has no size limit, so that page
+    loads, the gallery and /history are never turned away; generations are limited here,
+    in their validator, before they join. Gradio keeps one waiting list per concurrency
+    group (gradio/queueing.py:99-107, 227-237)."""
+    http = getattr(request, "request", None)
+    app = getattr(http, "app", None)
+    if app is None or not hasattr(app, "get_blocks"):
+        return 0
+    waiting = app.get_blocks()._queue.event_queue_per_concurrency_id.get(GENERATION)
+    return len(waiting.queue) if waiting is not None else 0
+
+
 def user_error(error: BaseException) -> gr.Error:
-    """The gr.Error to show for ``error``: its own message for AllegroError, else generic."""
+    """The gr.Error to show for ``error``: its own message for AllegroError (or a gr.Error
+    already made from one, e.g. in the ZeroGPU worker), else generic."""
+    if isinstance(error, gr.Error):
+        return error
     if isinstance(error, AllegroError):
         return gr.Error(str(error), print_exception=False)
     logger.error("Unexpected error", exc_info=error)
@@ -78,12 +139,16 @@ class Studio:
         loader: ModelLoader,
         environ: Mapping[str, str],
         jobs_db: Path | None = None,
+        identities: Identities | None = None,
     ):
         self.config = config
         self.loader = loader
         self.output_dir = config.output_dir
+        self._environ = environ
+        if identities is not None:
+            self.identities = identities
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
-        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ)
+        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
         # Jobs that outlive the page. Not on ZeroGPU yet: there the GPU is lent to one call
         # of a spaces.GPU function, not to a background worker thread.
         self.runner: JobRunner | None = None
@@ -95,22 +160,66 @@ class Studio:
 
     # ---- who may see what -------------------------------------------------------------
 
-    def gallery_owner(self, owner_id: str) -> str | None:
+    @functools.cached_property
+    def identities(self) -> Identities:
+        """Loaded (or its secret made) on first use, beside the videos it protects."""
+        return Identities.load(self.output_dir, self._environ)
+
+    def gallery_owner(self, owner: Owner | None) -> str | None:
         """Whose videos a caller sees: their own when shared, everyone's otherwise."""
-        return owner_id if self.config.per_browser_gallery else None
+        if not self.config.per_browser_gallery:
+            return None
+        if owner is None:  # api_owner refuses key-less callers in this mode
+            raise IdentityError("No identity: this server keeps each caller's videos apart.")
+        return owner.tag
+
+    def page_owner(self, token: Any) -> Owner:
+        """The owner behind a page's token; IdentityError unless this server issued it."""
+        return self.identities.page_owner(token)
+
+    def api_owner(self, request: gr.Request | None) -> Owner | None:
+        """An API caller: their X-Allegro-Key. Without one: nobody (local use), or refused
+        when the server is shared, never an id derived from their address."""
+        header = request.headers.get(KEY_HEADER) if request is not None else None
+        owner = key_owner(header)
+        if owner is None and self.config.per_browser_gallery:
+            raise IdentityError(
+                f"This server is shared: send your own key in the {KEY_HEADER} header (at "
+                f"least 32 characters, a secret only you know). Make one with: {MAKE_A_KEY}"
+            )
+        return owner
 
     @staticmethod
-    def page_owner(owner_id: Any, request: gr.Request | None) -> str:
-        """A page's owner id from its BrowserState; the address-based id if it is unusable."""
-        if gallery.is_owner_id(owner_id):
-            return owner_id
-        return gallery.api_owner_id(None, _client_host(request))
+    def labels(owner: Owner | None) -> dict[str, str]:
+        """What is stored with a video: the owner's one-way tag only."""
+        return {gallery.OWNER_LABEL: owner.tag} if owner is not None else {}
+
+    # ---- files --------------------------------------------------------------------------
 
     @staticmethod
-    def api_owner(request: gr.Request | None) -> str:
-        """An API caller: the X-Allegro-Owner header, else their address."""
-        header = request.headers.get(OWNER_HEADER) if request is not None else None
-        return gallery.api_owner_id(header, _client_host(request))
+    def publish(path: Path) -> str:
+        """A copy of ``path`` in Gradio's cache, named by a hash of its content salted with
+        Gradio's secret seed (gradio/processing_utils.py:158-164, 269-277), so only whoever
+        is handed the name can fetch it."""
+        from gradio.processing_utils import save_file_to_cache
+        from gradio.utils import get_upload_folder
+
+        if path.is_symlink():
+            raise gallery.GalleryError(f"{path.name} is not a file this server serves.")
+        return save_file_to_cache(path, get_upload_folder())
+
+    @staticmethod
+    def unpublish(paths: list[Path]) -> None:
+        """Remove the cached copies ``publish`` (or Gradio) made of ``paths``."""
+        from gradio.processing_utils import hash_file
+        from gradio.utils import get_upload_folder
+
+        for path in paths:
+            if path.is_file() and not path.is_symlink():
+                shutil.rmtree(Path(get_upload_folder()) / hash_file(path), ignore_errors=True)
+
+    def published_url(self, path: Path) -> str:
+        return "/gradio_api/file=" + urllib.parse.quote(self.publish(path))
 
     # ---- generation ---------------------------------------------------------------------
 
@@ -121,6 +230,75 @@ class Studio:
             return estimate_seconds(status.hardware, frames, height, width, steps, fast)
 
         return estimate
+
+    def check_page(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        seed: float | None,
+        steps: float,
+        guidance_scale: float,
+        length: str,
+        size: str,
+        use_template: bool,
+        interpolate: bool,
+        interpolation_method: str | None,
+        fast_mode: bool,
+        owner_id: str,
+        job: JobSlot,
+        request: gr.Request = None,
+    ) -> list[dict]:
+        """Generate's validator: runs when the click arrives, before it joins the queue
+        (gradio/queueing.py:308-348), so a bad request never waits for the GPU."""
+        controls = ControlValues(  # the page's controls, in the field order
+            prompt, negative_prompt, seed, steps, guidance_scale, length, size,
+            use_template, interpolate, interpolation_method, fast_mode,
+        )  # fmt: skip
+        problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()), request)
+        return _validations(PAGE_INPUTS, problem)
+
+    def check_api(
+        self,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        frames: int | str | None = None,
+        height: int | str | None = None,
+        width: int | str | None = None,
+        use_template: bool = True,
+        interpolate: bool = False,
+        interpolation_method: str | None = None,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> list[dict]:
+        """/generate's validator (same parameters): the key and every field, before the
+        request is queued."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
+        options = (use_template, interpolate, interpolation_method, fast_mode)
+        problem = self._problem(
+            lambda: (self.api_owner(request), self.api_request(*fields, *options)), request
+        )
+        return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
+
+    def _problem(self, build, request: gr.Request | None) -> str | None:
+        """What is wrong with a caller, their request or the queue, or None. ``build``
+        returns (owner, request) or raises."""
+        try:
+            _owner, generation = build()
+            self.prepare(generation)
+            waiting = waiting_generations(request)
+            if waiting >= self.config.max_queue:
+                return (
+                    f"Queue is full: {waiting} videos are waiting for the GPU. Please try "
+                    "again in a few minutes."
+                )
+        except AllegroError as error:
+            return str(error)
+        except Exception as error:  # a bug: the handler itself will report it
+            logger.error("Unexpected error in a validator", exc_info=error)
+        return None
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """Check a request before it is queued (AllegroError with the engine's message). Once
@@ -177,9 +355,9 @@ class Studio:
         yield from stream_generation(self.loader.engine(), request, labels, cancel or CancelToken())
 
     def run(
-        self, request: GenerationRequest, owner: str, cancel: CancelToken
+        self, request: GenerationRequest, owner: Owner | None, cancel: CancelToken
     ) -> AsyncIterator[JobItem]:
-        labels = {gallery.OWNER_LABEL: owner}
+        labels = self.labels(owner)
         # ZeroGPU runs the function in another process: a token cannot travel there.
         items = self._gpu_stream(request, labels, None if self.config.zero_gpu else cancel)
         return iterate_in_thread(items, cancel)
@@ -199,7 +377,6 @@ class Studio:
         fast_mode: bool,
         owner_id: str,
         job: JobSlot,
-        request: gr.Request,
         progress=gr.Progress(),  # noqa: B008 - Gradio's way of asking for a progress bar
     ):
         """Yields (preview, run status, video, result info, settings, last seed)."""
@@ -217,6 +394,7 @@ class Studio:
             fast_mode=fast_mode,
         )
         try:
+            owner = self.page_owner(owner_id)
             prepared = self.prepare(controls.to_request())
         except AllegroError as error:
             raise user_error(error) from None
@@ -232,7 +410,7 @@ class Studio:
             skip,
         )
         try:
-            async for item in self.run(prepared, self.page_owner(owner_id, request), token):
+            async for item in self.run(prepared, owner, token):
                 if isinstance(item, ProgressEvent):
                     if item.preview is not None:
                         yield item.preview, skip, skip, skip, skip, skip
@@ -244,7 +422,7 @@ class Studio:
                 yield (
                     gr.update(visible=False),
                     "",
-                    gr.update(value=str(item.video_path), visible=True),
+                    gr.update(value=self.publish(item.video_path), visible=True),
                     result_markdown(item.settings, item.seconds, item.video_path.name),
                     item.settings,
                     item.seed,
@@ -296,18 +474,36 @@ class Studio:
     ) -> tuple[FileData, dict]:
         """Make one video. Returns the MP4 and its settings (with the seed used and any
         warnings). Sizes left empty take the model's native size; seed empty or -1 is
-        random. Identify yourself with the X-Allegro-Owner header to keep your own history
-        on a shared server."""
-        generation = api_request(**_arguments(locals()))
+        random. On a shared server, send your own key (32+ characters) in the X-Allegro-Key
+        header: your videos and history are those made with it."""
+        generation = self.api_request(
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance_scale,
+            frames,
+            height,
+            width,
+            use_template,
+            interpolate,
+            interpolation_method,
+            fast_mode,
+        )
         if self.runner is not None:
-            return await self._generate_as_job(generation, self.api_owner(request))
+            try:
+                owner = self.api_owner(request)
+            except AllegroError as error:
+                raise user_error(error) from None
+            return await self._generate_as_job(generation, owner)
         token = CancelToken()
         try:
+            owner = self.api_owner(request)
             prepared = self.prepare(generation)
-            async for item in self.run(prepared, self.api_owner(request), token):
+            async for item in self.run(prepared, owner, token):
                 if not isinstance(item, ProgressEvent):
                     settings = {**item.settings, "warnings": list(item.warnings)}
-                    return FileData(path=str(item.video_path)), settings
+                    return FileData(path=self.publish(item.video_path)), settings
         except Exception as error:
             raise user_error(error) from None
         raise user_error(RuntimeError("the generation ended without a result"))
@@ -322,16 +518,20 @@ class Studio:
             )
         return self.runner
 
+    def _submit(self, generation: GenerationRequest, owner: Owner | None) -> Job:
+        """Queue a job for ``owner`` (verified by api_owner): stored under their one-way
+        tag, or ``LOCAL_OWNER`` for key-less local use."""
+        key = owner.tag if owner is not None else LOCAL_OWNER
+        return self._runner().submit(generation, key, self.labels(owner))
+
     async def _generate_as_job(
-        self, generation: GenerationRequest, owner: str
+        self, generation: GenerationRequest, owner: Owner | None
     ) -> tuple[FileData, dict]:
         """/generate through the queue: recorded like any job (a restart runs it again);
         the caller waits for it, and cancelling the call cancels the job, as before."""
         runner = self._runner()
         try:
-            job = await asyncio.to_thread(
-                runner.submit, generation, owner, {gallery.OWNER_LABEL: owner}
-            )
+            job = await asyncio.to_thread(self._submit, generation, owner)
         except Exception as error:
             raise user_error(error) from None
         try:
@@ -340,12 +540,20 @@ class Studio:
             runner.cancel(job.id)
             raise
         if final.state == JobState.DONE and final.video:
-            from allegro.video import read_settings
-
-            settings = {**read_settings(final.video), "warnings": list(final.warnings)}
-            return FileData(path=final.video), settings
+            try:  # the sidecar: the settings with their labels, as a direct run returns them
+                entry = gallery.find_entry(self.output_dir, Path(final.video).stem, None)
+            except AllegroError as error:  # deleted meanwhile
+                raise user_error(error) from None
+            settings = {**entry.settings, "warnings": list(final.warnings)}
+            return FileData(path=self.publish(entry.video)), settings
         error = Cancelled() if final.state == JobState.CANCELLED else AllegroError(final.error)
         raise user_error(error)
+
+    def _job_viewer(self, request: gr.Request | None) -> str | None:
+        """Whose jobs a caller sees: a key's own (key-less callers are refused when shared,
+        like /history); a key-less local caller, every job."""
+        owner = self.api_owner(request)
+        return owner.tag if owner is not None else None
 
     async def api_submit(
         self,
@@ -365,44 +573,111 @@ class Studio:
     ) -> dict:
         """Queue one video and return at once with its job (id, state, seed fixed now). The
         job goes on if you disconnect and after a server restart; poll /job with its id.
-        Same parameters as /generate."""
-        runner, owner = self._runner(), self.api_owner(request)
-        generation = api_request(**_arguments(locals()))
+        Same parameters (and X-Allegro-Key header) as /generate."""
+        generation = self.api_request(
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance_scale,
+            frames,
+            height,
+            width,
+            use_template,
+            interpolate,
+            interpolation_method,
+            fast_mode,
+        )
         try:
-            job = await asyncio.to_thread(
-                runner.submit, generation, owner, {gallery.OWNER_LABEL: owner}
-            )
+            self._runner()
+            owner = self.api_owner(request)
+            job = await asyncio.to_thread(self._submit, generation, owner)
+            return self.job_record(job)
         except Exception as error:
             raise user_error(error) from None
-        return job_record(job, runner)
 
     def api_job(self, job_id: str, request: gr.Request = None) -> dict:
         """One of your jobs: state, queue position, progress, and the video once done."""
-        runner = self._runner()
         try:
-            return job_record(runner.get(str(job_id), self.api_owner(request)), runner)
+            runner = self._runner()
+            return self.job_record(runner.get(str(job_id), self._job_viewer(request)))
         except Exception as error:
             raise user_error(error) from None
 
     def api_cancel(self, job_id: str, request: gr.Request = None) -> dict:
         """Cancel one of your jobs: a queued one leaves the queue, a running one stops within
         a step (no file is left). Returns the job."""
-        runner = self._runner()
         try:
-            return job_record(runner.cancel(str(job_id), self.api_owner(request)), runner)
+            runner = self._runner()
+            return self.job_record(runner.cancel(str(job_id), self._job_viewer(request)))
         except Exception as error:
             raise user_error(error) from None
 
     def api_jobs(self, request: gr.Request = None) -> list[dict]:
         """Your queued and running jobs in queue order, then your recent finished ones."""
+        try:
+            runner = self._runner()
+            return [self.job_record(job) for job in runner.list(self._job_viewer(request))]
+        except Exception as error:
+            raise user_error(error) from None
+
+    def job_record(self, job: Job) -> dict[str, Any]:
+        """One job as the API reports it; a finished video links to a copy made for this
+        answer (the caller is the job's owner: runner.get checked)."""
         runner = self._runner()
-        return [job_record(job, runner) for job in runner.list(self.api_owner(request))]
+        progress = job.progress
+        video = Path(job.video) if job.video else None
+        return {
+            "id": job.id,
+            "state": job.state.value,
+            "queue_position": (
+                runner.queue_position(job.id) if job.state == JobState.QUEUED else None
+            ),
+            "prompt": job.request.prompt,
+            "seed": job.seed,
+            "created": _iso(job.created),
+            "started": _iso(job.started),
+            "finished": _iso(job.finished),
+            "attempts": job.attempts,
+            "note": job.note,
+            "error": job.error,
+            "progress": None
+            if progress is None
+            else {
+                "stage": progress.stage.value,
+                "fraction": round(progress.fraction, 4),
+                "step": progress.step,
+                "total": progress.total,
+                "eta_seconds": None if progress.eta is None else round(progress.eta, 1),
+                "message": progress.message,
+            },
+            "video": video.name if video else None,
+            "video_url": self.published_url(video) if video and video.is_file() else None,
+        }
+
+    @staticmethod
+    def api_request(*values: Any) -> GenerationRequest:
+        """/generate's parameters (request aside), which are GenerationRequest's fields in
+        order; a method alone asks for interpolation."""
+        generation = GenerationRequest(*values)
+        wants_interpolation = generation.interpolate or bool(generation.interpolation_method)
+        return replace(generation, interpolate=wants_interpolation)
 
     def api_history(self, request: gr.Request = None) -> list[dict]:
         """Past generations visible to the caller, newest first (on a shared server: those
-        made with the same X-Allegro-Owner header, or else from the same address)."""
-        owner = self.gallery_owner(self.api_owner(request))
-        return [gallery.history_record(e) for e in gallery.list_entries(self.output_dir, owner)]
+        made with the same X-Allegro-Key). Each links to a copy made for this answer."""
+        try:
+            owner = self.gallery_owner(self.api_owner(request))
+            return [
+                gallery.history_record(
+                    entry,
+                    self.published_url(entry.video),
+                    self.published_url(entry.poster) if entry.poster else None,
+                )
+                for entry in gallery.list_entries(self.output_dir, owner)
+            ]
+        except Exception as error:
+            raise user_error(error) from None
 
     # ---- model status -------------------------------------------------------------------
 
@@ -443,32 +718,51 @@ class Studio:
         except (TypeError, ValueError):
             return ""
         seconds = self._estimator(status)(frames, height, width, step_count, bool(fast_mode))
-        return cost_hint(seconds, status.hardware)
+        notice = fast_mode_notice(status.hardware, frames, height, width) if fast_mode else ""
+        return cost_hint(seconds, status.hardware) + notice
 
     # ---- gallery ------------------------------------------------------------------------
 
-    def on_page_load(self, owner_id: Any, request: gr.Request):
-        """A new page: keep this browser's owner id (or make one) and list its videos."""
-        owner = owner_id if gallery.is_owner_id(owner_id) else gallery.new_owner_id()
-        return (owner, *self.refresh_gallery(owner))
+    def on_page_load(self, owner_id: Any):
+        """A new page: keep this browser's token if this server issued it, else issue one
+        (a made-up or copied id gets a new, empty gallery), and list its videos."""
+        token = owner_id if self.identities.is_page_token(owner_id) else None
+        token = token or self.identities.issue_page_token()
+        return (token, *self.refresh_gallery(token))
+
+    def _page_gallery(self, owner_id: Any) -> str | None:
+        """gallery_owner for a page's token (gr.Error if the token is not ours)."""
+        try:
+            return self.gallery_owner(self.page_owner(owner_id))
+        except AllegroError as error:
+            raise user_error(error) from None
+
+    def _entries(self, owner_id: Any) -> list[gallery.GalleryEntry]:
+        return gallery.list_entries(self.output_dir, self._page_gallery(owner_id))
+
+    def _find(self, name: Any, owner: str | None) -> gallery.GalleryEntry:
+        try:
+            return gallery.find_entry(self.output_dir, name, owner)
+        except AllegroError as error:
+            raise user_error(error) from None
 
     def refresh_gallery(self, owner_id: str):
         """(gallery items, names in display order)."""
-        entries = gallery.list_entries(self.output_dir, self.gallery_owner(owner_id))
-        items = [(str(entry.thumbnail), entry.caption) for entry in entries]
+        entries = self._entries(owner_id)
+        items = [(self.publish(entry.thumbnail), entry.caption) for entry in entries]
         return items, [entry.name for entry in entries]
 
     def select_entry(self, names: list[str], owner_id: str, event: gr.SelectData):
         """(selected name, video, summary, settings, actions row)."""
+        owner = self._page_gallery(owner_id)
         try:
             name = names[event.index]
-            entry = gallery.find_entry(self.output_dir, name, self.gallery_owner(owner_id))
-        except (IndexError, TypeError, gallery.GalleryError) as error:
-            gr.Warning(str(error) if isinstance(error, AllegroError) else "Pick a video again.")
-            return None, None, "", None, gr.update(visible=False)
+        except (IndexError, TypeError):
+            raise gr.Error("Pick a video again.", print_exception=False) from None
+        entry = self._find(name, owner)
         return (
             entry.name,
-            str(entry.video),
+            self.publish(entry.video),
             entry_markdown(entry.settings, entry.video.name),
             entry.settings,
             gr.update(visible=True),
@@ -476,36 +770,45 @@ class Studio:
 
     def reuse_entry(self, name: str | None, owner_id: str):
         """The selected video's settings into the controls (11 control values)."""
+        owner = self._page_gallery(owner_id)
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
-        try:
-            entry = gallery.find_entry(self.output_dir, name, self.gallery_owner(owner_id))
-        except AllegroError as error:
-            raise user_error(error) from None
+        entry = self._find(name, owner)
         return self._controls_from(entry.settings, f"Settings of {entry.name} loaded.")
 
     def delete_entry(self, name: str | None, owner_id: str):
         """(gallery items, names, selected name, video, summary, settings, actions row)."""
+        owner = self._page_gallery(owner_id)
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
-        try:
-            gallery.delete_entry(self.output_dir, name, self.gallery_owner(owner_id))
+        entry = self._find(name, owner)
+        self.unpublish([entry.video, *([entry.poster] if entry.poster else [])])
+        try:  # the served copies are gone; now the files themselves
+            gallery.delete_entry(self.output_dir, entry.name, owner)
         except AllegroError as error:
             raise user_error(error) from None
-        gr.Info("Video deleted.")
         return (*self.refresh_gallery(owner_id), None, None, "", None, gr.update(visible=False))
 
     def load_dropped_video(self, path: str | None):
-        """A dropped MP4 -> its settings in the controls (or a clear message why not)."""
+        """A dropped MP4 -> its settings in the controls. The settings are checked field by
+        field like a request; any problem is a message and nothing is loaded."""
         if not path:
             return tuple(gr.skip() for _ in range(11))
         from allegro.video import read_settings
 
+        upload = Path(path)
         try:
-            settings = read_settings(path)
+            if upload.suffix.lower() != ".mp4":
+                raise AllegroError(f"{upload.name} is not an MP4 video.")
+            settings = read_settings(upload)
+            request = request_from_settings(settings)
+            if request.interpolate:
+                self._check_interpolation(request.interpolation_method)
+            check_request(request)
         except AllegroError as error:
-            gr.Warning(str(error))
-            return tuple(gr.skip() for _ in range(11))
+            raise gr.Error(f"Nothing was loaded: {error}", print_exception=False) from None
+        finally:
+            upload.unlink(missing_ok=True)  # only its settings were wanted; nobody may fetch it
         return self._controls_from(settings, "Settings loaded from the video.")
 
     def _controls_from(self, settings: Mapping[str, Any], message: str):
@@ -529,79 +832,7 @@ class Studio:
         )
 
 
-def _client_host(request: gr.Request | None) -> str | None:
-    client = getattr(request, "client", None)
-    return getattr(client, "host", None)
-
-
-def api_request(
-    prompt: str,
-    negative_prompt: str | None,
-    seed: int | str | None,
-    steps: int | float | str,
-    guidance_scale: float | str,
-    frames: int | str | None,
-    height: int | str | None,
-    width: int | str | None,
-    use_template: bool,
-    interpolate: bool,
-    interpolation_method: str | None,
-    fast_mode: bool,
-) -> GenerationRequest:
-    """An API call's parameters as a request (checked later, with the engine's messages)."""
-    return GenerationRequest(
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        seed=seed,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        frames=frames,
-        height=height,
-        width=width,
-        use_template=use_template,
-        interpolate=interpolate or bool(interpolation_method),
-        interpolation_method=interpolation_method,
-        fast_mode=fast_mode,
-    )
-
-
-def _arguments(values: Mapping[str, Any]) -> dict[str, Any]:
-    """An API handler's own parameters, for api_request."""
-    return {name: values[name] for name in inspect.signature(api_request).parameters}
-
-
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-
-
-def job_record(job: Job, runner: JobRunner) -> dict[str, Any]:
-    """One job as the API reports it."""
-    progress = job.progress
-    video = Path(job.video) if job.video else None
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "queue_position": runner.queue_position(job.id) if job.state == JobState.QUEUED else None,
-        "prompt": job.request.prompt,
-        "seed": job.seed,
-        "created": _iso(job.created),
-        "started": _iso(job.started),
-        "finished": _iso(job.finished),
-        "attempts": job.attempts,
-        "note": job.note,
-        "error": job.error,
-        "progress": None
-        if progress is None
-        else {
-            "stage": progress.stage.value,
-            "fraction": round(progress.fraction, 4),
-            "step": progress.step,
-            "total": progress.total,
-            "eta_seconds": None if progress.eta is None else round(progress.eta, 1),
-            "message": progress.message,
-        },
-        "video": video.name if video else None,
-        "video_url": gallery.file_url(video) if video else None,
-    }

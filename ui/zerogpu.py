@@ -6,6 +6,7 @@ Off Spaces nothing here imports ``spaces`` and the generation function is used a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from typing import TypeVar
 
 from allegro.errors import InvalidRequestError
 from allegro.request import GenerationRequest
+from ui.config import env_bool
 from ui.estimates import format_duration
 
 logger = logging.getLogger(__name__)
@@ -109,8 +111,19 @@ def check_fits(request: GenerationRequest, estimate: Estimator, limit: int, defa
     raise InvalidRequestError(message)
 
 
-def wrap_for_spaces(function: F, duration: Callable[..., int], environ: Mapping[str, str]) -> F:
-    """``spaces.GPU(duration=...)(function)`` on a Space; ``function`` itself elsewhere."""
+def wrap_for_spaces(
+    function: F,
+    duration: Callable[..., int],
+    environ: Mapping[str, str],
+    as_user_error: Callable[[BaseException], Exception],
+) -> F:
+    """``spaces.GPU(duration=...)`` around ``function`` (a generator function) on a Space;
+    ``function`` itself elsewhere.
+
+    On ZeroGPU ``function`` runs in a forked worker, and of an exception raised there only a
+    ``gr.Error`` comes back as it is; any other becomes "ZeroGPU worker error" and its class
+    name (spaces 0.51.3 zero/wrappers.py:392-400, 474-478). So inside the worker every error
+    is turned into the gr.Error the page would show (``as_user_error``)."""
     if not environ.get("SPACE_ID"):
         return function
     try:
@@ -122,4 +135,14 @@ def wrap_for_spaces(function: F, duration: Callable[..., int], environ: Mapping[
             ) from None
         logger.info("Not wrapping generation in spaces.GPU: the spaces package is missing.")
         return function
-    return spaces.GPU(duration=duration)(function)
+    if not env_bool(environ, "SPACES_ZERO_GPU"):  # spaces.GPU is a no-op there anyway
+        return spaces.GPU(duration=duration)(function)
+
+    @functools.wraps(function)
+    def in_gpu_worker(*args, **kwargs):
+        try:
+            yield from function(*args, **kwargs)
+        except Exception as error:
+            raise as_user_error(error) from None
+
+    return spaces.GPU(duration=duration)(in_gpu_worker)
