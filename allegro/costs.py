@@ -329,6 +329,96 @@ def fast_mode_speedup(
     return total / (total - saved)
 
 
+# Step cache: cache-dit's DBCache with the settings its authors published for Allegro
+# (cache-dit README at commit d2fbb3b, "Allegro +cache-dit: 1.36x", run name
+# DBCACHE_F8B0_W8M0MC0_T0O2_R0.26_S27: the first 8 blocks always computed, no trailing
+# blocks, 8 warm-up steps, residual threshold 0.26, TaylorSeer off; 27 of 100 steps cached).
+STEP_CACHE_FIRST_BLOCKS = 8
+STEP_CACHE_LAST_BLOCKS = 0
+STEP_CACHE_WARMUP_STEPS = 8
+STEP_CACHE_THRESHOLD = 0.26
+
+
+@dataclass(frozen=True)
+class PublishedCacheRun:
+    """A step-cache result published by cache-dit's authors (their README, commit d2fbb3b)."""
+
+    model: str
+    speedup: float  # their measured end-to-end figure
+    kept_fraction: float  # of the transformer's block computations, as we apply it to Allegro
+    note: str
+
+
+def step_cache_kept_fraction(
+    steps: int,
+    cached_steps: int,
+    blocks: int = ALLEGRO_TRANSFORMER_CONFIG["num_layers"],
+    first_blocks: int = STEP_CACHE_FIRST_BLOCKS,
+    last_blocks: int = STEP_CACHE_LAST_BLOCKS,
+) -> float:
+    """Share of block computations a DBCache run keeps: a cached step still runs its first
+    and last blocks, the rest of the blocks reuse the previous step's residual."""
+    computed = steps * blocks - cached_steps * (blocks - first_blocks - last_blocks)
+    return computed / (steps * blocks)
+
+
+PUBLISHED_CACHE_RUNS: tuple[PublishedCacheRun, ...] = (
+    PublishedCacheRun(
+        "Allegro",
+        1.36,
+        step_cache_kept_fraction(100, 27),
+        "F8B0, 27 of 100 steps cached: 80% of block computations kept",
+    ),
+    PublishedCacheRun(
+        "Mochi-1",
+        1.8,
+        round(1 / 1.8, 2),
+        "F8B0 R0.08, 34 steps cached; fraction taken as 1/speedup",
+    ),
+    PublishedCacheRun(
+        "HunyuanVideo",
+        2.1,
+        round(1 / 2.1, 2),
+        "F1B0 R0.12, 27 steps cached; fraction taken as 1/speedup",
+    ),
+)
+
+
+def step_cache_speedup(
+    kept_fraction: float,
+    frames: int,
+    height: int,
+    width: int,
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+) -> float:
+    """Transformer time without the step cache over time with it, when it keeps
+    ``kept_fraction`` of the block computations (what it skips depends on the video, so it
+    is an input). Embeddings and the output projection always run."""
+    if not 0 < kept_fraction <= 1:
+        raise ValueError(f"kept_fraction must be in (0, 1], not {kept_fraction}")
+    step = transformer_flops(config, frames, height, width)
+    in_blocks = step.total - step.embeddings
+    return step.total / (step.embeddings + in_blocks * kept_fraction)
+
+
+def step_cache_buffer_bytes(
+    config: Mapping[str, Any],
+    frames: int,
+    height: int,
+    width: int,
+    precision: str = "bf16",
+    guidance: bool = True,
+    text_tokens: int = DEFAULT_TEXT_TOKENS,
+) -> int:
+    """GPU memory the step cache keeps through a run: cache-dit's Fn and Bn buffers (the
+    first blocks' residual and the rest's residual; cache_manager.set_Fn_buffer and
+    set_Bn_buffer, cache-dit 1.5.3) for the video tokens and for the text tokens."""
+    dims = _TransformerDims.from_config(config)
+    batch = 2 if guidance else 1
+    tokens = token_count(frames, height, width, config)
+    return 2 * batch * (tokens + text_tokens) * dims.width * PRECISION_BYTES[precision]
+
+
 def text_encoder_flops(
     text_tokens: int = DEFAULT_TEXT_TOKENS, guidance: bool = True, t5: T5Geometry = T5_XXL
 ) -> int:
@@ -633,6 +723,96 @@ def vae_decode_activation_bytes(
 
 
 @dataclass(frozen=True)
+class MemoryProfile:
+    """Smaller weights, chosen at load time (``--memory-profile``); every one is off by
+    default. fp8 storage: diffusers' layerwise casting keeps the transformer's layers in
+    float8_e4m3fn and casts each up to the compute precision for its forward. 8-bit text
+    encoder: torchao int8 weight-only quantization of T5's linear layers via transformers."""
+
+    name: str
+    fp8_transformer: bool
+    int8_text_encoder: bool
+    description: str
+    # Offload modes it is known to work with: diffusers' group offloading handles torchao
+    # tensors (hooks/group_offloading.py:39-81) and streams layerwise-cast weights like any
+    # other; accelerate's per-layer hooks (sequential) are not known to handle either.
+    offload_modes: tuple[str, ...] = ("none", "model", "group")
+
+
+MEMORY_PROFILES: Mapping[str, MemoryProfile] = MappingProxyType(
+    {
+        profile.name: profile
+        for profile in (
+            MemoryProfile("off", False, False, "weights in the chosen precision", OFFLOAD_ORDER),
+            MemoryProfile(
+                "fp8-transformer", True, False, "transformer stored in fp8, computed in bf16"
+            ),
+            MemoryProfile(
+                "int8-text-encoder", False, True, "T5 text encoder with int8 weights (torchao)"
+            ),
+            MemoryProfile("low-memory", True, True, "both: fp8 transformer and int8 T5"),
+        )
+    }
+)
+FP8_BYTES = 1
+INT8_BYTES = 1
+INT8_ROW_BYTES = 5  # torchao 0.18 Int8Tensor: fp32 scale + int8 zero point per output row
+
+
+def memory_profile(name: str) -> MemoryProfile:
+    try:
+        return MEMORY_PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown memory profile {name!r}; choose one of {tuple(MEMORY_PROFILES)}"
+        ) from None
+
+
+def _kept_block_parameters(dims: _TransformerDims) -> int:
+    """Block parameters layerwise casting leaves alone: norms (the transformer's
+    ``_skip_layerwise_casting_patterns``) and the scale-shift table (a bare parameter, not a
+    layer)."""
+    return (3 * 2 * dims.width if dims.norm_affine else 0) + 6 * dims.width
+
+
+def _block_bytes(dims: _TransformerDims, precision: str, fp8: bool) -> int:
+    element = PRECISION_BYTES[precision]
+    if not fp8:
+        return _block_parameters(dims) * element
+    kept = _kept_block_parameters(dims)
+    return (_block_parameters(dims) - kept) * FP8_BYTES + kept * element
+
+
+def transformer_weight_bytes(
+    config: Mapping[str, Any], precision: str, fp8_storage: bool = False
+) -> int:
+    """Transformer weights; with fp8 storage every linear layer of the blocks and the
+    caption projection in 1 byte, while pos_embed, norms, adaln_single (the transformer's
+    skip patterns), proj_out (diffusers' default pattern) and bare parameters keep
+    ``precision``."""
+    dims = _TransformerDims.from_config(config)
+    element = PRECISION_BYTES[precision]
+    blocks = dims.blocks * _block_bytes(dims, precision, fp8_storage)
+    if not fp8_storage:
+        return blocks + _non_block_parameters(dims) * element
+    caption = _linear(dims.caption, dims.width) + _linear(dims.width, dims.width)
+    kept = _non_block_parameters(dims) - caption
+    return blocks + caption * FP8_BYTES + kept * element
+
+
+def text_encoder_weight_bytes(precision: str, int8: bool = False, t5: T5Geometry = T5_XXL) -> int:
+    """T5 weights; int8 weight-only stores each linear weight in 1 byte plus, per output row,
+    an fp32 scale and an int8 zero point; the embedding, norms and position bias are not
+    linear layers and keep ``precision``."""
+    if not int8:
+        return t5.weight_bytes(precision)
+    element = PRECISION_BYTES[precision]
+    linear = t5.layers * (t5.block_parameters - 2 * t5.d_model)
+    rows = t5.layers * (3 * t5.inner + t5.d_model + 2 * t5.d_ff + t5.d_model)
+    return linear * INT8_BYTES + rows * INT8_ROW_BYTES + (t5.parameter_count - linear) * element
+
+
+@dataclass(frozen=True)
 class MemoryEstimate:
     """Estimated peak GPU memory of one video; ``parts`` add up to the peak."""
 
@@ -655,6 +835,8 @@ def estimate_memory(
     config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
     guidance: bool = True,
     fast_mode: bool = False,
+    profile: str = "off",
+    step_cache: bool = False,
 ) -> MemoryEstimate:
     """Peak GPU memory with the engine's offload modes (see loading.apply_offload).
 
@@ -668,8 +850,11 @@ def estimate_memory(
     _check_offload(offload)
     dims = _TransformerDims.from_config(config)
     element = PRECISION_BYTES[precision]  # transformer and text encoder
-    transformer = transformer_parameter_count(config) * element
-    text_encoder = T5_XXL.weight_bytes(precision)
+    weights = memory_profile(profile)
+    if offload not in weights.offload_modes:
+        raise ValueError(f"memory profile {profile!r} does not work with {offload!r} offload")
+    transformer = transformer_weight_bytes(config, precision, weights.fp8_transformer)
+    text_encoder = text_encoder_weight_bytes(precision, weights.int8_text_encoder)
     vae = VAE_PARAMETERS * PRECISION_BYTES[vae_precision]
     activations = {
         "text encoding": text_encoder_activation_bytes(precision),
@@ -678,8 +863,16 @@ def estimate_memory(
         ),
         "VAE decode": vae_decode_activation_bytes(frames, height, width, vae_precision),
     }
-    transformer_label = f"transformer weights ({precision})"
-    text_label = f"text encoder weights ({precision})"
+    transformer_label = (
+        "transformer weights (fp8 storage)"
+        if weights.fp8_transformer
+        else f"transformer weights ({precision})"
+    )
+    text_label = (
+        "text encoder weights (int8)"
+        if weights.int8_text_encoder
+        else f"text encoder weights ({precision})"
+    )
     vae_label = f"VAE weights ({vae_precision})"
     if offload == "none":
         everything = (
@@ -695,7 +888,10 @@ def estimate_memory(
             "VAE decode": ((vae_label, vae),),
         }
     elif offload == "group":
-        streamed = (2 * _block_parameters(dims) + _non_block_parameters(dims)) * element
+        streamed = (
+            2 * _block_bytes(dims, precision, weights.fp8_transformer)
+            + _non_block_parameters(dims) * element
+        )
         t5_layer = T5_XXL.vocab * T5_XXL.d_model * element
         resident = {
             "text encoding": ((vae_label, vae), ("largest text encoder layer", t5_layer)),
@@ -705,9 +901,10 @@ def estimate_memory(
     else:  # sequential
         largest_layer = T5_XXL.vocab * T5_XXL.d_model * element
         resident = dict.fromkeys(activations, (("largest single layer", largest_layer),))
-    if fast_mode:
-        cache = fast_mode_cache_bytes(config, frames, height, width, precision, guidance)
-        resident["denoising"] = (*resident["denoising"], ("fast mode attention cache", cache))
+    extras = _denoising_extras(
+        config, frames, height, width, precision, guidance, weights, step_cache, fast_mode
+    )
+    resident["denoising"] = (*resident["denoising"], *extras)
 
     def phase_bytes(phase: str) -> int:
         return sum(size for _, size in resident[phase]) + activations[phase]
@@ -719,6 +916,39 @@ def estimate_memory(
         ("CUDA workspaces and allocator slack", OVERHEAD_BYTES),
     )
     return MemoryEstimate(offload=offload, phase=phase, parts=parts)
+
+
+def _denoising_extras(
+    config: Mapping[str, Any],
+    frames: int,
+    height: int,
+    width: int,
+    precision: str,
+    guidance: bool,
+    weights: MemoryProfile,
+    step_cache: bool,
+    fast_mode: bool,
+) -> tuple[tuple[str, int], ...]:
+    """What the memory profiles, the step cache and fast mode add while denoising."""
+    extras: list[tuple[str, int]] = []
+    if weights.fp8_transformer:  # one layer at a time cast up to the compute precision
+        dims = _TransformerDims.from_config(config)
+        extras.append(("largest layer cast up from fp8", dims.width * dims.ff * 2))
+    if step_cache:
+        extras.append(
+            (
+                "step cache buffers",
+                step_cache_buffer_bytes(config, frames, height, width, precision, guidance),
+            )
+        )
+    if fast_mode:
+        extras.append(
+            (
+                "fast mode attention cache",
+                fast_mode_cache_bytes(config, frames, height, width, precision, guidance),
+            )
+        )
+    return tuple(extras)
 
 
 @dataclass(frozen=True)
@@ -746,23 +976,36 @@ def choose_offload(
     config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
     guidance: bool = True,
     margin: float = SAFETY_MARGIN,
+    profile: str = "off",
+    step_cache: bool = False,
     available_host_bytes: int | None = None,
     group_host_bytes: int = 0,
 ) -> OffloadChoice:
-    """The fastest offload mode whose estimate, plus ``margin``, fits in the free memory.
+    """The fastest offload mode whose estimate, plus ``margin``, fits in the free memory
+    (among the modes the memory profile works with).
 
     Group offload also needs ``group_host_bytes`` of pinned host RAM beyond the weights
     already loaded (pinned_host_bytes); it is passed over when that does not fit in
     ``available_host_bytes`` (None: not known)."""
+    modes = memory_profile(profile).offload_modes
     needs = {
         mode: estimate_memory(
-            mode, precision, frames, height, width, vae_precision, config, guidance
+            mode,
+            precision,
+            frames,
+            height,
+            width,
+            vae_precision,
+            config,
+            guidance,
+            profile=profile,
+            step_cache=step_cache,
         ).peak_bytes
-        for mode in OFFLOAD_ORDER
+        for mode in modes
     }
     free = _gb(free_gpu_bytes)
     host_note = ""
-    for index, mode in enumerate(OFFLOAD_ORDER):
+    for index, mode in enumerate(modes):
         if (
             mode == "group"
             and available_host_bytes is not None
@@ -776,13 +1019,14 @@ def choose_offload(
         if needs[mode] * (1 + margin) <= free_gpu_bytes:
             reason = f"auto: {_mode_label(mode)} — needs ~{_gb(needs[mode])}, {free} free"
             if index:
-                faster = OFFLOAD_ORDER[index - 1]
+                faster = modes[index - 1]
                 reason += f" ({_mode_label(faster)} needs ~{_gb(needs[faster])}{host_note})"
             return OffloadChoice(mode, reason, needs[mode])
-    need = needs["sequential"]
+    last = modes[-1]
+    need = needs[last]
     return OffloadChoice(
-        "sequential",
-        f"auto: 'sequential' offload — needs ~{_gb(need)} but only {free} free, so it may "
+        last,
+        f"auto: {_mode_label(last)} — needs ~{_gb(need)} but only {free} free, so it may "
         "still run out of GPU memory; a shorter or smaller video needs less" + host_note,
         need,
     )
@@ -808,6 +1052,7 @@ def fast_mode_blocker(
     config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
     guidance: bool = True,
     margin: float = SAFETY_MARGIN,
+    profile: str = "off",
 ) -> str | None:
     """Why fast mode cannot run here, or None where it can: compiled blocks (its hooks are
     re-armed every run and count iterations, so torch.compile would recompile the blocks past
@@ -822,7 +1067,16 @@ def fast_mode_blocker(
         return None
     try:
         need = estimate_memory(
-            offload, precision, frames, height, width, vae_precision, config, guidance, True
+            offload,
+            precision,
+            frames,
+            height,
+            width,
+            vae_precision,
+            config,
+            guidance,
+            fast_mode=True,
+            profile=profile,
         ).peak_bytes
     except (KeyError, ValueError):  # a transformer the model does not describe
         return None
@@ -854,6 +1108,32 @@ def memory_table_markdown(
                 for size in sizes
             ]
             lines.append(f"| {mode} | {precision} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def memory_profile_table_markdown(
+    sizes: tuple[tuple[int, int, int], ...] = OFFICIAL_SIZES,
+    precision: str = "bf16",
+    vae_precision: str = "fp32",
+) -> str:
+    """Estimated peak GPU memory per memory profile and the offload modes it works with."""
+    columns = [f"{frames}x{height}x{width}" for frames, height, width in sizes]
+    lines = [
+        f"Memory profiles: estimated peak GPU memory in GB ({precision} compute, VAE in "
+        f"{vae_precision}; estimates, not measurements):",
+        "",
+        "| Memory profile | Offload | " + " | ".join(columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for profile in MEMORY_PROFILES.values():
+        for mode in profile.offload_modes:
+            if mode == "sequential":
+                continue
+            cells = [
+                f"{estimate_memory(mode, precision, *size, vae_precision, profile=profile.name).peak_bytes / GB:.1f}"  # noqa: E501
+                for size in sizes
+            ]
+            lines.append(f"| {profile.name} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -44,7 +44,8 @@ from allegro.video import release_path
 
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
-    from allegro.interpolation.driver import InterpolationResult
+    from allegro.interpolation.driver import InterpolationCounts, InterpolationResult
+    from allegro.prompts import EncodedPrompt
     from allegro.ti2v.inputs import ConditionInputs
 
 PREVIEW_EVERY = 2  # steps between live previews (each costs one 4x3 matrix product)
@@ -211,20 +212,37 @@ def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> flo
 
 
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
-    """What to change after running out of GPU memory, most effective first: fast mode off
-    (its attention cache is the largest single item), then offload modes and a smaller size,
-    each counted with fast mode as asked, and only those that fit the GPU where known."""
+    """What to change after running out of GPU memory, most effective first: the step cache
+    or fast mode off (fast mode's attention cache is the largest single item), then offload
+    modes, smaller memory profiles and a smaller size, each counted with the step cache or
+    fast mode as asked, and only those that fit the GPU where known."""
     from allegro import costs
 
     offload = loaded.offload.mode
     precision = loaded.spec.precision or "bf16"
     vae_precision = loaded.spec.vae_precision
+    current = costs.memory_profile(loaded.spec.memory_profile)
     fast = request.fast_mode
     size = f"{request.frames}x{request.height}x{request.width}"
 
-    def need(mode: str, frames: int, height: int, width: int, fast_mode: bool = fast) -> int:
+    def need(
+        mode: str,
+        frames: int,
+        height: int,
+        width: int,
+        fast_mode: bool = fast,
+        profile: str = current.name,
+    ) -> int:
         return costs.estimate_memory(
-            mode, precision, frames, height, width, vae_precision, fast_mode=fast_mode
+            mode,
+            precision,
+            frames,
+            height,
+            width,
+            vae_precision,
+            fast_mode=fast_mode,
+            profile=profile,
+            step_cache=request.step_cache,
         ).peak_bytes
 
     def fits(size_bytes: int) -> bool:
@@ -233,13 +251,27 @@ def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:
 
     shape = (request.frames, request.height, request.width)
     suggestions = []
+    if request.step_cache:
+        buffers = costs.step_cache_buffer_bytes(loaded.pipe.transformer.config, *shape)
+        suggestions.append(f"turn the step cache off (saves about {buffers / 1e9:.1f} GB)")
     if fast:
         without = need(offload, *shape, fast_mode=False)
         suggestions.append(f"turn fast mode off (about {without / 1e9:.1f} GB)")
     for mode in costs.OFFLOAD_ORDER[costs.OFFLOAD_ORDER.index(offload) + 1 :]:
-        if fits(mode_need := need(mode, *shape)):
+        if mode in current.offload_modes and fits(mode_need := need(mode, *shape)):
             suggestions.append(
                 f"start with --offload {mode} (needs about {mode_need / 1e9:.1f} GB)"
+            )
+    for profile in costs.MEMORY_PROFILES.values():
+        smaller = (profile.fp8_transformer >= current.fp8_transformer) and (
+            profile.int8_text_encoder >= current.int8_text_encoder
+        )
+        if profile == current or not smaller or offload not in profile.offload_modes:
+            continue
+        if fits(profile_need := need(offload, *shape, profile=profile.name)):
+            suggestions.append(
+                f"start with --memory-profile {profile.name} "
+                f"(needs about {profile_need / 1e9:.1f} GB)"
             )
     smaller = need(offload, 40, 368, 640)
     suggestions.append(
@@ -278,6 +310,7 @@ def fast_mode_off_reason(loaded: LoadedPipeline, request: GenerationRequest) -> 
         loaded.spec.vae_precision,
         loaded.pipe.transformer.config,
         guidance=request.guidance_scale > 1,
+        profile=loaded.spec.memory_profile,
     )
 
 
@@ -340,11 +373,21 @@ class Engine:
 
             condition = read_condition(request)
         cancel.raise_if_cancelled()
+        clock.emit(Stage.ENCODING, message="Encoding the prompt …")
         # Caption cleaning is CPU work (quadratic in the text's length in diffusers): done
         # before taking the GPU, so a long prompt never holds the lock, and cancellable.
         texts = clean_texts(loaded.pipe, request, cancel)
+        prompts = None
+        if loaded.offload.mode == "none":
+            # With no offload the text encoder never moves and one prompt (at most 512
+            # tokens) needs megabytes, so it is encoded before the lock too. Offload hooks
+            # move whole modules between devices when called (accelerate hooks.py
+            # CpuOffload.pre_forward; diffusers hooks/group_offloading.py onload_), which
+            # must not happen during another job's denoising: there it waits for the lock.
+            prompts = _encode_texts(loaded, texts, cancel)
 
         warnings: list[str] = []
+        run_info: dict[str, Any] = {}  # what the run's accelerations report
         if reason := fast_mode_off_reason(loaded, request):
             warnings.append(f"Fast mode was switched off: {reason}.")
             request = replace(request, fast_mode=False)
@@ -354,7 +397,14 @@ class Engine:
             frames = _run_on_gpu(
                 loaded,
                 lambda: self._make_frames(
-                    loaded, request, clock, cancel, warnings, texts, condition
+                    loaded,
+                    request,
+                    clock,
+                    cancel,
+                    warnings,
+                    prompts or texts,
+                    run_info,
+                    condition,
                 ),
                 lambda: oom_advice(loaded, request),
             )
@@ -379,7 +429,9 @@ class Engine:
         clock.emit(Stage.SAVING, message="Saving the video …")
         now = datetime.now(timezone.utc)
         seconds = time.monotonic() - clock.started
-        settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
+        settings = self._settings(
+            loaded, request, fps, interpolation, seconds, now, labels, run_info
+        )
         if output_path:
             path, reserved = Path(output_path), False
         else:
@@ -428,29 +480,27 @@ class Engine:
         clock: _ProgressClock,
         cancel: CancelToken,
         warnings: list[str],
-        texts: tuple[str, str] | None = None,
+        prompts: tuple[str, str] | tuple[EncodedPrompt, EncodedPrompt] | None = None,
+        run_info: dict[str, Any] | None = None,  # receives the step cache's statistics
         condition: ConditionInputs | None = None,
     ) -> np.ndarray:
-        """``texts``: the positive and negative prompts from clean_texts (cleaned here if
-        not given)."""
+        """``prompts``: the positive and negative prompts, cleaned (clean_texts) or already
+        encoded (_encode_texts); cleaned and encoded here if not given."""
         import torch
 
         pipe = loaded.pipe
-        device = pipe._execution_device
         clean_caption = _clean_caption_available()
 
-        clock.emit(Stage.ENCODING, message="Encoding the prompt …")
         from allegro.prompts import find_truncation
 
         notice = find_truncation(pipe.tokenizer, positive_prompt(request))
         if notice is not None:
             warnings.append(notice.message())
-        cleaned_positive, cleaned_negative = texts or clean_texts(pipe, request, cancel)
-        # Already cleaned: the pipeline only lower-cases and strips them again (a no-op).
-        positive = loaded.prompt_cache.encode(pipe, cleaned_positive, False, device)
-        cancel.raise_if_cancelled()
-        negative = loaded.prompt_cache.encode(pipe, cleaned_negative, False, device)
-        cancel.raise_if_cancelled()
+        if prompts is None:
+            prompts = clean_texts(pipe, request, cancel)
+        if isinstance(prompts[0], str):
+            prompts = _encode_texts(loaded, prompts, cancel)
+        positive, negative = prompts
 
         if loaded.preview_map is None:
             loaded.preview_map = _fit_preview_map(pipe)
@@ -521,7 +571,7 @@ class Engine:
                 message="Denoising …",
             )
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        with counting:
+        with counting, _step_cache(pipe, request) as step_cache_stats:
             latents = pipe(
                 prompt_embeds=positive.embeds,
                 prompt_attention_mask=positive.attention_mask,
@@ -540,6 +590,8 @@ class Engine:
                 clean_caption=clean_caption,
                 **extra,
             ).frames
+        if step_cache_stats and run_info is not None:
+            run_info["step_cache"] = step_cache_stats[0].settings()
         cancel.raise_if_cancelled()
         return self._decode(loaded, latents, request, geometry, tiles, clock, cancel)
 
@@ -592,6 +644,7 @@ class Engine:
         seconds: float,
         now: datetime,
         labels: Mapping[str, str] | None,
+        run_info: Mapping[str, Any],
     ) -> VideoSettings:
         spec = loaded.spec
         return VideoSettings(
@@ -608,6 +661,8 @@ class Engine:
             fps=fps,
             use_template=request.use_template,
             fast_mode=request.fast_mode,
+            step_cache=_step_cache_record(request, run_info),
+            memory_profile=spec.memory_profile,
             interpolation=interpolation,
             model=spec.model,
             transformer=spec.transformer,
@@ -622,6 +677,15 @@ class Engine:
         )
 
 
+def _step_cache_record(
+    request: GenerationRequest, run_info: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The step cache's statistics when it was on ({} if it reported none), else None."""
+    if not request.step_cache:
+        return None
+    return dict(run_info.get("step_cache") or {})
+
+
 def save_video(path: Path, frames: np.ndarray, fps: float, settings: VideoSettings) -> None:
     """write_video with disk errors turned into a message (nothing half-written remains)."""
     from allegro.video import write_video
@@ -629,10 +693,14 @@ def save_video(path: Path, frames: np.ndarray, fps: float, settings: VideoSettin
     try:
         write_video(path, frames, fps, settings.to_dict())
     except OSError as error:
-        raise AllegroError(
-            f"Could not save the video to {path.parent}: {error.strerror or error}. "
-            "Free some disk space or choose another output folder."
-        ) from None
+        raise _save_error(path, error) from None
+
+
+def _save_error(path: Path, error: OSError) -> AllegroError:
+    return AllegroError(
+        f"Could not save the video to {path.parent}: {error.strerror or error}. "
+        "Free some disk space or choose another output folder."
+    )
 
 
 def _run_interpolation(
@@ -640,6 +708,12 @@ def _run_interpolation(
 ) -> tuple[np.ndarray, InterpolationRecord]:
     from allegro.interpolation.driver import interpolate_frames
 
+    result = interpolate_frames(frames, interpolator, _interpolation_progress(clock), cancel)
+    return result.frames, interpolation_settings(interpolator.name, result)
+
+
+def _interpolation_progress(clock: _ProgressClock) -> Callable[[int, int], None]:
+    """Progress events for pairs done of total, with an ETA from the pace so far."""
     started = time.monotonic()
 
     def on_pairs(done: int, total: int) -> None:
@@ -654,8 +728,7 @@ def _run_interpolation(
         )
 
     clock.emit(Stage.INTERPOLATING, 0.0, message="Interpolating …")
-    result = interpolate_frames(frames, interpolator, on_pairs, cancel)
-    return result.frames, interpolation_settings(interpolator.name, result)
+    return on_pairs
 
 
 def interpolate_video(
@@ -667,10 +740,15 @@ def interpolate_video(
     cancel: CancelToken | None = None,
 ) -> Path:
     """15 fps MP4 in, 30 fps MP4 out; the source's settings (if it has any) are carried over
-    with the interpolation recorded."""
+    with the interpolation recorded.
+
+    Pipelined: a thread decodes ahead, pairs are interpolated as their frames arrive, and a
+    thread encodes each 30 fps frame as soon as it is made, so the command takes about as
+    long as its slowest stage rather than the sum of all three."""
     from allegro.errors import InterpolationError
     from allegro.interpolation import create_interpolator
-    from allegro.video import read_frames, read_settings
+    from allegro.interpolation.driver import interpolate_stream
+    from allegro.video import PipelinedVideoWriter, read_settings, stream_frames
 
     source, destination = Path(source), Path(destination)
     if not source.is_file():
@@ -679,31 +757,48 @@ def interpolate_video(
         raise InterpolationError(f"The output must be an .mp4 file, not {destination.name}.")
     interpolator = create_interpolator(method, weights=weights)
     try:
-        frames, fps = read_frames(source)
-    except AllegroError as error:
-        raise InterpolationError(str(error)) from None
-    if len(frames) < 2:
-        raise InterpolationError(f"{source.name} has only one frame: nothing to interpolate.")
-    try:
         settings = VideoSettings.from_dict(read_settings(source))
     except AllegroError:
         settings = VideoSettings(extra={"source": source.name})
+    try:
+        frames = stream_frames(source)
+    except AllegroError as error:
+        raise InterpolationError(str(error)) from None
     clock = _ProgressClock(on_progress, interpolate=True)
-    frames, interpolation = _run_interpolation(frames, interpolator, clock, cancel or CancelToken())
-    interpolation = dataclasses.replace(interpolation, source_fps=fps)
-    settings = dataclasses.replace(settings, fps=interpolation.fps, interpolation=interpolation)
-    clock.emit(Stage.SAVING, message="Saving the video …")
-    save_video(destination, frames, interpolation.fps, settings)
+    on_pairs = _interpolation_progress(clock)
+    total_pairs = frames.frame_count - 1 if frames.frame_count > 1 else None
+    try:
+        # The poster is the middle one of the 2N frames written.
+        with (
+            frames,
+            PipelinedVideoWriter(
+                destination, INTERPOLATED_FPS, poster_frame=frames.frame_count
+            ) as writer,
+        ):
+            counts = interpolate_stream(
+                frames, interpolator, writer.put, on_pairs, cancel or CancelToken(), total_pairs
+            )
+            interpolation = interpolation_settings(method, counts, 2 * (counts.pairs + 1))
+            interpolation = dataclasses.replace(interpolation, source_fps=frames.fps)
+            settings = dataclasses.replace(
+                settings, fps=INTERPOLATED_FPS, interpolation=interpolation
+            )
+            clock.emit(Stage.SAVING, message="Saving the video …")
+            writer.finish(settings.to_dict())
+    except OSError as error:
+        raise _save_error(destination, error) from None
     clock.emit(Stage.DONE, 1.0)
     return destination
 
 
-def interpolation_settings(method: str, result: InterpolationResult) -> InterpolationRecord:
+def interpolation_settings(
+    method: str, result: InterpolationResult | InterpolationCounts, frames: int | None = None
+) -> InterpolationRecord:
     return InterpolationRecord(
         method=method,
         fps=INTERPOLATED_FPS,
         source_fps=FPS,
-        frames=len(result.frames),
+        frames=len(result.frames) if frames is None else frames,
         layout="every source frame kept; one new frame between each pair; last repeated",
         fallback_pairs=int(result.fallback_pairs),
     )
@@ -764,6 +859,32 @@ def clean_texts(pipe, request: GenerationRequest, cancel: CancelToken) -> tuple[
         cleaned.append(pipe._text_preprocessing(text, clean_caption=clean_caption)[0])
     cancel.raise_if_cancelled()
     return cleaned[0], cleaned[1]
+
+
+def _encode_texts(
+    loaded: LoadedPipeline, texts: tuple[str, str], cancel: CancelToken
+) -> tuple[EncodedPrompt, EncodedPrompt]:
+    """The cleaned positive and negative prompts through the embedding cache. Already
+    cleaned: the pipeline only lower-cases and strips them again (a no-op)."""
+    pipe = loaded.pipe
+    encoded = []
+    for text in texts:
+        encoded.append(loaded.prompt_cache.encode(pipe, text, False, pipe._execution_device))
+        cancel.raise_if_cancelled()
+    return encoded[0], encoded[1]
+
+
+@contextlib.contextmanager
+def _step_cache(pipe, request: GenerationRequest) -> Iterator[list]:
+    """The step cache armed for this run only (see allegro.step_cache); a plain run yields
+    an empty list."""
+    if not request.step_cache:
+        yield []
+        return
+    from allegro.step_cache import armed_step_cache
+
+    with armed_step_cache(pipe, request.steps) as stats:
+        yield stats
 
 
 def _clean_caption_available() -> bool:

@@ -66,6 +66,7 @@ class PipelineSpec:
     vae_precision: str = "fp32"
     offload: str = "auto"
     compile: bool = False  # torch.compile the transformer blocks (slow first step, then faster)
+    memory_profile: str = "off"  # costs.MEMORY_PROFILES: fp8 transformer storage, int8 T5
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,41 @@ def check_offload_mode(requested: str, device: str) -> None:
         )
 
 
+def check_memory_profile(
+    profile: str, offload: str, compile: bool = False, zero_gpu: bool = False
+) -> None:
+    """Refuse the memory profile combinations that cannot work, before anything loads."""
+    from allegro.costs import MEMORY_PROFILES
+
+    if profile not in MEMORY_PROFILES:
+        raise UnsupportedSetupError(
+            f"Unknown memory profile {profile!r}; choose one of {', '.join(MEMORY_PROFILES)}."
+        )
+    weights = MEMORY_PROFILES[profile]
+    if profile == "off":
+        return
+    if zero_gpu:
+        raise UnsupportedSetupError(
+            f"The '{profile}' memory profile is not available on ZeroGPU: ZeroGPU moves the "
+            "weights to the GPU it lends with its own tensor packing, which is only known to "
+            "handle plain tensors (and its GPUs hold the full weights). Use "
+            "--memory-profile off."
+        )
+    if offload not in ("auto", *weights.offload_modes):
+        raise UnsupportedSetupError(
+            f"The '{profile}' memory profile does not work with '{offload}' offload: "
+            "accelerate's per-layer hooks are not known to handle fp8 storage or int8 "
+            f"weights. Use --offload {', '.join(weights.offload_modes)} or auto with it."
+        )
+    if compile and weights.fp8_transformer:
+        raise UnsupportedSetupError(
+            f"The '{profile}' memory profile cannot be combined with --compile: fp8 storage "
+            "casts each layer's weights up before its forward and back after it, which a "
+            "compiled block would recompile or break its graph on. Drop --compile, or use "
+            "--memory-profile int8-text-encoder (the text encoder is not compiled)."
+        )
+
+
 def check_compile(compile: bool, requested_offload: str) -> None:
     """--compile with an offload mode it cannot work with is refused before any download
     (``auto`` is settled at load: compilation is skipped, and said so, if it picks one)."""
@@ -234,6 +270,7 @@ def choose_offload(
     precision: str,
     native: NativeSize,
     vae_precision: str = "fp32",
+    memory_profile: str = "off",
     group_host_bytes: int = 0,
 ) -> AppliedOffload:
     """Apply the user's offload choice; ``auto`` decides from the free GPU memory and, for
@@ -256,6 +293,7 @@ def choose_offload(
         native.height,
         native.width,
         vae_precision,
+        profile=memory_profile,
         available_host_bytes=psutil.virtual_memory().available,
         group_host_bytes=group_host_bytes,
     )
@@ -306,12 +344,39 @@ def apply_offload(pipe, mode: str, device: str) -> None:
         raise ValueError(mode)
 
 
+# Allegro's transformer does not declare its repeated block in diffusers 0.42.1, so
+# ModelMixin.compile_repeated_blocks (modeling_utils.py:1664-1695) would raise without this.
+REPEATED_BLOCKS = ["AllegroTransformerBlock"]
+
+
 def compile_transformer_blocks(transformer) -> None:
-    """torch.compile each of the 32 identical blocks, as diffusers' compile_repeated_blocks
-    does for models that declare their blocks (Allegro's does not): one compilation serves
-    every block, instead of minutes for the whole graph."""
-    for block in transformer.transformer_blocks:
-        block.compile()
+    """Regional compilation with diffusers' compile_repeated_blocks: the 32 blocks share one
+    code object, so torch.compile builds one graph and every block reuses it, instead of
+    minutes for the whole model. Declared on this instance, not on diffusers' class."""
+    transformer._repeated_blocks = REPEATED_BLOCKS
+    transformer.compile_repeated_blocks()
+
+
+def store_transformer_in_fp8(transformer, compute_precision: str) -> None:
+    """diffusers' layerwise casting: weights stored in float8_e4m3fn, each layer cast up to
+    the compute precision for its forward and back after it. The layers the transformer
+    names in ``_skip_layerwise_casting_patterns`` (pos_embed, norm, adaln_single) and
+    diffusers' default patterns (proj_out) keep full precision
+    (modeling_utils.enable_layerwise_casting)."""
+    import torch
+
+    transformer.enable_layerwise_casting(
+        storage_dtype=torch.float8_e4m3fn, compute_dtype=torch_dtype(compute_precision)
+    )
+
+
+def int8_text_encoder_config():
+    """transformers' torchao backend, int8 weight-only: linear weights in int8 with one scale
+    per output row, activations in the compute precision. Runs on the CPU as on a GPU."""
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Int8WeightOnlyConfig())
 
 
 def _download_hint(repo_id: str) -> str:
@@ -434,6 +499,10 @@ def load_pipeline(
     vae_precision = resolve_precision(spec.vae_precision, device)
     check_offload_mode(spec.offload, device)  # before a 25 GB download, not after
     check_compile(spec.compile, spec.offload)
+    check_memory_profile(spec.memory_profile, spec.offload, spec.compile)
+    from allegro.costs import MEMORY_PROFILES
+
+    weights = MEMORY_PROFILES[spec.memory_profile]
 
     base_files = list(_PIPELINE_FILES)
     if spec.transformer:
@@ -448,6 +517,7 @@ def load_pipeline(
     on_progress(ProgressEvent(Stage.LOADING, 0.0, message="Loading the model into memory …"))
     from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro
     from diffusers.utils import logging as diffusers_logging
+    from transformers import T5EncoderModel
     from transformers.utils import logging as transformers_logging
 
     # Our own progress events replace the libraries' console bars.
@@ -455,8 +525,10 @@ def load_pipeline(
     transformers_logging.disable_progress_bar()
 
     ti2v = transformer_path is None and is_ti2v_checkpoint(base_path)
+    # An int8 text encoder is not the same module as a plain one: never reused for the other.
+    text_encoder_weights = f"{precision}, int8" if weights.int8_text_encoder else precision
     fingerprints = {
-        "text_encoder": weights_fingerprint(base_path / "text_encoder", precision),
+        "text_encoder": weights_fingerprint(base_path / "text_encoder", text_encoder_weights),
         "vae": weights_fingerprint(base_path / "vae", vae_precision),
     }
     components: dict[str, Any] = {
@@ -469,6 +541,14 @@ def load_pipeline(
         if "vae" not in components:
             components["vae"] = AutoencoderKLAllegro.from_pretrained(
                 base_path, subfolder="vae", dtype=torch_dtype(vae_precision)
+            )
+        if weights.int8_text_encoder and "text_encoder" not in components:
+            components["text_encoder"] = T5EncoderModel.from_pretrained(
+                base_path,
+                subfolder="text_encoder",
+                dtype=torch_dtype(precision),
+                use_safetensors=True,
+                quantization_config=int8_text_encoder_config(),
             )
         if ti2v:
             pipe = _load_ti2v_parts(base_path, precision, components)
@@ -499,9 +579,18 @@ def load_pipeline(
         height=config.sample_height * pipe.vae_scale_factor_spatial,
         width=config.sample_width * pipe.vae_scale_factor_spatial,
     )
+    if weights.fp8_transformer:
+        store_transformer_in_fp8(pipe.transformer, precision)
+    # Counted after fp8 storage: the pinned copies are of the tensors as stored.
     group_host_bytes = group_offload_host_bytes(pipe) if spec.offload == "auto" else 0
     offload = choose_offload(
-        spec.offload, device, precision, native, vae_precision, group_host_bytes
+        spec.offload,
+        device,
+        precision,
+        native,
+        vae_precision,
+        spec.memory_profile,
+        group_host_bytes,
     )
     compiled = spec.compile and offload.mode in COMPILE_OFFLOAD_MODES
     if spec.compile and not compiled:
@@ -597,6 +686,7 @@ class PipelineCache:
             resolve_precision(spec.vae_precision, device),
             spec.offload,
             spec.compile,
+            spec.memory_profile,
         )
 
     @property

@@ -68,6 +68,7 @@ class ModelSettings:
     vae_precision: str = "fp32"
     offload: str = "auto"
     compile: bool = False
+    memory_profile: str = "off"  # costs.MEMORY_PROFILES
     ema_vfi_weights: str | None = None
 
 
@@ -287,6 +288,7 @@ class ModelManager:
                 vae_precision=settings.vae_precision,
                 offload=settings.offload,
                 compile=settings.compile,
+                memory_profile=settings.memory_profile,
             )
             engine = Engine(spec, settings.output_dir, settings.ema_vfi_weights)
             with self._changed:

@@ -164,7 +164,8 @@ class GenerationRequest:
     use_template: bool = True
     interpolate: bool = False
     interpolation_method: str | None = None
-    fast_mode: bool = False
+    fast_mode: bool = False  # Pyramid Attention Broadcast
+    step_cache: bool = False  # cache-dit's DBCache; an alternative to fast mode, not a stack
     first_image: str | None = None
     last_image: str | None = None
     continue_video: str | None = None
@@ -301,6 +302,12 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
     validate_size(frames, height, width)
     overlap = _check_condition(request, frames)
 
+    if request.fast_mode and request.step_cache:
+        raise InvalidRequestError(
+            "Fast mode and the step cache are alternatives: both skip work inside the "
+            "transformer from one step to the next, and they are not made to be stacked. "
+            "Choose one."
+        )
     seed = parse_seed(request.seed)
     if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
@@ -317,6 +324,7 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
         use_template=bool(request.use_template),
         interpolate=bool(request.interpolate),
         fast_mode=bool(request.fast_mode),
+        step_cache=bool(request.step_cache),
         overlap_frames=overlap,
     )
 

@@ -54,6 +54,10 @@ class VideoSettings:
     fps: float = FPS
     use_template: bool = True
     fast_mode: bool = False
+    # The step cache's statistics when it was on ({} without statistics), None when off;
+    # saved as that mapping or false.
+    step_cache: dict[str, Any] | None = None
+    memory_profile: str | None = None
     interpolation: InterpolationRecord | None = None
     model: str | None = None
     transformer: str | None = None
@@ -93,6 +97,7 @@ class VideoSettings:
         data["labels"] = dict(self.labels)
         data["continues"] = dataclasses.asdict(self.continues) if self.continues else None
         data["chain"] = list(self.chain)
+        data["step_cache"] = dict(self.step_cache) if self.step_cache is not None else False
         return {**extra, **data}
 
     @classmethod
@@ -118,6 +123,8 @@ class VideoSettings:
             fps=_as(float, data.get("fps"), float(FPS)),
             use_template=_as(bool, data.get("use_template"), True),
             fast_mode=_as(bool, data.get("fast_mode"), False),
+            step_cache=_step_cache(data.get("step_cache")),
+            memory_profile=_as(str, data.get("memory_profile")),
             interpolation=_interpolation(interpolation),
             model=_as(str, data.get("model")),
             transformer=_as(str, data.get("transformer")),
@@ -155,6 +162,7 @@ class VideoSettings:
             "width": self.width,
             "use_template": self.use_template,
             "fast_mode": self.fast_mode,
+            "step_cache": self.step_cache is not None,
             "interpolate": self.interpolation is not None,
             "interpolation_method": self.interpolation.method if self.interpolation else None,
         }
@@ -192,6 +200,12 @@ def _interpolation(value: Any) -> InterpolationRecord | None:
         layout=_as(str, value.get("layout"), ""),
         fallback_pairs=_as(int, value.get("fallback_pairs"), 0),
     )
+
+
+def _step_cache(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, Mapping):
+        return {str(key): item for key, item in value.items()}
+    return {} if value is True else None
 
 
 def _continuation(value: Any) -> ContinuationRecord | None:

@@ -40,10 +40,11 @@ def _char_tokenizer():
     )
 
 
-def make_tiny_pipeline(seed: int = 0, ti2v: bool = False):
+def make_tiny_pipeline(seed: int = 0, ti2v: bool = False, layers: int = 1):
     """Build the tiny pipeline in memory (random weights, seeded); ``ti2v``: the
     image-to-video model, with its condition branches randomised (their official zero init
-    would make the condition invisible)."""
+    would make the condition invisible); ``layers`` transformer blocks (the step cache's
+    tests need more than the blocks it always computes)."""
     import torch
     from diffusers import (
         AllegroPipeline,
@@ -75,7 +76,7 @@ def make_tiny_pipeline(seed: int = 0, ti2v: bool = False):
     transformer = transformer_class(
         num_attention_heads=2,
         attention_head_dim=12,
-        num_layers=1,
+        num_layers=layers,
         cross_attention_dim=24,
         caption_channels=24,
         sample_frames=TINY_FRAMES // 4,
@@ -111,12 +112,12 @@ def make_tiny_pipeline(seed: int = 0, ti2v: bool = False):
     )
 
 
-def make_tiny(directory: str | Path, seed: int = 0, ti2v: bool = False) -> Path:
+def make_tiny(directory: str | Path, seed: int = 0, ti2v: bool = False, layers: int = 1) -> Path:
     """Save a tiny checkpoint to ``directory`` (safetensors, diffusers layout). ``ti2v``
     writes it as rhymes-ai/Allegro-TI2V is laid out: ``model_index.json`` names the T2V
     pipeline, the transformer config is the official class's, with its keys."""
     directory = Path(directory)
-    make_tiny_pipeline(seed, ti2v).save_pretrained(directory, safe_serialization=True)
+    make_tiny_pipeline(seed, ti2v, layers).save_pretrained(directory, safe_serialization=True)
     if ti2v:
         _as_official_ti2v_layout(directory)
     return directory

@@ -9,10 +9,14 @@ a JSON file beside it; a poster image beside it serves galleries.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import queue
 import tempfile
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -112,10 +116,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str, title: str) -> None:
+def _encode_mp4(
+    path: Path, frames: Iterable[np.ndarray], fps: float, comment: str, title: str
+) -> None:
     import av
 
-    _count, height, width, _ = frames.shape
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError("no frames to encode")
+    height, width, _ = first.shape
     with av.open(str(path), mode="w", format="mp4") as container:
         container.metadata["comment"] = comment
         container.metadata["title"] = title
@@ -125,7 +135,7 @@ def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str, title:
         # CRF 17 is visually lossless; "faster" keeps a 720p save to a couple of seconds.
         stream.options = {"crf": "17", "preset": "faster", "movflags": "+faststart"}
         stream.thread_type = "AUTO"
-        for frame in frames:
+        for frame in itertools.chain([first], frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -148,6 +158,22 @@ def write_video(
         raise ValueError(f"expected (N, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError("yuv420p needs even frame sizes")
+    poster = frames[len(frames) // 2 if poster_frame is None else poster_frame]
+
+    def encode(temp: Path, comment: str, title: str) -> None:
+        _encode_mp4(temp, frames, fps, comment, title)
+
+    return _write_with_settings(path, settings, poster, encode)
+
+
+def _write_with_settings(
+    path: Path,
+    settings: Mapping[str, Any],
+    poster: np.ndarray,
+    write_mp4: Callable[[Path, str, str], None],
+) -> Path:
+    """JSON, poster, then ``write_mp4(temp, comment, title)`` renamed into place last; on any
+    failure nothing of the three remains."""
     # Labels (e.g. the owner tag) are the server's bookkeeping: they stay in the sidecar,
     # never in a file that is handed to people.
     portable = {key: value for key, value in settings.items() if key != "labels"}
@@ -159,15 +185,128 @@ def write_video(
             temp.write_text(json.dumps(dict(settings), indent=2, ensure_ascii=False))
         written.append(json_path)
         with atomic_path(poster_path) as temp:
-            save_poster(frames[len(frames) // 2 if poster_frame is None else poster_frame], temp)
+            save_poster(poster, temp)
         written.append(poster_path)
         with atomic_path(path) as temp:
-            _encode_mp4(temp, frames, fps, text, str(settings.get("prompt", ""))[:200])
+            write_mp4(temp, text, str(settings.get("prompt", ""))[:200])
     except BaseException:
         for leftover in written:
             leftover.unlink(missing_ok=True)
         raise
     return path
+
+
+_DONE = object()  # ends a frame queue
+
+
+class PipelinedVideoWriter:
+    """Encodes frames to H.264 on a background thread while the caller makes the next ones.
+
+    ``put`` frames in order, then ``finish`` with the settings, or ``abort``. MP4 metadata
+    is fixed when the file's header is written, before the first frame, but a pipelined
+    job's settings are complete only after its last frame; so the stream is encoded into
+    a scratch file and ``finish`` copies it (stream copy, no re-encoding: milliseconds)
+    into the final file with the settings, the way ``write_video`` leaves it.
+    ``poster_frame``: the index of the frame kept for the poster image.
+    """
+
+    def __init__(self, path: str | Path, fps: float, poster_frame: int = 0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.",
+            suffix=".partial.encoding.mp4",  # a crash leftover: removed at start
+            dir=self.path.parent,
+        )
+        os.close(fd)
+        self._scratch = Path(scratch)
+        self._frames: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._count = 0
+        self._poster_frame = poster_frame
+        self._poster: np.ndarray | None = None
+        self._thread = threading.Thread(target=self._encode, args=(fps,), daemon=True)
+        self._thread.start()
+
+    def _encode(self, fps: float) -> None:
+        ended = False
+
+        def frames() -> Iterator[np.ndarray]:
+            nonlocal ended
+            while (frame := self._frames.get()) is not _DONE:
+                yield frame
+            ended = True
+
+        try:
+            _encode_mp4(self._scratch, frames(), fps, "", "")
+        except BaseException as error:  # handed to the caller in put / finish
+            self._error = error
+            while not ended and self._frames.get() is not _DONE:  # unblock the producer
+                pass
+
+    def put(self, frame: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8 frames, got {frame.shape} {frame.dtype}")
+        if frame.shape[0] % 2 or frame.shape[1] % 2:
+            raise ValueError("yuv420p needs even frame sizes")
+        if self._count == self._poster_frame or self._poster is None:
+            self._poster = frame.copy()
+        self._count += 1
+        self._frames.put(frame)
+
+    def _stop(self) -> None:
+        self._frames.put(_DONE)
+        self._thread.join()
+
+    def finish(self, settings: Mapping[str, Any]) -> Path:
+        """Wait for the encoder and write ``X.mp4``, ``X.json`` and ``X.jpg`` (see
+        ``write_video``); returns the MP4 path."""
+        try:
+            self._stop()
+            if self._error is not None:
+                raise self._error
+            if self._poster is None:
+                raise ValueError("no frames were written")
+
+            def copy(temp: Path, comment: str, title: str) -> None:
+                _copy_with_metadata(self._scratch, temp, comment, title)
+
+            return _write_with_settings(self.path, settings, self._poster, copy)
+        finally:
+            self._scratch.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Stop encoding and remove everything written so far (nothing after ``finish``)."""
+        if self._thread.is_alive():
+            self._stop()
+        self._scratch.unlink(missing_ok=True)
+
+    def __enter__(self) -> PipelinedVideoWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.abort()
+
+
+def _copy_with_metadata(source: Path, target: Path, comment: str, title: str) -> None:
+    """Copy the video stream of ``source`` into a new MP4 with this comment and title."""
+    import av
+
+    with (
+        av.open(str(source)) as reader,
+        av.open(str(target), mode="w", format="mp4", options={"movflags": "+faststart"}) as writer,
+    ):
+        writer.metadata["comment"] = comment
+        writer.metadata["title"] = title
+        video = reader.streams.video[0]
+        stream = writer.add_stream_from_template(video)
+        for packet in reader.demux(video):
+            if packet.dts is None:  # the demuxer's flush packet
+                continue
+            packet.stream = stream
+            writer.mux(packet)
 
 
 def save_poster(frame: np.ndarray, path: Path, max_side: int = 640) -> None:
@@ -197,6 +336,81 @@ def read_settings(path: str | Path) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise AllegroError(f"{path.name} has malformed Allegro Studio settings.")
     return settings
+
+
+@dataclass
+class FrameStream:
+    """A video being decoded on a background thread: iterate for (H, W, 3) uint8 RGB frames.
+    ``frame_count`` is what the file's header says (0 when it does not say)."""
+
+    fps: float
+    frame_count: int
+    frames: Iterator[np.ndarray]
+    close: Callable[[], None]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.frames
+
+    def __enter__(self) -> FrameStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def stream_frames(path: str | Path, prefetch: int = 8) -> FrameStream:
+    """Open a video and decode it ahead of the reader, up to ``prefetch`` frames: decoding
+    runs while the caller works on earlier frames. Unreadable files raise AllegroError, on
+    opening or while iterating."""
+    import av
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+        raise AllegroError(f"{path.name} is not a readable video ({error}).") from None
+    if not container.streams.video:
+        container.close()
+        raise AllegroError(f"{path.name} has no video stream.")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    fps = float(stream.average_rate or stream.guessed_rate or 0)
+    ready: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def decode() -> None:
+        try:
+            with container:
+                for frame in container.decode(stream):
+                    if stop.is_set():
+                        return
+                    ready.put(frame.to_ndarray(format="rgb24"))
+            ready.put(_DONE)
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+            ready.put(AllegroError(f"{path.name} is not a readable video ({error})."))
+
+    def frames() -> Iterator[np.ndarray]:
+        worker = threading.Thread(target=decode, daemon=True)
+        worker.start()
+        try:
+            while (item := ready.get()) is not _DONE:
+                if isinstance(item, AllegroError):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while worker.is_alive():  # drain so a decoder blocked on a full queue sees stop
+                with contextlib.suppress(queue.Empty):
+                    ready.get(timeout=0.05)
+            worker.join()
+
+    iterator = frames()
+
+    def close() -> None:
+        iterator.close()  # stops a running decoder
+        container.close()
+
+    return FrameStream(fps, int(stream.frames or 0), iterator, close)
 
 
 def read_frames(path: str | Path) -> tuple[np.ndarray, float]:

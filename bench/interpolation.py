@@ -21,10 +21,11 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from allegro.errors import InterpolationError
 from allegro.interpolation import METHODS, create_interpolator, method_availability
 from allegro.interpolation.driver import interpolate_frames
+from allegro.video import write_video
 
 MINTERPOLATE = "minterpolate"
 # Speeds below are in pixels per 30 fps frame at 1280 px wide; smaller renders scale them so
@@ -76,8 +78,9 @@ def noise_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarr
 # frame a cubic resampling of the texture, which favours methods that warp with that kernel.
 SUPERSAMPLE = 2
 
-# A scene: given (height, width, rng), returns a function drawing 30 fps frame k at that size.
-FrameDrawer = Callable[[int], np.ndarray]
+# A scene: given (height, width, rng), returns a function drawing 30 fps frame k at that size:
+# the RGB frame and the moving objects' coverage (float 0..1, None for scenes without any).
+FrameDrawer = Callable[[int], tuple[np.ndarray, np.ndarray | None]]
 
 
 def translate(texture: np.ndarray, dx: float, dy: float, height: int, width: int) -> np.ndarray:
@@ -95,7 +98,7 @@ def pan_scene(height: int, width: int, rng: np.random.Generator) -> FrameDrawer:
     vx, vy = 6.3 * speed, 2.1 * speed
     # Room for a 175-frame pan (88 frames at 15 fps); longer clips reflect at the border.
     texture = noise_texture(rng, height + int(vy * 176) + 8, width + int(vx * 176) + 8)
-    return lambda k: translate(texture, 2.0 + vx * k, 2.0 + vy * k, height, width)
+    return lambda k: (translate(texture, 2.0 + vx * k, 2.0 + vy * k, height, width), None)
 
 
 def rotate_scene(height: int, width: int, rng: np.random.Generator) -> FrameDrawer:
@@ -104,15 +107,46 @@ def rotate_scene(height: int, width: int, rng: np.random.Generator) -> FrameDraw
     side = int(np.hypot(height, width) * 1.05) + 8
     texture = noise_texture(rng, side, side)
 
-    def draw(k: int) -> np.ndarray:
+    def draw(k: int) -> tuple[np.ndarray, None]:
         matrix = cv2.getRotationMatrix2D((side / 2, side / 2), 0.4 * k, 1.0 + 0.0015 * k)
         # Shift so the texture centre lands on the frame centre.
         matrix[:, 2] += (width / 2 - side / 2, height / 2 - side / 2)
-        return cv2.warpAffine(
+        frame = cv2.warpAffine(
             texture, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
         )
+        return frame, None
 
     return draw
+
+
+@dataclass(frozen=True)
+class Sprite:
+    """A textured object with a silhouette that is neither a rectangle nor convex."""
+
+    texture: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def make(cls, rng: np.random.Generator, height: int, width: int) -> Sprite:
+        mask = np.zeros((height, width), np.uint8)
+        centre = (width // 2, height // 2)
+        cv2.ellipse(mask, centre, (width // 2 - 2, height // 3), 0, 0, 360, 255, -1, cv2.LINE_AA)
+        cv2.rectangle(mask, (width // 3, 2), (2 * width // 3, height - 3), 255, -1)
+        return cls(noise_texture(rng, height, width), mask)
+
+    def paint(
+        self, frame: np.ndarray, coverage: np.ndarray, x: float, y: float, angle: float
+    ) -> None:
+        """Paint the sprite centred at (x, y), turned by ``angle`` degrees, in place."""
+        sprite_h, sprite_w = self.mask.shape
+        height, width = frame.shape[:2]
+        matrix = cv2.getRotationMatrix2D((sprite_w / 2, sprite_h / 2), angle, 1.0)
+        matrix[:, 2] += (x - sprite_w / 2, y - sprite_h / 2)
+        layer = cv2.warpAffine(self.texture, matrix, (width, height), flags=cv2.INTER_CUBIC)
+        alpha = cv2.warpAffine(self.mask, matrix, (width, height), flags=cv2.INTER_LINEAR)
+        alpha = alpha.astype(np.float32) / 255.0
+        frame[:] = cv2.blendLinear(layer, frame, alpha, 1.0 - alpha)
+        np.maximum(coverage, alpha, out=coverage)
 
 
 def object_scene(height: int, width: int, rng: np.random.Generator) -> FrameDrawer:
@@ -121,28 +155,98 @@ def object_scene(height: int, width: int, rng: np.random.Generator) -> FrameDraw
     case that needs occlusion handling."""
     speed = width / REFERENCE_WIDTH
     background = noise_texture(rng, height + int(1.6 * speed * 176) + 8, width + 8)
-    sprite_h, sprite_w = int(height * 0.35), int(width * 0.22)
-    sprite = noise_texture(rng, sprite_h, sprite_w)
-    # Anti-aliased ellipse plus a tab, so the silhouette is neither a rectangle nor convex.
-    mask = np.zeros((sprite_h, sprite_w), np.uint8)
-    centre = (sprite_w // 2, sprite_h // 2)
-    cv2.ellipse(mask, centre, (sprite_w // 2 - 2, sprite_h // 3), 0, 0, 360, 255, -1, cv2.LINE_AA)
-    cv2.rectangle(mask, (sprite_w // 3, 2), (2 * sprite_w // 3, sprite_h - 3), 255, -1)
+    sprite = Sprite.make(rng, int(height * 0.35), int(width * 0.22))
     radius_x, radius_y = width * 0.33, height * 0.25
     # Angular speed for ~10 px per 30 fps frame along the ellipse at 1280 px wide.
     omega = 10.0 * speed / (0.5 * (radius_x + radius_y))
-    size = (width, height)
+
+    def draw(k: int) -> tuple[np.ndarray, np.ndarray]:
+        frame = translate(background, 4.0, 4.0 + 0.8 * speed * k, height, width)
+        coverage = np.zeros((height, width), np.float32)
+        x = width / 2 + radius_x * np.cos(omega * k)
+        y = height / 2 + radius_y * np.sin(omega * k)
+        sprite.paint(frame, coverage, x, y, 0.6 * k)
+        return frame, coverage
+
+    return draw
+
+
+def zooming_camera(
+    height: int, width: int, rng: np.random.Generator
+) -> Callable[[int], np.ndarray]:
+    """Camera panning right and down (9 and 3 px per 15 fps step at 1280 px wide) while
+    zooming in 0.15 % per 30 fps frame: background moves 10-20 px per 15 fps step."""
+    speed = width / REFERENCE_WIDTH
+    vx, vy = 4.5 * speed, 1.5 * speed
+    texture = noise_texture(rng, height + int(vy * 176) + 16, width + int(vx * 176) + 16)
 
     def draw(k: int) -> np.ndarray:
-        frame = translate(background, 4.0, 4.0 + 0.8 * speed * k, height, width)
-        angle = omega * k
-        cx = width / 2 + radius_x * np.cos(angle)
-        cy = height / 2 + radius_y * np.sin(angle)
-        matrix = cv2.getRotationMatrix2D((sprite_w / 2, sprite_h / 2), 0.6 * k, 1.0)
-        matrix[:, 2] += (cx - sprite_w / 2, cy - sprite_h / 2)
-        layer = cv2.warpAffine(sprite, matrix, size, flags=cv2.INTER_CUBIC)
-        alpha = cv2.warpAffine(mask, matrix, size, flags=cv2.INTER_LINEAR).astype(np.float32)
-        return cv2.blendLinear(layer, frame, alpha, 255.0 - alpha)
+        scale = 1.0 + 0.0015 * k
+        centre_x, centre_y = width / 2 + 8 + vx * k, height / 2 + 8 + vy * k
+        # Texture point (centre_x, centre_y) lands on the frame centre, magnified by scale.
+        matrix = np.float32(
+            [[scale, 0, width / 2 - scale * centre_x], [0, scale, height / 2 - scale * centre_y]]
+        )
+        return cv2.warpAffine(
+            texture, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+        )
+
+    return draw
+
+
+def zoom_scene(height: int, width: int, rng: np.random.Generator) -> FrameDrawer:
+    """The textured camera pan with zoom on its own."""
+    camera = zooming_camera(height, width, rng)
+    return lambda k: (camera(k), None)
+
+
+def _wrapped(position: float, width: int, margin: float) -> float:
+    """``position`` folded into [-margin, width + margin): an object that leaves one side
+    enters again on the other."""
+    return (position + margin) % (width + 2 * margin) - margin
+
+
+def fast_object_scene(height: int, width: int, rng: np.random.Generator) -> FrameDrawer:
+    """A 160 px textured object crossing the frame at 100 px per 15 fps step (at 1280 px
+    wide), leaving on the right and entering again on the left, over the zooming pan."""
+    camera = zooming_camera(height, width, rng)
+    speed = width / REFERENCE_WIDTH
+    side = int(160 * speed)
+    sprite = Sprite.make(rng, side, side)
+
+    def draw(k: int) -> tuple[np.ndarray, np.ndarray]:
+        frame = camera(k)
+        coverage = np.zeros((height, width), np.float32)
+        x = _wrapped(50.0 * speed * k, width, side)
+        y = height * (0.55 + 0.1 * np.sin(k / 9))
+        sprite.paint(frame, coverage, x, y, 1.0 * k)
+        return frame, coverage
+
+    return draw
+
+
+def crossing_objects_scene(height: int, width: int, rng: np.random.Generator) -> FrameDrawer:
+    """Two textured objects over the zooming pan, crossing each other's path: one speeds up
+    and slows down between 10 and 120 px per 15 fps step, the other runs diagonally at
+    about 90 px; both leave the frame and enter again."""
+    camera = zooming_camera(height, width, rng)
+    speed = width / REFERENCE_WIDTH
+    side = int(160 * speed)
+    first = Sprite.make(rng, side, side)
+    second = Sprite.make(rng, int(side * 1.2), int(side * 0.8))
+    # Position of the first object: integral of a speed of 5..60 px per 30 fps frame.
+    period = 24.0
+    positions = np.cumsum([32.5 + 27.5 * np.sin(2 * np.pi * k / period) for k in range(400)])
+
+    def draw(k: int) -> tuple[np.ndarray, np.ndarray]:
+        frame = camera(k)
+        coverage = np.zeros((height, width), np.float32)
+        x = _wrapped(speed * positions[k % len(positions)], width, side)
+        first.paint(frame, coverage, x, height * 0.5, -0.8 * k)
+        x = _wrapped(width - 40.0 * speed * k, width, side)
+        y = _wrapped(20.0 * speed * k, height, side)
+        second.paint(frame, coverage, x, y, 1.5 * k)
+        return frame, coverage
 
     return draw
 
@@ -151,17 +255,48 @@ SCENE_MAKERS: dict[str, Callable[[int, int, np.random.Generator], FrameDrawer]] 
     "pan": pan_scene,
     "rotate": rotate_scene,
     "object": object_scene,
+    "pan-zoom": zoom_scene,
+    "fast-object": fast_object_scene,
+    "crossing": crossing_objects_scene,
 }
+# How far around the objects' silhouettes (in the in-between frame and both neighbours) the
+# object area reaches, in pixels at 1280 px wide: errors at the object's edges count there.
+OBJECT_MARGIN = 8
 
 
-def render_clip(scene: str, count: int, height: int, width: int, seed: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Clip:
+    """30 fps frames and, per frame, where the moving objects are (None: no objects)."""
+
+    frames: np.ndarray
+    coverage: np.ndarray | None
+
+
+def render_clip(scene: str, count: int, height: int, width: int, seed: int) -> Clip:
     """``count`` frames of ``scene`` at 30 fps, (count, height, width, 3) uint8 RGB."""
     rng = np.random.default_rng(seed)
     draw = SCENE_MAKERS[scene](height * SUPERSAMPLE, width * SUPERSAMPLE, rng)
     frames = np.empty((count, height, width, 3), np.uint8)
+    coverage: np.ndarray | None = None
     for k in range(count):
-        frames[k] = cv2.resize(draw(k), (width, height), interpolation=cv2.INTER_AREA)
-    return frames
+        frame, alpha = draw(k)
+        frames[k] = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+        if alpha is not None:
+            if coverage is None:
+                coverage = np.zeros((count, height, width), np.float32)
+            coverage[k] = cv2.resize(alpha, (width, height), interpolation=cv2.INTER_AREA)
+    return Clip(frames, coverage)
+
+
+def object_areas(coverage: np.ndarray, width: int) -> np.ndarray:
+    """For each in-between frame 2i + 1: the pixels the objects cover in it or in either
+    neighbour, grown by OBJECT_MARGIN. That is the object and the background it covers or
+    uncovers, where the motion boundary makes interpolation hard."""
+    covered = coverage > 0.02
+    union = covered[0:-2:2] | covered[1:-1:2] | covered[2::2]
+    reach = max(1, round(OBJECT_MARGIN * width / REFERENCE_WIDTH))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+    return np.stack([cv2.dilate(area.view(np.uint8), kernel) > 0 for area in union])
 
 
 def psnr(result: np.ndarray, truth: np.ndarray) -> float:
@@ -238,18 +373,39 @@ def run_minterpolate(frames: np.ndarray) -> np.ndarray:
     return output[1 : 2 * count - 1 : 2]
 
 
+def region_psnr(result: np.ndarray, truth: np.ndarray, area: np.ndarray) -> float | None:
+    """PSNR over the pixels of ``area`` (H, W bool); None when the area is empty."""
+    if not area.any():
+        return None
+    difference = result[area].astype(np.float32) - truth[area].astype(np.float32)
+    return float(10.0 * np.log10(255.0**2 / max(float(np.mean(difference**2)), 1e-10)))
+
+
 @dataclass(frozen=True)
 class Score:
+    """Mean per-frame figures of one method on one scene. ``object_psnr`` and ``rest_psnr``
+    split each frame into the moving objects' area and everything else (None: the scene has
+    no objects). ``seconds``: the interpolation stage alone, frames in memory, as inside the
+    app. ``command_seconds``: the whole command, MP4 in to H.264 MP4 out (None: not run)."""
+
     scene: str
     method: str
     psnr: float
+    object_psnr: float | None
+    rest_psnr: float | None
     ssim: float
     seconds: float
     cpu_seconds: float
+    command_seconds: float | None = None
 
 
 def score_method(
-    scene: str, method: str, inputs: np.ndarray, truth: np.ndarray, weights: str | None
+    scene: str,
+    method: str,
+    inputs: np.ndarray,
+    truth: np.ndarray,
+    areas: np.ndarray | None,
+    weights: str | None,
 ) -> Score:
     """Interpolate ``inputs`` with ``method`` and score its in-between frames."""
     started = time.perf_counter()
@@ -263,7 +419,51 @@ def score_method(
     cpu_seconds = _cpu_seconds() - cpu_started
     psnrs = [psnr(result, expected) for result, expected in zip(middles, truth, strict=True)]
     ssims = [ssim(result, expected) for result, expected in zip(middles, truth, strict=True)]
-    return Score(scene, method, float(np.mean(psnrs)), float(np.mean(ssims)), seconds, cpu_seconds)
+    object_psnr = rest_psnr = None
+    if areas is not None:
+        pairs = list(zip(middles, truth, areas, strict=True))
+        inside = [region_psnr(result, expected, area) for result, expected, area in pairs]
+        outside = [region_psnr(result, expected, ~area) for result, expected, area in pairs]
+        object_psnr = _mean([value for value in inside if value is not None])
+        rest_psnr = _mean([value for value in outside if value is not None])
+    return Score(
+        scene,
+        method,
+        float(np.mean(psnrs)),
+        object_psnr,
+        rest_psnr,
+        float(np.mean(ssims)),
+        seconds,
+        cpu_seconds,
+    )
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def time_command(method: str, source: Path, weights: str | None) -> float:
+    """Wall seconds of the whole command a user runs, 15 fps MP4 in, 30 fps H.264 MP4 out of
+    the quality the app writes (CRF 17, preset faster, yuv420p): a fresh process that
+    decodes, interpolates and encodes."""
+    destination = source.with_name(f"{method}.mp4")
+    if method == MINTERPOLATE:
+        import imageio_ffmpeg
+
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-y", "-i", str(source),
+            "-vf", "minterpolate=fps=30:mi_mode=mci",
+            "-c:v", "libx264", "-crf", "17", "-preset", "faster", "-pix_fmt", "yuv420p",
+            "-movflags", "+faststart", str(destination),
+        ]  # fmt: skip
+    else:
+        command = [sys.executable, "-m", "allegro", "interpolate", str(source), str(destination)]
+        command += ["--method", method] + (["--weights", weights] if weights else [])
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    destination.unlink()
+    return seconds
 
 
 def _cpu_seconds() -> float:
@@ -271,6 +471,10 @@ def _cpu_seconds() -> float:
     machine wall time depends on the neighbours, CPU time much less."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _decibels(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,9 +493,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--weights", help="EMA-VFI weights file (default: searched for)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-commands", action="store_true", help="skip timing the whole commands")
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("--frames must be at least 2")
+    if args.height % 2 or args.width % 2:
+        parser.error("--height and --width must be even (H.264 in yuv420p)")
 
     methods = args.methods
     if methods is None:
@@ -304,23 +511,34 @@ def main(argv: list[str] | None = None) -> None:
 
     load_before = os.getloadavg()[0]
     scores: list[Score] = []
-    for scene in args.scenes:
-        # 2N - 1 frames at 30 fps span exactly the N frames at 15 fps.
-        clip = render_clip(scene, 2 * args.frames - 1, args.height, args.width, args.seed)
-        inputs, truth = clip[0::2], clip[1::2]
-        for method in methods:
-            try:
-                score = score_method(scene, method, inputs, truth, args.weights)
-            except InterpolationError as error:
-                print(f"Skipping {method} on {scene}: {error}", file=sys.stderr)
-                continue
-            scores.append(score)
-            print(
-                f"{scene:>7} {method:>13}: {score.psnr:6.2f} dB  SSIM {score.ssim:.4f}  "
-                f"{score.seconds:6.2f} s  (CPU {score.cpu_seconds:6.2f} s)",
-                file=sys.stderr,
-            )
-        del clip, inputs, truth
+    with tempfile.TemporaryDirectory() as folder:
+        for scene in args.scenes:
+            # 2N - 1 frames at 30 fps span exactly the N frames at 15 fps.
+            clip = render_clip(scene, 2 * args.frames - 1, args.height, args.width, args.seed)
+            inputs, truth = clip.frames[0::2], clip.frames[1::2]
+            areas = None if clip.coverage is None else object_areas(clip.coverage, args.width)
+            source = Path(folder, "input.mp4")
+            if not args.no_commands:
+                write_video(source, inputs, 15, {"source": f"bench scene {scene}"})
+            for method in methods:
+                try:
+                    score = score_method(scene, method, inputs, truth, areas, args.weights)
+                except InterpolationError as error:
+                    print(f"Skipping {method} on {scene}: {error}", file=sys.stderr)
+                    continue
+                if not args.no_commands:
+                    command_seconds = time_command(method, source, args.weights)
+                    score = replace(score, command_seconds=command_seconds)
+                scores.append(score)
+                command = _seconds(score.command_seconds)
+                print(
+                    f"{scene:>11} {method:>13}: {score.psnr:6.2f} dB  object "
+                    f"{_decibels(score.object_psnr):>5}  rest {_decibels(score.rest_psnr):>5}  "
+                    f"SSIM {score.ssim:.4f}  {score.seconds:6.2f} s (CPU "
+                    f"{score.cpu_seconds:6.2f} s)  command {command} s",
+                    file=sys.stderr,
+                )
+            del clip, inputs, truth, areas
 
     print(
         f"\n{args.frames} input frames at {args.height}x{args.width} -> "
@@ -328,13 +546,22 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs, load average {load_before:.1f} before / "
         f"{os.getloadavg()[0]:.1f} after.\n"
     )
-    print("| scene | method | PSNR (dB) | SSIM | seconds per clip | CPU seconds |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| scene | method | PSNR (dB) | object area | rest | SSIM | interpolation (s) "
+        "| CPU (s) | whole command (s) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for score in scores:
         print(
-            f"| {score.scene} | {score.method} | {score.psnr:.2f} | {score.ssim:.4f} "
-            f"| {score.seconds:.2f} | {score.cpu_seconds:.2f} |"
+            f"| {score.scene} | {score.method} | {score.psnr:.2f} "
+            f"| {_decibels(score.object_psnr)} | {_decibels(score.rest_psnr)} "
+            f"| {score.ssim:.4f} | {score.seconds:.2f} | {score.cpu_seconds:.2f} "
+            f"| {_seconds(score.command_seconds)} |"
         )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -203,6 +203,7 @@ def test_history_lists_videos_newest_first_with_working_links(studio):
         ({"prompt": "a cat", "seed": "x"}, "Seed must be a whole number, not 'x'"),
         ({"prompt": "a cat", "guidance_scale": 99}, "Guidance scale must be between 1 and 20"),
         ({"prompt": "a cat", "interpolation_method": "magic"}, "Unknown interpolation method"),
+        ({"prompt": "a cat", "fast_mode": True, "step_cache": True}, "are alternatives"),
     ],
 )
 def test_bad_input_gets_the_engine_message(studio, params, message):

@@ -89,3 +89,22 @@ def test_importing_the_cli_stays_light():
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_memory_profile_combination_refused_before_loading(tmp_path, capsys):
+    from allegro.cli import main
+
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "never-loaded"),
+            "--prompt",
+            "a kite",
+            "--memory-profile",
+            "low-memory",
+            "--compile",
+        ]
+    )
+    assert code == 2
+    assert "cannot be combined with --compile" in capsys.readouterr().err

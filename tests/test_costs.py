@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -356,6 +357,63 @@ def test_fast_mode_speedup_matches_the_reported_figure():
     assert 1.4 <= costs.fast_mode_speedup(88, 720, 1280) <= 1.5
     # Shorter videos spend less of their time in self-attention, so gain less.
     assert costs.fast_mode_speedup(40, 368, 640) < costs.fast_mode_speedup(88, 720, 1280)
+
+
+# ---- step cache and memory profiles ------------------------------------------------------
+
+
+def test_step_cache_kept_fraction_and_speedup():
+    # cache-dit's published Allegro run: 27 of 100 steps cached, first 8 of 32 blocks run.
+    assert costs.step_cache_kept_fraction(100, 27) == pytest.approx(0.7975)
+    assert costs.step_cache_kept_fraction(100, 0) == 1.0
+    speedup = costs.step_cache_speedup(0.7975, *OFFICIAL)
+    assert 1.25 < speedup < 1.26  # the blocks are nearly all of the FLOPs
+    assert costs.step_cache_speedup(1.0, *OFFICIAL) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        costs.step_cache_speedup(0.0, *OFFICIAL)
+
+
+def test_step_cache_buffers_are_two_hidden_states():
+    config = costs.ALLEGRO_TRANSFORMER_CONFIG
+    buffers = costs.step_cache_buffer_bytes(config, *OFFICIAL)
+    assert buffers == 2 * 2 * (79_200 + 512) * 2304 * 2  # ~1.47 GB
+    plain = costs.estimate_memory("none", "bf16", *OFFICIAL, vae_precision="bf16")
+    cached = costs.estimate_memory("none", "bf16", *OFFICIAL, "bf16", step_cache=True)
+    assert dict(cached.parts)["step cache buffers"] == buffers
+    assert plain.phase == cached.phase == "denoising"
+    assert cached.peak_bytes == plain.peak_bytes + buffers
+
+
+def test_memory_profiles_shrink_the_weights():
+    bf16 = costs.estimate_memory("none", "bf16", *OFFICIAL)
+    low = costs.estimate_memory("none", "bf16", *OFFICIAL, profile="low-memory")
+    parts = dict(low.parts)
+    assert parts["transformer weights (fp8 storage)"] == pytest.approx(2.81e9, rel=0.01)
+    assert parts["text encoder weights (int8)"] == pytest.approx(4.90e9, rel=0.01)
+    assert bf16.peak_bytes - low.peak_bytes > 7e9
+    with pytest.raises(ValueError, match="sequential"):
+        costs.estimate_memory("sequential", "bf16", *OFFICIAL, profile="fp8-transformer")
+    with pytest.raises(ValueError, match="unknown memory profile"):
+        costs.estimate_memory("none", "bf16", *OFFICIAL, profile="fp4")
+
+
+def test_auto_offload_with_a_profile_never_picks_sequential():
+    choice = costs.choose_offload(int(8e9), "bf16", *OFFICIAL, profile="low-memory")
+    assert choice.mode == "group" and "may still run out" in choice.reason
+    roomy = costs.choose_offload(int(22e9), "bf16", *OFFICIAL, profile="low-memory")
+    assert roomy.mode == "none"  # 19.1 GB fits in 22 GB with the margin; off would not
+    assert costs.choose_offload(int(22e9), "bf16", *OFFICIAL).mode == "model"
+
+
+def test_memory_profile_table():
+    table = costs.memory_profile_table_markdown()
+    assert "| low-memory | none | 19.1 |" in table
+    assert "sequential" not in table
+
+
+def test_readme_shows_the_memory_profile_table():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert costs.memory_profile_table_markdown() in readme
 
 
 def test_fast_mode_holds_one_attention_output_per_block_while_denoising():

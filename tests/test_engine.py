@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -294,12 +295,14 @@ def test_interpolate_command_keeps_settings_and_rejects_bad_input(engine, tmp_pa
 
 @pytest.mark.slow
 def test_compiled_transformer_blocks(tiny_model, tmp_path):
-    """--compile: torch.compile on each transformer block (inductor, also on the CPU); the
-    compiled pipeline is its own cache entry and makes the same video as plain eager
-    code, within float tolerance."""
+    """--compile: regional compilation (diffusers' compile_repeated_blocks, inductor, also on
+    the CPU) of every transformer block; the compiled pipeline is its own cache entry and
+    makes the same video as plain eager code, within float tolerance."""
     cache = PipelineCache()
     compiled = Engine(PipelineSpec(model=str(tiny_model), compile=True), tmp_path, cache=cache)
     loaded = compiled.load()
+    assert loaded.pipe.transformer._repeated_blocks == ["AllegroTransformerBlock"]
+    assert "_repeated_blocks" not in vars(type(loaded.pipe.transformer))  # diffusers' class
     assert all(
         block._compiled_call_impl is not None
         for block in loaded.pipe.transformer.transformer_blocks
@@ -465,3 +468,42 @@ def test_caption_cleaning_runs_before_the_gpu_lock_and_can_be_cancelled(engine, 
         pipe._text_preprocessing = real
     assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
     assert not (engine.output_dir.exists() and list(engine.output_dir.glob("*")))
+
+
+def test_without_offload_prompts_are_encoded_before_the_gpu_lock(engine, monkeypatch):
+    """With offload none the text encoder never moves, so a job encodes its prompts while
+    another job holds the GPU; with offload hooks (faked here: only the recorded mode) it
+    waits for the lock, since encoding would move modules under the running job."""
+    from dataclasses import replace as replace_field
+
+    loaded = engine.load()
+    assert loaded.offload.mode == "none"
+    results: list = []
+
+    def run(prompt: str) -> None:
+        # Both texts new to the embedding cache: two encodings to see.
+        results.append(engine.generate(request(prompt=prompt, negative_prompt=f"not {prompt}")))
+
+    def encodes_while_locked(prompt: str) -> bool:
+        misses = loaded.prompt_cache.misses
+        with loaded.run_lock:  # another job on the GPU
+            worker = threading.Thread(target=run, args=(prompt,))
+            worker.start()
+            deadline = time.monotonic() + 60
+            while loaded.prompt_cache.misses < misses + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            encoded = loaded.prompt_cache.misses >= misses + 2
+        worker.join(timeout=120)
+        assert not worker.is_alive()
+        return encoded
+
+    assert encodes_while_locked("a heron lands on a lake")
+    monkeypatch.setattr(loaded, "offload", replace_field(loaded.offload, mode="model"))
+    misses = loaded.prompt_cache.misses
+    with loaded.run_lock:
+        worker = threading.Thread(target=run, args=("a fox runs through snow",))
+        worker.start()
+        time.sleep(2)  # ample time to encode, were it allowed before the lock
+        assert loaded.prompt_cache.misses == misses
+    worker.join(timeout=120)
+    assert len(results) == 2 and all(result.video_path.exists() for result in results)

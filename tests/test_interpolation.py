@@ -5,23 +5,36 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 import allegro.interpolation
+import allegro.video
+from allegro.cli import main as cli_main
+from allegro.engine import interpolate_video
 from allegro.errors import Cancelled, InterpolationError
-from allegro.events import CancelToken
+from allegro.events import CancelToken, ProgressEvent
 from allegro.interpolation import (
     METHODS,
     Availability,
     create_interpolator,
     method_availability,
 )
+from allegro.interpolation import flow as flow_module
 from allegro.interpolation.blend import BlendInterpolator, blend_pairs
-from allegro.interpolation.driver import interpolate_frames
+from allegro.interpolation.driver import interpolate_frames, interpolate_stream
 from allegro.interpolation.flow import FlowInterpolator
+from allegro.video import (
+    PipelinedVideoWriter,
+    read_frames,
+    read_settings,
+    stream_frames,
+    write_video,
+)
 
 HEIGHT, WIDTH = 96, 128
 SUPERSAMPLE = 4
@@ -169,6 +182,41 @@ def test_scene_cut_repeats_the_earlier_frame_instead_of_interpolating() -> None:
     assert len(fake.calls) == 1 and len(fake.calls[0][0]) == 1
 
 
+def test_streaming_emits_the_same_frames_in_order_from_a_generator() -> None:
+    frames = panning_clip(6)
+    emitted: list[np.ndarray] = []
+    progress: list[tuple[int, int]] = []
+
+    counts = interpolate_stream(
+        (frame for frame in frames),  # no len(): progress counts against pairs done + 1
+        RecordingInterpolator(batch_size=2),
+        emitted.append,
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
+
+    expected = interpolate_frames(frames, RecordingInterpolator(batch_size=2)).frames
+    assert counts.pairs == 5 and counts.fallback_pairs == 0
+    assert len(emitted) == len(expected) == 12
+    assert all(np.array_equal(a, b) for a, b in zip(emitted, expected, strict=True))
+    assert progress == [(2, 3), (4, 5), (5, 6)]
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        ([texture(0)], "this one has 1"),
+        ([], "this one has 0"),
+        ([texture(0), texture(1, HEIGHT, WIDTH + 2)], "change size"),
+        ([texture(0), texture(1)[..., 0]], "shaped"),
+    ],
+)
+def test_streaming_rejects_bad_frames_with_a_clear_error(
+    frames: list[np.ndarray], message: str
+) -> None:
+    with pytest.raises(InterpolationError, match=message):
+        interpolate_stream(iter(frames), RecordingInterpolator(), lambda frame: None)
+
+
 def test_a_fast_pan_is_not_a_scene_cut() -> None:
     result = interpolate_frames(panning_clip(4, step=12), RecordingInterpolator())
     assert result.scene_cuts == 0
@@ -200,6 +248,38 @@ def test_flow_recovers_a_subpixel_shift_far_better_than_blending() -> None:
 
     assert flow.blended_pairs == 0
     assert error(middle) < 0.5 * error(blended)
+
+
+def fast_object_pair(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 28 px textured square crossing a textured background, ``step`` px per 30 fps frame:
+    (frame 0, true middle, frame 1, the area it covers in any of them)."""
+    background, sprite = texture(10), texture(11, 28, 28)
+    frames, area = [], np.zeros((HEIGHT, WIDTH), bool)
+    for i in range(3):
+        frame = background.copy()
+        x = 10 + step * i
+        frame[40:68, x : x + 28] = sprite
+        area[40:68, x : x + 28] = True
+        frames.append(frame)
+    return frames[0], frames[1], frames[2], area
+
+
+def test_flow_follows_an_object_faster_than_its_own_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 32 px per pair for a 28 px object: DIS alone loses it (the pair falls back to a blend).
+    frame0, truth, frame1, area = fast_object_pair(16)
+
+    def error(image: np.ndarray) -> float:
+        return float(np.mean(np.abs(image[area].astype(np.float32) - truth[area])))
+
+    middle = FlowInterpolator(workers=1).midframes(frame0[None], frame1[None])[0]
+    assert error(middle) < 0.25 * error(blend_pairs(frame0, frame1))
+
+    # The same pair without feature matching: proof that the matching is what follows it.
+    monkeypatch.setattr(flow_module, "_fast_motions", lambda *args: [])
+    without = FlowInterpolator(workers=1).midframes(frame0[None], frame1[None])[0]
+    assert error(without) > 4 * error(middle)
 
 
 def test_flow_returns_a_static_clip_unchanged() -> None:
@@ -301,3 +381,86 @@ def test_available_ema_vfi_gets_its_weights_and_device(monkeypatch: pytest.Monke
     create_interpolator("ema-vfi")
 
     assert created == [("/w.pkl", "cpu"), ("/found/ema-vfi.pkl", None)]
+
+
+# --- the interpolate command: decode, interpolate and encode pipelined ------------------
+
+
+def write_source(path: Path, count: int = 9) -> np.ndarray:
+    """A small 15 fps MP4 with settings, as the app writes it; returns its decoded frames."""
+    write_video(path, panning_clip(count, step=3)[:, :64, :96], 15, {"prompt": "pan", "seed": 3})
+    return read_frames(path)[0]
+
+
+def test_interpolate_command_writes_30_fps_with_the_settings_carried_over(
+    tmp_path: Path,
+) -> None:
+    source, output = tmp_path / "in.mp4", tmp_path / "out" / "smooth.mp4"
+    decoded = write_source(source)
+
+    assert cli_main(["interpolate", str(source), str(output), "--method", "flow"]) == 0
+
+    frames, fps = read_frames(output)
+    settings = read_settings(output)
+    assert fps == 30 and frames.shape == (18, 64, 96, 3)
+    assert settings["prompt"] == "pan" and settings["seed"] == 3
+    assert settings["interpolation"]["frames"] == 18
+    assert settings["interpolation"]["method"] == "flow"
+    # Originals come through untouched but for the H.264 round trip.
+    mse = np.mean((frames[0::2].astype(np.float32) - decoded) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 35
+    assert sorted(p.name for p in output.parent.iterdir()) == [
+        "smooth.jpg",
+        "smooth.json",
+        "smooth.mp4",
+    ]
+
+
+def test_interpolate_command_rejects_a_file_that_is_not_a_video(tmp_path: Path) -> None:
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("hello")
+    assert cli_main(["interpolate", str(not_a_video), str(tmp_path / "x.mp4")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4"]
+
+
+def test_a_cancelled_interpolate_command_leaves_no_file(tmp_path: Path) -> None:
+    source = tmp_path / "in.mp4"
+    write_source(source, count=12)
+    token = CancelToken()
+
+    def cancel_while_interpolating(event: ProgressEvent) -> None:
+        if event.step:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        interpolate_video(
+            source, tmp_path / "out.mp4", "blend", None, cancel_while_interpolating, token
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jpg", "in.json", "in.mp4"]
+
+
+def test_a_failing_encoder_reaches_the_caller_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def encode_then_fail(path: Path, frames: Iterator[np.ndarray], *args: object) -> None:
+        next(iter(frames))
+        path.write_bytes(b"\x00" * 1000)  # a half-written file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(allegro.video, "_encode_mp4", encode_then_fail)
+    writer = PipelinedVideoWriter(tmp_path / "out.mp4", 30)
+    with pytest.raises(OSError, match="No space"), writer:
+        for frame in panning_clip(20):  # more than the queue holds: put must not hang
+            writer.put(frame[:, :64])
+        writer.finish({"prompt": "x"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_frames_decodes_what_read_frames_does(tmp_path: Path) -> None:
+    source = tmp_path / "in.mp4"
+    decoded = write_source(source)
+    with stream_frames(source) as stream:
+        assert stream.fps == 15 and stream.frame_count == len(decoded)
+        assert np.array_equal(np.stack(list(stream)), decoded)
+    with stream_frames(source) as stream:  # stopped early: the decoder thread ends
+        next(iter(stream))

@@ -27,8 +27,9 @@ NATIVE_SIZE = ("default", "default")
 
 
 def generation_inputs(prompt: str, token: str, steps: int = 2, seed: int = 7) -> list:
-    """generate_page's 13 inputs: 11 controls, the page token, the job slot (a gr.State)."""
-    return [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False, token, None]
+    """generate_page's 14 inputs: 12 controls, the page token, the job slot (a gr.State)."""
+    controls = [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False, False]
+    return [*controls, token, None]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def alice(server) -> dict:
 def _wait_until_ready(page: PageSession, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        banner = page.call("poll_status", 2, "default", "default", False).data[1]
+        banner = page.call("poll_status", 2, "default", "default", False, False).data[1]
         if banner.get("interactive"):
             return
         time.sleep(0.5)
@@ -163,7 +164,7 @@ def test_a_huge_prompt_is_refused_before_it_is_queued(server, alice):
     with pytest.raises(Exception, match="negative prompt is 4,001 characters"):
         bob.predict(prompt="a cat", negative_prompt="n" * 4001, api_name="/generate")
     as_bob = PageSession(server.url, headers={"X-Allegro-Key": BOB_KEY})
-    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 11)
+    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 12)
     assert broken.status == 422 and "not valid text" in broken.error
     assert time.monotonic() - started < 10
 

@@ -30,7 +30,14 @@ from allegro.request import (
 from allegro.video import remove_leftovers
 from ui import gallery
 from ui.config import AppConfig, is_loopback, parse_config
-from ui.estimates import Hardware, cost_hint, estimate_seconds, format_duration
+from ui.estimates import (
+    Hardware,
+    cost_hint,
+    estimate_memory_bytes,
+    estimate_seconds,
+    format_duration,
+    options_note,
+)
 from ui.formatting import progress_description
 from ui.jobs import iterate_in_thread, stream_generation
 from ui.model_status import (
@@ -130,6 +137,11 @@ def test_flags_win_over_environment():
         (["--port", "70000"], {}),
         (["--max-queue", "0"], {}),
         (["--precision", "int4"], {}),
+        (["--memory-profile", "int4"], {}),
+        ([], {"ALLEGRO_MEMORY_PROFILE": "tiny"}),
+        (["--memory-profile", "low-memory", "--offload", "sequential"], {}),
+        (["--memory-profile", "fp8-transformer", "--compile"], {}),
+        (["--memory-profile", "low-memory"], {"SPACES_ZERO_GPU": "true"}),
     ],
 )
 def test_bad_values_exit_with_a_usage_error(argv, environ, capsys):
@@ -406,6 +418,22 @@ def test_official_video_takes_about_20_minutes_on_an_h100():
     assert cost_hint(seconds, H100) == "About 20 min on this H100 SXM (estimate)."
     assert estimate_seconds(H100, 88, 720, 1280, 100, fast_mode=True) < seconds
     assert estimate_seconds(H100, 40, 368, 640, 100) < seconds / 10
+
+
+def test_hint_gives_time_and_memory_for_the_chosen_options():
+    plain = estimate_seconds(H100, 88, 720, 1280, 100)
+    cached = estimate_seconds(H100, 88, 720, 1280, 100, step_cache=True)
+    assert plain / 1.3 < cached < plain / 1.2  # 80% of the blocks, cache-dit's Allegro run
+    low = Hardware("NVIDIA H100 80GB HBM3", memory_profile="low-memory")
+    memory = estimate_memory_bytes(low, 88, 720, 1280, step_cache=True)
+    assert memory < estimate_memory_bytes(H100, 88, 720, 1280)
+    hint = cost_hint(cached, low, memory, options_note(True, "low-memory"))
+    assert hint.startswith("About 16 min, about 19.3 GB of GPU memory on this H100 SXM")
+    assert "1.36x" in hint and "not measured here" in hint and "8-bit T5" in hint
+    assert options_note(False, "off") == ""
+    assert parse_config(["--memory-profile", "int8-text-encoder"], {}).memory_profile == (
+        "int8-text-encoder"
+    )
 
 
 def test_a_zerogpu_slice_is_slower_than_the_whole_gpu():

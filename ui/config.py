@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS
+from allegro.costs import MEMORY_PROFILES
+from allegro.errors import AllegroError
+from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS, check_memory_profile
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -67,6 +69,7 @@ class AppConfig:
     force_shared: bool = False  # --shared: behind a reverse proxy on a loopback address
     allowed_origins: tuple[str, ...] = ()  # other web pages that may call the API
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
+    memory_profile: str = "off"  # costs.MEMORY_PROFILES
     jobs_db: Path | None = None  # None: a hidden file in the output folder
 
     @property
@@ -196,6 +199,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "compilation, later ones run faster (GPU). [ALLEGRO_COMPILE]",
     )
     parser.add_argument(
+        "--memory-profile",
+        choices=tuple(MEMORY_PROFILES),
+        default=_choice(environ, "ALLEGRO_MEMORY_PROFILE", tuple(MEMORY_PROFILES)) or "off",
+        help="smaller weights: fp8-transformer (fp8 storage, bf16 compute), int8-text-encoder "
+        "(8-bit T5), low-memory (both). Not with sequential offload; fp8 not with --compile; "
+        "not on ZeroGPU. Default: off. [ALLEGRO_MEMORY_PROFILE]",
+    )
+    parser.add_argument(
         "--host",
         default=_env_text(environ, "GRADIO_SERVER_NAME") or DEFAULT_HOST,
         help="address to listen on; 0.0.0.0 lets other machines connect (then each browser "
@@ -320,6 +331,10 @@ def parse_config(
         if offload in GPU_OFFLOAD_MODES:
             parser.error(ZERO_GPU_OFFLOAD_MESSAGE.format(mode=offload))
         offload = "none"  # what auto must pick there, whatever the emulated free memory says
+    try:
+        check_memory_profile(args.memory_profile, offload, args.compile, zero_gpu)
+    except AllegroError as error:
+        parser.error(str(error))
     return AppConfig(
         model=args.model,
         transformer=args.transformer,
@@ -344,5 +359,6 @@ def parse_config(
             filter(None, (origin.strip().rstrip("/") for origin in args.allowed_origins.split(",")))
         ),
         trusted_proxies=args.trusted_proxies,
+        memory_profile=args.memory_profile,
         jobs_db=Path(args.jobs_db).expanduser().resolve() if args.jobs_db else None,
     )

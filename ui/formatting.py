@@ -24,11 +24,16 @@ def progress_description(event: ProgressEvent) -> str:
 def result_markdown(settings: Mapping[str, Any], seconds: float, file_name: str) -> str:
     """Seed used, time taken and what was made, for the result panel."""
     record = VideoSettings.from_dict(settings)
-    return (
+    line = (
         f"**Seed {record.seed}** · made in {format_duration(seconds)} · "
         f"{record.output_frames} frames at {record.width}x{record.height}, {record.fps:g} fps · "
         f"`{file_name}`"
     )
+    if record.step_cache:
+        from allegro.step_cache import StepCacheStats
+
+        line += f"\n\n{StepCacheStats.summary_of(record.step_cache).capitalize()}."
+    return line
 
 
 def entry_markdown(settings: Mapping[str, Any], file_name: str) -> str:

@@ -173,6 +173,13 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                             label="Fast mode",
                             info="About 1.4x faster, slightly less detail.",
                         )
+                        step_cache = gr.Checkbox(
+                            False,
+                            label="Step cache",
+                            info="Skips later blocks on steps that change little (cache-dit; "
+                            "its authors report 1.36x for Allegro). Instead of fast mode.",
+                            elem_id="step-cache",
+                        )
                     with gr.Row() as interpolation_row:
                         interpolate = gr.Checkbox(
                             False,
@@ -276,8 +283,9 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             interpolate,
             method,
             fast_mode,
+            step_cache,
         ]
-        hint_inputs = [steps, length, size, fast_mode]
+        hint_inputs = [steps, length, size, fast_mode, step_cache]
         status_outputs = [banner, generate, retry, timer, length, size, interpolation_row, method]
 
         demo.load(studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **light)
@@ -285,13 +293,16 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         timer.tick(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
         retry.click(studio.retry_loading, None, [timer, retry], **light)
         gr.on(
-            [steps.change, length.change, size.change, fast_mode.change],
+            [steps.change, length.change, size.change, fast_mode.change, step_cache.change],
             studio.hint,
             hint_inputs,
             hint,
             **light,
         )
         interpolate.change(lambda on: gr.update(visible=on), interpolate, method, **light)
+        # Fast mode and the step cache are alternatives: ticking one unticks the other.
+        fast_mode.input(lambda on: False if on else gr.skip(), fast_mode, step_cache, **light)
+        step_cache.input(lambda on: False if on else gr.skip(), step_cache, fast_mode, **light)
         random_seed.click(lambda: RANDOM_SEED, None, seed, **light)
         reuse_seed.click(reuse_last_seed, last_seed, seed, **private, show_progress="hidden")
 

@@ -141,6 +141,7 @@ def model_settings(config: AppConfig) -> ModelSettings:
         vae_precision=config.vae_precision,
         offload=config.offload,
         compile=config.compile,
+        memory_profile=config.memory_profile,
         ema_vfi_weights=config.ema_vfi_weights,
     )
 
@@ -215,6 +216,7 @@ def _hardware(loaded) -> Hardware:
         precision=spec.precision or "bf16",
         vae_precision=spec.vae_precision,
         transformer_config=dict(loaded.pipe.transformer.config),
+        memory_profile=spec.memory_profile,
         gpu_memory_bytes=loaded.gpu_memory_bytes,
         multiprocessors=loaded.multiprocessors,
         compiled=loaded.compiled,

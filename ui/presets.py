@@ -95,6 +95,7 @@ class ControlValues:
     interpolate: bool = False
     interpolation_method: str | None = None
     fast_mode: bool = False
+    step_cache: bool = False
 
     def to_request(self) -> GenerationRequest:
         height, width = size_for(self.size)
@@ -111,6 +112,7 @@ class ControlValues:
             interpolate=self.interpolate,
             interpolation_method=self.interpolation_method if self.interpolate else None,
             fast_mode=self.fast_mode,
+            step_cache=self.step_cache,
         )
 
 
@@ -162,6 +164,7 @@ def controls_from_settings(
         interpolate=method is not None,
         interpolation_method=method,
         fast_mode=record.fast_mode,
+        step_cache=record.step_cache is not None,
     )
     return LoadedControls(values, tuple(notes))
 
@@ -173,6 +176,9 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
     for name in ("use_template", "fast_mode"):
         if not isinstance(settings.get(name, False), bool):
             raise InvalidRequestError(f"The video's {name} setting is not yes or no.")
+    step_cache = settings.get("step_cache", False)  # its statistics when it ran
+    if not isinstance(step_cache, (bool, Mapping)):
+        raise InvalidRequestError("The video's step_cache setting is not yes or no.")
     interpolation = settings.get("interpolation")
     if interpolation is not None and not isinstance(interpolation, Mapping):
         raise InvalidRequestError("The video's interpolation setting is malformed.")
@@ -192,6 +198,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
         interpolate=interpolation is not None,
         interpolation_method=method,
         fast_mode=settings.get("fast_mode", False),
+        step_cache=bool(step_cache) or isinstance(step_cache, Mapping),
     )
 
 

@@ -40,7 +40,13 @@ from allegro.request import (
 )
 from ui import gallery
 from ui.config import AppConfig
-from ui.estimates import cost_hint, estimate_seconds, fast_mode_notice
+from ui.estimates import (
+    cost_hint,
+    estimate_memory_bytes,
+    estimate_seconds,
+    fast_mode_notice,
+    options_note,
+)
 from ui.formatting import entry_markdown, progress_description, result_markdown
 from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
@@ -244,6 +250,7 @@ class Studio:
         interpolate: bool,
         interpolation_method: str | None,
         fast_mode: bool,
+        step_cache: bool,
         owner_id: str,
         job: JobSlot,
         request: gr.Request = None,
@@ -252,7 +259,7 @@ class Studio:
         (gradio/queueing.py:308-348), so a bad request never waits for the GPU."""
         controls = ControlValues(  # the page's controls, in the field order
             prompt, negative_prompt, seed, steps, guidance_scale, length, size,
-            use_template, interpolate, interpolation_method, fast_mode,
+            use_template, interpolate, interpolation_method, fast_mode, step_cache,
         )  # fmt: skip
         problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()), request)
         return _validations(PAGE_INPUTS, problem)
@@ -271,12 +278,13 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        step_cache: bool = False,
         request: gr.Request = None,
     ) -> list[dict]:
         """/generate's validator (same parameters): the key and every field, before the
         request is queued."""
         fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode)
+        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
         problem = self._problem(
             lambda: (self.api_owner(request), self.api_request(*fields, *options)), request
         )
@@ -375,6 +383,7 @@ class Studio:
         interpolate: bool,
         interpolation_method: str | None,
         fast_mode: bool,
+        step_cache: bool,
         owner_id: str,
         job: JobSlot,
         progress=gr.Progress(),  # noqa: B008 - Gradio's way of asking for a progress bar
@@ -392,6 +401,7 @@ class Studio:
             interpolate=interpolate,
             interpolation_method=interpolation_method,
             fast_mode=fast_mode,
+            step_cache=step_cache,
         )
         try:
             owner = self.page_owner(owner_id)
@@ -470,6 +480,7 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        step_cache: bool = False,
         request: gr.Request = None,
     ) -> tuple[FileData, dict]:
         """Make one video. Returns the MP4 and its settings (with the seed used and any
@@ -489,6 +500,7 @@ class Studio:
             interpolate,
             interpolation_method,
             fast_mode,
+            step_cache,
         )
         if self.runner is not None:
             try:
@@ -681,7 +693,9 @@ class Studio:
 
     # ---- model status -------------------------------------------------------------------
 
-    def poll_status(self, steps: float, length: str, size: str, fast_mode: bool):
+    def poll_status(
+        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+    ):
         """Timer tick: (banner, generate button, retry button, timer, length, size,
         interpolate toggle, method, cost hint). Choices are sent once, when ready."""
         status = self.loader.status()
@@ -701,14 +715,16 @@ class Studio:
             gr.update(visible=status.phase == Phase.FAILED),
             gr.Timer(active=status.busy),
             *dropdowns,
-            self.hint(steps, length, size, fast_mode),
+            self.hint(steps, length, size, fast_mode, step_cache),
         )
 
     def retry_loading(self):
         self.loader.start()
         return gr.Timer(active=True), gr.update(visible=False)
 
-    def hint(self, steps: float, length: str, size: str, fast_mode: bool) -> str:
+    def hint(
+        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+    ) -> str:
         status = self.loader.status()
         if not status.ready or status.native is None:
             return ""
@@ -717,9 +733,17 @@ class Studio:
             step_count = int(steps)
         except (TypeError, ValueError):
             return ""
-        seconds = self._estimator(status)(frames, height, width, step_count, bool(fast_mode))
-        notice = fast_mode_notice(status.hardware, frames, height, width) if fast_mode else ""
-        return cost_hint(seconds, status.hardware) + notice
+        hardware = status.hardware
+        if hardware is None or hardware.gpu_name is None:
+            return cost_hint(None, hardware)
+        notice = fast_mode_notice(hardware, frames, height, width) if fast_mode else ""
+        fast = bool(fast_mode) and not notice  # the engine will switch it off
+        seconds = estimate_seconds(
+            hardware, frames, height, width, step_count, fast, bool(step_cache)
+        )
+        memory = estimate_memory_bytes(hardware, frames, height, width, bool(step_cache), fast)
+        note = options_note(bool(step_cache), hardware.memory_profile)
+        return cost_hint(seconds, hardware, memory, note) + notice
 
     # ---- gallery ------------------------------------------------------------------------
 
@@ -769,7 +793,7 @@ class Studio:
         )
 
     def reuse_entry(self, name: str | None, owner_id: str):
-        """The selected video's settings into the controls (11 control values)."""
+        """The selected video's settings into the controls (12 control values)."""
         owner = self._page_gallery(owner_id)
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
@@ -793,7 +817,7 @@ class Studio:
         """A dropped MP4 -> its settings in the controls. The settings are checked field by
         field like a request; any problem is a message and nothing is loaded."""
         if not path:
-            return tuple(gr.skip() for _ in range(11))
+            return tuple(gr.skip() for _ in range(12))
         from allegro.video import read_settings
 
         upload = Path(path)
@@ -829,6 +853,7 @@ class Studio:
             values.interpolate,
             values.interpolation_method or gr.skip(),
             values.fast_mode,
+            values.step_cache,
         )
 
 

@@ -2,8 +2,9 @@
 
 Methods, best first where they can run:
 
-- ``flow`` (default): dense optical flow both ways (OpenCV DIS), both neighbours warped to
-  the midpoint and blended with occlusion-aware weights. CPU only, no weights.
+- ``flow`` (default): dense optical flow both ways (OpenCV DIS), objects too fast for it
+  matched by features, both neighbours warped to the midpoint and blended with
+  occlusion-aware weights. CPU only, no weights.
 - ``ema-vfi``: a learned interpolation network; needs PyTorch and its weights file.
 - ``blend``: plain average of the neighbours; ghosts on motion, never fails.
 

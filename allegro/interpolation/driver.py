@@ -6,7 +6,7 @@ frame order, scene cuts, batching, progress and cancel. Methods only see pairs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +28,8 @@ CUT_THUMB_DIFFERENCE = 0.08
 
 
 @dataclass(frozen=True)
-class InterpolationResult:
-    """The 30 fps frames and how the in-between frames were made.
+class InterpolationCounts:
+    """How the in-between frames were made.
 
     ``pairs``: in-between frames made (N - 1). ``scene_cuts``: pairs across a scene cut,
     filled by repeating the earlier frame. ``blended``: pairs whose motion estimate the
@@ -37,7 +37,6 @@ class InterpolationResult:
     ``blended_pairs`` counter; 0 for methods without one).
     """
 
-    frames: np.ndarray
     pairs: int
     scene_cuts: int
     blended: int
@@ -46,6 +45,13 @@ class InterpolationResult:
     def fallback_pairs(self) -> int:
         """In-between frames not made by the method's motion model."""
         return self.scene_cuts + self.blended
+
+
+@dataclass(frozen=True)
+class InterpolationResult(InterpolationCounts):
+    """The 30 fps frames, and the counts."""
+
+    frames: np.ndarray
 
 
 def interpolate_frames(
@@ -71,44 +77,103 @@ def interpolate_frames(
     Bad input (not uint8 RGB frames, fewer than 2 frames) raises InterpolationError.
     """
     _check_frames(frames)
-    count, height, width, _ = frames.shape
-    pairs = count - 1
-    output = np.empty((2 * count, height, width, 3), np.uint8)
-    output[0::2] = frames
-    output[-1] = frames[-1]
+    output = np.empty((2 * len(frames), *frames.shape[1:]), np.uint8)
+    written = 0
 
-    signatures = [_cut_signature(frame) for frame in frames]
-    blended_before = _blended_pairs(interpolator)
-    scene_cuts = 0
+    def keep(frame: np.ndarray) -> None:
+        nonlocal written
+        output[written] = frame
+        written += 1
+
+    counts = interpolate_stream(frames, interpolator, keep, on_progress, cancel)
+    return InterpolationResult(counts.pairs, counts.scene_cuts, counts.blended, frames=output)
+
+
+def interpolate_stream(
+    frames: Iterable[np.ndarray],
+    interpolator: Interpolator,
+    emit: Callable[[np.ndarray], None],
+    on_progress: Callable[[int, int], None] | None = None,
+    cancel: CancelToken | None = None,
+    total_pairs: int | None = None,
+) -> InterpolationCounts:
+    """``interpolate_frames`` for frames that arrive one by one (a video being decoded):
+    each 30 fps frame is handed to ``emit`` in order as soon as it is made (to an encoder
+    that runs meanwhile), and only one batch of frames is held at a time.
+
+    ``total_pairs`` is the N - 1 that progress counts against; by default ``len(frames)``
+    tells it, and when neither does, progress counts against the pairs done so far plus one.
+    """
+    if total_pairs is None and isinstance(frames, Sized):
+        total_pairs = len(frames) - 1
     batch_size = max(1, int(interpolator.batch_size))
-    for start in range(0, pairs, batch_size):
+    blended_before = _blended_pairs(interpolator)
+    incoming = iter(frames)
+    window: list[np.ndarray] = []
+    signatures: list[_CutSignature] = []
+    pairs = scene_cuts = 0
+    while True:
         if cancel is not None:
             cancel.raise_if_cancelled()
-        stop = min(start + batch_size, pairs)
-        cuts = [i for i in range(start, stop) if _is_scene_cut(signatures[i], signatures[i + 1])]
-        for index in cuts:
-            output[2 * index + 1] = frames[index]
-        scene_cuts += len(cuts)
-        targets: slice | np.ndarray
-        if cuts:
-            moving = np.setdiff1d(np.arange(start, stop), cuts)
-            before, after, targets = frames[moving], frames[moving + 1], 2 * moving + 1
-        else:
-            # Slices, not index arrays: views instead of copies of 2.7 MB frames.
-            before, after = frames[start:stop], frames[start + 1 : stop + 1]
-            targets = slice(2 * start + 1, 2 * stop, 2)
-        if len(before):
-            middles = interpolator.midframes(before, after)
-            if middles.shape != before.shape or middles.dtype != np.uint8:
+        # The batch's frames plus the one after it; the last frame carries over.
+        for frame in incoming:
+            _check_frame(frame, window[0] if window else None)
+            window.append(frame)
+            signatures.append(_cut_signature(frame))
+            if len(window) > batch_size:
+                break
+        if len(window) < 2:
+            break
+        cuts = [
+            i for i in range(len(window) - 1) if _is_scene_cut(signatures[i], signatures[i + 1])
+        ]
+        moving = [i for i in range(len(window) - 1) if i not in cuts]
+        middles: dict[int, np.ndarray] = {i: window[i] for i in cuts}
+        if moving:
+            before = np.stack([window[i] for i in moving])
+            after = np.stack([window[i + 1] for i in moving])
+            made = interpolator.midframes(before, after)
+            if made.shape != before.shape or made.dtype != np.uint8:
                 raise InterpolationError(
                     f"The {interpolator.name} method returned frames of the wrong shape "
-                    f"{middles.shape} ({middles.dtype}); this is a bug in that method."
+                    f"{made.shape} ({made.dtype}); this is a bug in that method."
                 )
-            output[targets] = middles
+            middles.update(zip(moving, made, strict=True))
+        for i in range(len(window) - 1):
+            emit(window[i])
+            emit(middles[i])
+        pairs += len(window) - 1
+        scene_cuts += len(cuts)
+        window, signatures = window[-1:], signatures[-1:]
         if on_progress is not None:
-            on_progress(stop, pairs)
+            total = pairs + 1 if total_pairs is None else max(total_pairs, pairs)
+            on_progress(pairs, total)
+    if not window:
+        raise InterpolationError("A video needs at least 2 frames to interpolate; this one has 0.")
+    if pairs == 0:
+        raise InterpolationError("A video needs at least 2 frames to interpolate; this one has 1.")
+    emit(window[0])
+    emit(window[0])
     blended = _blended_pairs(interpolator) - blended_before
-    return InterpolationResult(output, pairs, scene_cuts, blended)
+    return InterpolationCounts(pairs, scene_cuts, blended)
+
+
+def _check_frame(frame: np.ndarray, first: np.ndarray | None) -> None:
+    """One frame of a stream: what ``_check_frames`` checks, and the first frame's size."""
+    if not isinstance(frame, np.ndarray):
+        raise InterpolationError(f"Expected video frames as arrays, got {type(frame)}.")
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise InterpolationError(
+            f"Expected RGB video frames shaped (height, width, 3), got one shaped {frame.shape}."
+        )
+    if frame.dtype != np.uint8:
+        raise InterpolationError(f"Expected 8-bit (uint8) video frames, got {frame.dtype}.")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise InterpolationError(f"The video frames are empty ({frame.shape[:2]} pixels).")
+    if first is not None and frame.shape != first.shape:
+        raise InterpolationError(
+            f"Video frames change size mid-stream ({first.shape[:2]} then {frame.shape[:2]})."
+        )
 
 
 def _check_frames(frames: np.ndarray) -> None:
