@@ -27,6 +27,7 @@ from allegro.request import (
     check_request,
     resolve_request,
 )
+from allegro.video import remove_leftovers
 from ui import gallery
 from ui.config import AppConfig, is_loopback, parse_config
 from ui.estimates import (
@@ -368,12 +369,14 @@ def test_crash_leftovers_are_found_and_complete_videos_kept(videos):
     (videos / ".a-newest.x1.partial.mp4").write_bytes(b"half")
     (videos / "lost.json").write_text("{}")
     (videos / "lost.jpg").write_bytes(b"poster")
-    (videos / "lost.first.png").write_bytes(b"png")
-    (videos / "lost.last.png").write_bytes(b"png")
-    (videos / "a-newest.first.png").write_bytes(b"png")  # its video is there: kept
-    removed = gallery.remove_leftovers(videos)
+    (videos / "lost.first.png").write_bytes(b"input image")
+    (videos / "lost.last.png").write_bytes(b"input image")
+    (videos / "a-newest.first.png").write_bytes(b"input image")  # its video exists: kept
+    (videos / ".taken.mp4.reserved").write_bytes(b"")
+    removed = remove_leftovers(videos)
     assert sorted(path.name for path in removed) == [
         ".a-newest.x1.partial.mp4",
+        ".taken.mp4.reserved",
         ".x.partial.json",
         ".x.partial.mp4",
         "lost.first.png",
@@ -382,6 +385,7 @@ def test_crash_leftovers_are_found_and_complete_videos_kept(videos):
         "lost.last.png",
         "no-video.json",
     ]
+    assert (videos / "a-newest.first.png").is_file()
     assert len(gallery.list_entries(videos)) == 4
     assert (videos / "a-newest.first.png").is_file()
 
@@ -806,6 +810,17 @@ def test_method_labels_say_why_a_method_is_unavailable_or_slow(tmp_path):
     assert on_gpu["ema-vfi"] == "ema-vfi"
     missing = {c.name: c.label for c in _interpolation_methods(str(tmp_path / "none.pkl"), "cpu")}
     assert missing["ema-vfi"].startswith("ema-vfi (unavailable: ")
+
+
+def test_the_jobs_database_defaults_to_a_hidden_file_in_the_output_folder(tmp_path):
+    config = parse_config(["--output-dir", str(tmp_path)], {})
+    assert config.jobs_db_path == tmp_path.resolve() / ".allegro-jobs.sqlite"
+    moved = parse_config(["--jobs-db", str(tmp_path / "q.sqlite")], {})
+    assert moved.jobs_db_path == (tmp_path / "q.sqlite").resolve()
+    assert (
+        parse_config([], {"ALLEGRO_JOBS_DB": str(tmp_path / "e.sqlite")}).jobs_db
+        == (tmp_path / "e.sqlite").resolve()
+    )
 
 
 def test_a_zerogpu_slice_is_timed_by_the_multiprocessors_it_got():

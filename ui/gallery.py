@@ -148,26 +148,6 @@ def delete_entry(output_dir: Path, name: str, owner: str | None) -> GalleryEntry
     return entry
 
 
-def remove_leftovers(output_dir: Path) -> list[Path]:
-    """What a crash can leave: temporary ``.NAME.partial.*`` files, and sidecars, posters or
-    input images whose video never arrived. Removed at start-up (no save is running then)."""
-    if not output_dir.is_dir():
-        return []
-    removed = []
-    for path in output_dir.iterdir():
-        partial = path.name.startswith(".") and ".partial." in path.name
-        stem = _stem(path.name)
-        orphan = (
-            stem is not None
-            and _NAME.match(stem)
-            and not _is_plain_file(path.with_name(stem + ".mp4"))
-        )
-        if (partial or orphan) and (path.is_symlink() or path.is_file()):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
 def images_named(output_dir: Path, settings: dict[str, Any], owner: str | None) -> dict[str, Path]:
     """The input images a video's settings name (``NAME.first.png``...), as files of the
     gallery entry NAME that ``owner`` may see; GalleryError for a name that is not one, or
@@ -184,14 +164,6 @@ def images_named(output_dir: Path, settings: dict[str, Any], owner: str | None) 
             raise GalleryError(f"{value} is no longer in your gallery.")
         images[key] = entry.input_images[key]
     return images
-
-
-def _stem(file_name: str) -> str | None:
-    """NAME for a video's companion file (sidecar, poster, input image), else None."""
-    for suffix in (*PARTS[1:], *INPUT_IMAGES.values()):
-        if file_name.endswith(suffix):
-            return file_name[: -len(suffix)]
-    return None
 
 
 def history_record(

@@ -464,6 +464,17 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             # gr.api has no validator argument; the event has the same field as a click's.
             demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.api_history, api_name="history", queue=False)
+        if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
+            # /submit takes /generate's parameters: the same validator checks the key and
+            # every field before the call is queued.
+            submit_api = gr.api(studio.api_submit, api_name="submit", concurrency_limit=None)
+            demo.fns[submit_api["id"]].validator = studio.check_api
+            for handler, name in (
+                (studio.api_job, "job"),
+                (studio.api_cancel, "cancel"),
+                (studio.api_jobs, "jobs"),
+            ):
+                gr.api(handler, api_name=name, queue=False)
     return demo
 
 

@@ -10,6 +10,7 @@ a secret hash of their content (``publish``), handed to their owner; the output 
 is never served.
 """
 
+import asyncio
 import dataclasses
 import functools
 import inspect
@@ -19,6 +20,7 @@ import shutil
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from gradio.data_classes import FileData
 
 from allegro.errors import AllegroError, Cancelled, InterpolationError, InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent
+from allegro.jobs import Job, JobRunner, JobState, prepare_request
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
     DEFAULT_OVERLAP_FRAMES,
@@ -68,6 +71,7 @@ from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 logger = logging.getLogger(__name__)
 
 GENERATION = "generation"  # the concurrency group of every generation, page and API
+LOCAL_OWNER = "local"  # the job owner of a key-less caller where the server is not shared
 BUG_MESSAGE = (
     "Something went wrong inside Allegro Studio (the details are in the server log). "
     "The app keeps running: please try again."
@@ -176,6 +180,7 @@ class Studio:
         config: AppConfig,
         loader: ModelLoader,
         environ: Mapping[str, str],
+        jobs_db: Path | None = None,
         identities: Identities | None = None,
     ):
         self.config = config
@@ -186,6 +191,14 @@ class Studio:
             self.identities = identities
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
         self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
+        # Jobs that outlive the page. Not on ZeroGPU yet: there the GPU is lent to one call
+        # of a spaces.GPU function, not to a background worker thread.
+        self.runner: JobRunner | None = None
+        if jobs_db is not None and not config.zero_gpu:
+            from allegro.jobs import EngineWorker, JobStore
+
+            worker = EngineWorker(loader.manager.ready_engine, config.output_dir)
+            self.runner = JobRunner(JobStore(jobs_db), [worker], prepare=self.prepare_job)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -391,6 +404,10 @@ class Studio:
                 default=self.config.zero_gpu_max_seconds,
             )
         return request
+
+    def prepare_job(self, request: GenerationRequest) -> GenerationRequest:
+        """The checks before a job is queued, with its seed fixed."""
+        return prepare_request(self.prepare(request))
 
     def _check_interpolation(self, method: str | None) -> None:
         from allegro.interpolation import DEFAULT_METHOD, method_availability
@@ -678,6 +695,12 @@ class Studio:
     async def _api_run(
         self, generation: GenerationRequest, request: gr.Request | None
     ) -> tuple[FileData, dict]:
+        if self.runner is not None:
+            try:
+                owner = self.api_owner(request)
+            except AllegroError as error:
+                raise user_error(error) from None
+            return await self._generate_as_job(generation, owner)
         token = CancelToken()
         try:
             owner = self.api_owner(request)
@@ -689,6 +712,153 @@ class Studio:
         except Exception as error:
             raise user_error(error) from None
         raise user_error(RuntimeError("the generation ended without a result"))
+
+    # ---- jobs (API) ----------------------------------------------------------------------
+
+    def _runner(self) -> JobRunner:
+        if self.runner is None:
+            raise gr.Error(
+                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate.",
+                print_exception=False,
+            )
+        return self.runner
+
+    def _submit(self, generation: GenerationRequest, owner: Owner | None) -> Job:
+        """Queue a job for ``owner`` (verified by api_owner): stored under their one-way
+        tag, or ``LOCAL_OWNER`` for key-less local use."""
+        key = owner.tag if owner is not None else LOCAL_OWNER
+        return self._runner().submit(generation, key, self.labels(owner))
+
+    async def _generate_as_job(
+        self, generation: GenerationRequest, owner: Owner | None
+    ) -> tuple[FileData, dict]:
+        """/generate through the queue: recorded like any job (a restart runs it again);
+        the caller waits for it, and cancelling the call cancels the job, as before."""
+        runner = self._runner()
+        try:
+            job = await asyncio.to_thread(self._submit, generation, owner)
+        except Exception as error:
+            raise user_error(error) from None
+        try:
+            final = await asyncio.to_thread(runner.wait, job.id)
+        except BaseException:  # the call was cancelled (a client's cancel, a closed page)
+            runner.cancel(job.id)
+            raise
+        if final.state == JobState.DONE and final.video:
+            try:  # the sidecar: the settings with their labels, as a direct run returns them
+                entry = gallery.find_entry(self.output_dir, Path(final.video).stem, None)
+            except AllegroError as error:  # deleted meanwhile
+                raise user_error(error) from None
+            settings = {**entry.settings, "warnings": list(final.warnings)}
+            return FileData(path=self.publish(entry.video)), settings
+        error = Cancelled() if final.state == JobState.CANCELLED else AllegroError(final.error)
+        raise user_error(error)
+
+    def _job_viewer(self, request: gr.Request | None) -> str | None:
+        """Whose jobs a caller sees: a key's own (key-less callers are refused when shared,
+        like /history); a key-less local caller, every job."""
+        owner = self.api_owner(request)
+        return owner.tag if owner is not None else None
+
+    async def api_submit(
+        self,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        frames: int | str | None = None,
+        height: int | str | None = None,
+        width: int | str | None = None,
+        use_template: bool = True,
+        interpolate: bool = False,
+        interpolation_method: str | None = None,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> dict:
+        """Queue one video and return at once with its job (id, state, seed fixed now). The
+        job goes on if you disconnect and after a server restart; poll /job with its id.
+        Same parameters (and X-Allegro-Key header) as /generate."""
+        generation = self.api_request(
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance_scale,
+            frames,
+            height,
+            width,
+            use_template,
+            interpolate,
+            interpolation_method,
+            fast_mode,
+        )
+        try:
+            self._runner()
+            owner = self.api_owner(request)
+            job = await asyncio.to_thread(self._submit, generation, owner)
+            return self.job_record(job)
+        except Exception as error:
+            raise user_error(error) from None
+
+    def api_job(self, job_id: str, request: gr.Request = None) -> dict:
+        """One of your jobs: state, queue position, progress, and the video once done."""
+        try:
+            runner = self._runner()
+            return self.job_record(runner.get(str(job_id), self._job_viewer(request)))
+        except Exception as error:
+            raise user_error(error) from None
+
+    def api_cancel(self, job_id: str, request: gr.Request = None) -> dict:
+        """Cancel one of your jobs: a queued one leaves the queue, a running one stops within
+        a step (no file is left). Returns the job."""
+        try:
+            runner = self._runner()
+            return self.job_record(runner.cancel(str(job_id), self._job_viewer(request)))
+        except Exception as error:
+            raise user_error(error) from None
+
+    def api_jobs(self, request: gr.Request = None) -> list[dict]:
+        """Your queued and running jobs in queue order, then your recent finished ones."""
+        try:
+            runner = self._runner()
+            return [self.job_record(job) for job in runner.list(self._job_viewer(request))]
+        except Exception as error:
+            raise user_error(error) from None
+
+    def job_record(self, job: Job) -> dict[str, Any]:
+        """One job as the API reports it; a finished video links to a copy made for this
+        answer (the caller is the job's owner: runner.get checked)."""
+        runner = self._runner()
+        progress = job.progress
+        video = Path(job.video) if job.video else None
+        return {
+            "id": job.id,
+            "state": job.state.value,
+            "queue_position": (
+                runner.queue_position(job.id) if job.state == JobState.QUEUED else None
+            ),
+            "prompt": job.request.prompt,
+            "seed": job.seed,
+            "created": _iso(job.created),
+            "started": _iso(job.started),
+            "finished": _iso(job.finished),
+            "attempts": job.attempts,
+            "note": job.note,
+            "error": job.error,
+            "progress": None
+            if progress is None
+            else {
+                "stage": progress.stage.value,
+                "fraction": round(progress.fraction, 4),
+                "step": progress.step,
+                "total": progress.total,
+                "eta_seconds": None if progress.eta is None else round(progress.eta, 1),
+                "message": progress.message,
+            },
+            "video": video.name if video else None,
+            "video_url": self.published_url(video) if video and video.is_file() else None,
+        }
 
     @staticmethod
     def api_request(*values: Any, image: Any = None, last_image: Any = None) -> GenerationRequest:
@@ -969,3 +1139,9 @@ class Studio:
         if guidance in official:
             guidance = official[from_images]
         return gr.update(visible=from_images), guidance
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
