@@ -151,17 +151,25 @@ def test_output_files_cannot_be_fetched_or_probed_by_path(server, alice):
     assert answers[0].text.replace(str(real), "") == answers[2].text.replace(str(missing), "")
 
 
-def test_a_page_image_must_be_an_upload(server, alice):
-    """Raw HTTP in place of the page: a server path as the first frame is refused by the
-    validator, on the first frame's box."""
+def test_a_page_image_must_be_an_upload(server, alice, tmp_path):
+    """Raw HTTP in place of the page: a path on the server as the first frame is refused
+    before Gradio opens it, even when it is an image (gr.Image's data model has no file
+    mark, so Gradio's own upload-folder check does not apply: ui/uploads.UploadedImage)."""
+    from gradio.utils import get_upload_folder
+    from PIL import Image
+
+    secret = tmp_path / "secret-frame.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(secret)
+    cache = Path(get_upload_folder())  # the server's too: it inherits this environment
+    before = {path.name for path in cache.rglob("secret-frame*")}
     inputs = generation_inputs("a cat", alice["token"])
-    # Gradio refuses a bare string (400). A file value without Gradio's file mark is opened
-    # by gr.Image's preprocess before any handler runs (400 for a non-image). KNOWN GAP: an
-    # image file on the server would be copied into the cache there and pass our check.
-    for value in ("/etc/passwd", {"path": "/etc/passwd"}):
+    for value in ("/etc/passwd", {"path": "/etc/passwd"}, {"path": str(secret)}):
         inputs[12:15] = ["Image to video", value, None]
         refused = alice["page"].call("generate_page", *inputs)
-        assert refused.status in (400, 422) and "root:" not in refused.error
+        assert refused.status in (400, 422), value
+        assert "root:" not in refused.error
+    assert "not a path on the server" in refused.error
+    assert {path.name for path in cache.rglob("secret-frame*")} == before  # never copied
 
 
 def test_crash_leftovers_are_removed_at_start(server):

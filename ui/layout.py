@@ -24,6 +24,7 @@ from ui.presets import (
     size_choices,
 )
 from ui.studio import GENERATION, JobSlot, Studio
+from ui.uploads import UploadedImage
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 STYLE = ASSETS / "style.css"
@@ -126,14 +127,14 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                 )
                 with gr.Group(visible=False, elem_id="image-inputs") as image_inputs:
                     with gr.Row(equal_height=True):
-                        first_image = gr.Image(
+                        first_image = UploadedImage(
                             type="filepath",
                             label="First frame",
                             sources=["upload", "clipboard"],
                             height=200,
                             elem_id="first-image",
                         )
-                        last_image = gr.Image(
+                        last_image = UploadedImage(
                             type="filepath",
                             label="Last frame (optional)",
                             sources=["upload", "clipboard"],

@@ -66,6 +66,7 @@ from ui.presets import (
     size_choices,
     size_for,
 )
+from ui.uploads import uploaded_file
 from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 
 logger = logging.getLogger(__name__)
@@ -138,27 +139,6 @@ def waiting_generations(request: gr.Request | None) -> int:
         return 0
     waiting = app.get_blocks()._queue.event_queue_per_concurrency_id.get(GENERATION)
     return len(waiting.queue) if waiting is not None else 0
-
-
-def uploaded_file(value: Any, what: str) -> str | None:
-    """The path of a file an API caller uploaded (gradio_client's handle_file); None for none.
-    Gradio moves uploads into its upload folder before any handler runs, refusing paths
-    outside it (gradio/blocks.py:2157-2162, processing_utils.py:576-597) for values marked
-    as files; a value sent without the mark is not checked by Gradio, so it is refused here
-    unless it too lies in that folder: a caller names only files they uploaded."""
-    if value is None or value == "":
-        return None
-    from gradio.utils import get_upload_folder, is_in_or_equal
-
-    path = value.get("path") if isinstance(value, dict) else value
-    if not isinstance(path, str) or not path:
-        raise InvalidRequestError(f"The {what} must be an uploaded file (handle_file).")
-    if Path(path).is_symlink() or not is_in_or_equal(path, get_upload_folder()):
-        raise InvalidRequestError(
-            f"The {what} must be a file you upload with the request (gradio_client's "
-            "handle_file), not a path on the server."
-        )
-    return path
 
 
 def user_error(error: BaseException) -> gr.Error:
