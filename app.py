@@ -33,7 +33,7 @@ def launch(config: AppConfig) -> None:
         # Before anything can initialise CUDA: spaces patches torch when imported, and
         # refuses to once CUDA is up (spaces 0.51.3 zero/__init__.py:23-27).
         import spaces  # noqa: F401
-    from ui.gallery import remove_leftovers
+    from allegro.video import remove_leftovers
     from ui.layout import FAVICON, STYLE, build_blocks, theme
     from ui.model_status import ModelLoader
     from ui.origins import studio_app
@@ -50,7 +50,8 @@ def launch(config: AppConfig) -> None:
         # On the main thread and before launch, where ZeroGPU can take the weights: see
         # ModelLoader.load. The page answers only once the model is loaded.
         loader.load()
-    demo = build_blocks(Studio(config, loader, os.environ))
+    studio = Studio(config, loader, os.environ, jobs_db=config.jobs_db_path)
+    demo = build_blocks(studio)
     # No overall limit: only generations are limited (--max-queue), by their validator
     # (ui/studio.py, waiting_generations), so a full queue never turns away a page load.
     demo.queue(max_size=None, default_concurrency_limit=None)
@@ -63,6 +64,9 @@ def launch(config: AppConfig) -> None:
         max_file_size=f"{MAX_UPLOAD_MB}mb",
         enable_monitoring=False,
         _app=studio_app(config.allowed_origins),
+        # The jobs database may sit in the output folder: never serve it (nor its WAL), even
+        # if a path there were allowed. Blocked paths win (gradio/blocks.py:3125).
+        blocked_paths=[f"{config.jobs_db_path}{suffix}" for suffix in ("", "-wal", "-shm")],
         mcp_server=config.mcp,
         theme=theme(),
         css_paths=[STYLE],
@@ -73,6 +77,8 @@ def launch(config: AppConfig) -> None:
     if not config.zero_gpu:
         # Loading starts once the page answers: importing torch on the side would slow that.
         loader.start()
+    if studio.runner is not None:
+        studio.runner.start()  # the queue left by the last run goes on
     logger.info("Serving %s on %s:%s", loader.config.output_dir, config.host, config.port)
     demo.block_thread()
 

@@ -274,12 +274,12 @@ def _run(
         bar.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    settings = result.settings
-    print(f"offload: {settings['offload']} ({settings['offload_reason']})", file=sys.stderr)
-    if settings.get("step_cache"):
+    record = result.record
+    print(f"offload: {record.offload} ({record.offload_reason})", file=sys.stderr)
+    if record.step_cache:
         from allegro.step_cache import StepCacheStats
 
-        print(StepCacheStats.summary_of(settings["step_cache"]), file=sys.stderr)
+        print(StepCacheStats.summary_of(record.step_cache), file=sys.stderr)
     print(f"saved {result.video_path} (seed {result.seed}, {result.seconds:.1f} s)")
     return 0
 

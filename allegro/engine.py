@@ -10,6 +10,7 @@ cached prompt embeddings and ``output_type="latent"``; we decode with the pipeli
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +38,9 @@ from allegro.request import (
     positive_prompt,
     resolve_request,
 )
+from allegro.settings import InterpolationRecord, VideoSettings
 from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
+from allegro.video import release_path
 
 if TYPE_CHECKING:
     from allegro.interpolation.base import Interpolator
@@ -65,13 +68,18 @@ class GenerationResult:
     video_path: Path
     settings_path: Path
     poster_path: Path
-    settings: dict[str, Any]
+    record: VideoSettings
     seconds: float
     warnings: tuple[str, ...] = ()
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The saved settings as JSON (what the API and the page show)."""
+        return self.record.to_dict()
+
+    @property
     def seed(self) -> int:
-        return int(self.settings["seed"])
+        return int(self.record.seed)  # type: ignore[arg-type] - a made video has its seed
 
 
 @dataclass
@@ -125,13 +133,16 @@ class _ProgressClock:
 
 
 def output_path_for(directory: Path, request: GenerationRequest, now: datetime) -> Path:
-    """``20261125-031500-seed7-pink-fish-swim.mp4``: sortable and readable. The same prompt
-    and seed twice in one second get ``-2``, ``-3``…: a finished video is never overwritten
-    (generations run one at a time, so checking for the files is enough)."""
+    """``20261125-031500-seed7-pink-fish-swim.mp4``: sortable and readable, and reserved for
+    the caller (release it with ``release_path``). The same prompt and seed twice in one
+    second get ``-2``, ``-3``…: a finished video is never overwritten, and two workers never
+    pick the same name (the reservation is an ``O_EXCL`` file)."""
+    from allegro.video import reserve_path
+
     slug = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")[:40] or "video"
     stem = f"{now:%Y%m%d-%H%M%S}-seed{request.seed}-{slug}"
     candidate, number = stem, 1
-    while any(directory.joinpath(candidate + suffix).exists() for suffix in (".mp4", ".json")):
+    while not reserve_path(directory / f"{candidate}.mp4"):
         number += 1
         candidate = f"{stem}-{number}"
     return directory / f"{candidate}.mp4"
@@ -354,12 +365,13 @@ class Engine:
         loaded = self.load(on_progress, request)
         request = resolve_request(request, loaded.native)
         _check_task(loaded, request)
+        if request.interpolate:
+            self._check_interpolation(request)  # before the denoising, not after
         condition = None
         if request.image_to_video:
             from allegro.ti2v.inputs import read_condition
 
             condition = read_condition(request)
-        interpolator = self._interpolator(request) if request.interpolate else None
         cancel.raise_if_cancelled()
         clock.emit(Stage.ENCODING, message="Encoding the prompt …")
         # Caption cleaning is CPU work (quadratic in the text's length in diffusers): done
@@ -380,7 +392,7 @@ class Engine:
             warnings.append(f"Fast mode was switched off: {reason}.")
             request = replace(request, fast_mode=False)
         fps: float = FPS
-        interpolation: dict[str, Any] | None = None
+        interpolation: InterpolationRecord | None = None
         with loaded.run_lock:  # one job on the GPU at a time, interpolation included
             frames = _run_on_gpu(
                 loaded,
@@ -396,13 +408,18 @@ class Engine:
                 ),
                 lambda: oom_advice(loaded, request),
             )
-            if interpolator is not None:
+            if request.interpolate:
+                from allegro.interpolation import DEFAULT_METHOD
+
                 source = frames
+                method = request.interpolation_method or DEFAULT_METHOD
                 try:
                     frames, interpolation = _run_on_gpu(
                         loaded,
-                        lambda: _run_interpolation(source, interpolator, clock, cancel),
-                        lambda: interpolation_oom_advice(interpolator.name),
+                        lambda: _run_interpolation(
+                            source, self._interpolator(loaded, request), clock, cancel
+                        ),
+                        lambda: interpolation_oom_advice(method),
                     )
                     fps = INTERPOLATED_FPS
                 except GpuOutOfMemoryError as error:  # the video itself is kept, at 15 fps
@@ -411,36 +428,50 @@ class Engine:
 
         clock.emit(Stage.SAVING, message="Saving the video …")
         now = datetime.now(timezone.utc)
-        path = (
-            Path(output_path)
-            if output_path
-            else output_path_for(self.output_dir, request, now.astimezone())
-        )
         seconds = time.monotonic() - clock.started
-        settings = self._settings(loaded, request, fps, interpolation, seconds, now, labels)
-        settings.update(run_info)
-        saving_inputs: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if condition is not None:
-            frames = condition.joined(frames)
-            settings.update(condition.settings(path, len(frames)))
-            saving_inputs = condition.saved_beside(path)
-        with saving_inputs:
-            save_video(path, frames, fps, settings)
+        settings = self._settings(
+            loaded, request, fps, interpolation, seconds, now, labels, run_info
+        )
+        if output_path:
+            path, reserved = Path(output_path), False
+        else:
+            path, reserved = output_path_for(self.output_dir, request, now.astimezone()), True
+        try:
+            saving_inputs: contextlib.AbstractContextManager = contextlib.nullcontext()
+            if condition is not None:
+                frames = condition.joined(frames)
+                recorded = condition.settings(path, len(frames))
+                settings = VideoSettings.from_dict({**settings.to_dict(), **recorded})
+                saving_inputs = condition.saved_beside(path)
+            with saving_inputs:
+                save_video(path, frames, fps, settings)
+        finally:
+            if reserved:
+                release_path(path)
         clock.emit(Stage.DONE, 1.0, message=f"Done in {seconds:.0f} s")
         return GenerationResult(
             video_path=path,
             settings_path=path.with_suffix(".json"),
             poster_path=path.with_suffix(".jpg"),
-            settings=settings,
+            record=settings,
             seconds=seconds,
             warnings=tuple(warnings),
         )
 
-    def _interpolator(self, request: GenerationRequest) -> Interpolator:
+    def _check_interpolation(self, request: GenerationRequest) -> None:
+        from allegro.interpolation import DEFAULT_METHOD, require_available
+
+        require_available(request.interpolation_method or DEFAULT_METHOD, self.ema_vfi_weights)
+
+    def _interpolator(self, loaded: LoadedPipeline, request: GenerationRequest) -> Interpolator:
+        """The method's interpolator, made once per loaded pipeline (EMA-VFI reads its
+        checkpoint then); the caller holds the run lock, so two jobs never load it twice."""
         from allegro.interpolation import DEFAULT_METHOD, create_interpolator
 
-        method = request.interpolation_method or DEFAULT_METHOD
-        return create_interpolator(method, weights=self.ema_vfi_weights)
+        key = (request.interpolation_method or DEFAULT_METHOD, self.ema_vfi_weights)
+        if key not in loaded.interpolators:
+            loaded.interpolators[key] = create_interpolator(key[0], weights=key[1])
+        return loaded.interpolators[key]
 
     def _make_frames(
         self,
@@ -609,49 +640,58 @@ class Engine:
         loaded: LoadedPipeline,
         request: GenerationRequest,
         fps: float,
-        interpolation: dict[str, Any] | None,
+        interpolation: InterpolationRecord | None,
         seconds: float,
         now: datetime,
         labels: Mapping[str, str] | None,
-    ) -> dict[str, Any]:
+        run_info: Mapping[str, Any],
+    ) -> VideoSettings:
         spec = loaded.spec
-        return {
-            "app": "Allegro Studio",
-            "app_version": __version__,
-            "created": now.isoformat(timespec="seconds"),
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt,
-            "seed": request.seed,
-            "steps": request.steps,
-            "guidance_scale": request.guidance_scale,
-            "frames": request.frames,
-            "height": request.height,
-            "width": request.width,
-            "fps": fps,
-            "use_template": request.use_template,
-            "fast_mode": request.fast_mode,
-            "step_cache": request.step_cache,  # replaced by its statistics after a run
-            "memory_profile": spec.memory_profile,
-            "interpolation": interpolation,
-            "model": spec.model,
-            "transformer": spec.transformer,
-            "precision": spec.precision,
-            "vae_precision": spec.vae_precision,
-            "offload": loaded.offload.mode,
-            "offload_reason": loaded.offload.reason,
-            "compiled": loaded.compiled,
-            "device": loaded.device,
-            "run_seconds": round(seconds, 2),
-            "labels": dict(labels or {}),
-        }
+        return VideoSettings(
+            app_version=__version__,
+            created=now.isoformat(timespec="seconds"),
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            frames=request.frames,
+            height=request.height,
+            width=request.width,
+            fps=fps,
+            use_template=request.use_template,
+            fast_mode=request.fast_mode,
+            step_cache=_step_cache_record(request, run_info),
+            memory_profile=spec.memory_profile,
+            interpolation=interpolation,
+            model=spec.model,
+            transformer=spec.transformer,
+            precision=spec.precision,
+            vae_precision=spec.vae_precision,
+            offload=loaded.offload.mode,
+            offload_reason=loaded.offload.reason,
+            compiled=loaded.compiled,
+            device=loaded.device,
+            run_seconds=round(seconds, 2),
+            labels=dict(labels or {}),
+        )
 
 
-def save_video(path: Path, frames: np.ndarray, fps: float, settings: dict[str, Any]) -> None:
+def _step_cache_record(
+    request: GenerationRequest, run_info: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The step cache's statistics when it was on ({} if it reported none), else None."""
+    if not request.step_cache:
+        return None
+    return dict(run_info.get("step_cache") or {})
+
+
+def save_video(path: Path, frames: np.ndarray, fps: float, settings: VideoSettings) -> None:
     """write_video with disk errors turned into a message (nothing half-written remains)."""
     from allegro.video import write_video
 
     try:
-        write_video(path, frames, fps, settings)
+        write_video(path, frames, fps, settings.to_dict())
     except OSError as error:
         raise _save_error(path, error) from None
 
@@ -665,7 +705,7 @@ def _save_error(path: Path, error: OSError) -> AllegroError:
 
 def _run_interpolation(
     frames: np.ndarray, interpolator: Interpolator, clock: _ProgressClock, cancel: CancelToken
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, InterpolationRecord]:
     from allegro.interpolation.driver import interpolate_frames
 
     result = interpolate_frames(frames, interpolator, _interpolation_progress(clock), cancel)
@@ -717,9 +757,9 @@ def interpolate_video(
         raise InterpolationError(f"The output must be an .mp4 file, not {destination.name}.")
     interpolator = create_interpolator(method, weights=weights)
     try:
-        settings = read_settings(source)
+        settings = VideoSettings.from_dict(read_settings(source))
     except AllegroError:
-        settings = {"source": source.name}
+        settings = VideoSettings(extra={"source": source.name})
     try:
         frames = stream_frames(source)
     except AllegroError as error:
@@ -739,10 +779,12 @@ def interpolate_video(
                 frames, interpolator, writer.put, on_pairs, cancel or CancelToken(), total_pairs
             )
             interpolation = interpolation_settings(method, counts, 2 * (counts.pairs + 1))
-            interpolation["source_fps"] = frames.fps
-            settings = {**settings, "fps": INTERPOLATED_FPS, "interpolation": interpolation}
+            interpolation = dataclasses.replace(interpolation, source_fps=frames.fps)
+            settings = dataclasses.replace(
+                settings, fps=INTERPOLATED_FPS, interpolation=interpolation
+            )
             clock.emit(Stage.SAVING, message="Saving the video …")
-            writer.finish(settings)
+            writer.finish(settings.to_dict())
     except OSError as error:
         raise _save_error(destination, error) from None
     clock.emit(Stage.DONE, 1.0)
@@ -751,15 +793,15 @@ def interpolate_video(
 
 def interpolation_settings(
     method: str, result: InterpolationResult | InterpolationCounts, frames: int | None = None
-) -> dict[str, Any]:
-    return {
-        "method": method,
-        "fps": INTERPOLATED_FPS,
-        "source_fps": FPS,
-        "frames": len(result.frames) if frames is None else frames,
-        "layout": "every source frame kept; one new frame between each pair; last repeated",
-        "fallback_pairs": int(result.fallback_pairs),
-    }
+) -> InterpolationRecord:
+    return InterpolationRecord(
+        method=method,
+        fps=INTERPOLATED_FPS,
+        source_fps=FPS,
+        frames=len(result.frames) if frames is None else frames,
+        layout="every source frame kept; one new frame between each pair; last repeated",
+        fallback_pairs=int(result.fallback_pairs),
+    )
 
 
 def _fit_preview_map(pipe) -> np.ndarray:

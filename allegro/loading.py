@@ -89,6 +89,7 @@ class LoadedPipeline:
     run_lock: threading.Lock = field(default_factory=threading.Lock)
     preview_map: Any = None  # latent -> RGB matrix for live previews (numpy), fitted on first use
     seconds_per_tile: float | None = None  # measured VAE decode speed, for the ETA
+    interpolators: dict[tuple, Any] = field(default_factory=dict)  # made once, by the engine
     gpu_memory_bytes: int | None = None  # the GPU's capacity; None on the CPU
     multiprocessors: int | None = None  # SMs of the GPU (or slice) actually got
     compiled: bool = False  # transformer blocks compiled (--compile, where it is clean)
@@ -759,6 +760,7 @@ class PipelineCache:
     def release_locked(self) -> None:
         if self._loaded is not None:
             self._loaded.prompt_cache.clear()
+            self._loaded.interpolators.clear()
             self._loaded = None
             self._key = None
             free_accelerator_memory()

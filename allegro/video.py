@@ -26,6 +26,7 @@ import numpy as np
 from allegro.errors import AllegroError
 
 SETTINGS_KEY = "allegro_studio"
+RESERVED_SUFFIX = ".reserved"  # an output name taken by a job still running (see reserve_path)
 
 
 @contextlib.contextmanager
@@ -44,6 +45,61 @@ def atomic_path(final: Path) -> Iterator[Path]:
         _fsync(final.parent)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _reservation(path: Path) -> Path:
+    return path.with_name(f".{path.name}{RESERVED_SUFFIX}")
+
+
+def reserve_path(path: Path) -> bool:
+    """Take the name ``path`` for a video still to be made, atomically (``O_EXCL``): False
+    if the video or its settings exist, or another worker holds the name."""
+    if path.exists() or path.with_suffix(".json").exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(_reservation(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def release_path(path: Path) -> None:
+    """Give back a name taken with reserve_path (once its video is saved, or not made)."""
+    _reservation(path).unlink(missing_ok=True)
+
+
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Delete what a killed process can leave in ``directory``: a save cut short
+    (``.NAME.partial.*``), a reserved name never used (``.NAME.mp4.reserved``), and sidecars,
+    posters or input images whose video never arrived. Returns what was removed. Only for a
+    folder no other process is writing to at the moment (called once at start)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        hidden = path.name.startswith(".")
+        temporary = hidden and (".partial." in path.name or path.name.endswith(RESERVED_SUFFIX))
+        if not (temporary or (not hidden and _is_orphan(path))):
+            continue
+        if path.is_symlink() or path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _is_orphan(path: Path) -> bool:
+    """``NAME.json``, ``NAME.jpg``, ``NAME.first.png`` or ``NAME.last.png`` with no
+    ``NAME.mp4`` (a link does not count as the video)."""
+    if path.suffix in (".json", ".jpg"):
+        video = path.with_suffix(".mp4")
+    elif path.suffix == ".png" and Path(path.stem).suffix in (".first", ".last"):
+        video = path.with_name(f"{Path(path.stem).stem}.mp4")
+    else:
+        return False
+    return video.is_symlink() or not video.is_file()
 
 
 def _fsync(path: Path) -> None:

@@ -155,7 +155,8 @@ def test_generate_returns_the_video_and_its_settings(studio):
     assert (settings["frames"], settings["height"], settings["width"]) == (24, 160, 160)
     from ui.identity import owner_tag
 
-    assert settings["labels"] == {"owner": owner_tag("key", ALICE)}  # one-way: not the key
+    assert settings["labels"]["owner"] == owner_tag("key", ALICE)  # one-way: not the key
+    assert settings["labels"]["job"]  # made as a job
     assert settings["warnings"] == []
     assert Path(video).name in studio.videos()
 
@@ -247,6 +248,40 @@ def test_cancel_a_running_and_a_queued_job_and_refuse_a_full_queue(studio):
     assert not [name for name in studio.videos() if "cancel-me" in name or "queued" in name]
 
 
+def test_jobs_api_submit_poll_list_cancel_with_owner_isolation(studio):
+    """/submit returns at once; /job polls; /jobs lists only the caller's; /cancel by id;
+    another owner cannot see or cancel a job, whatever id they send."""
+    alice, bob = studio.client(ALICE), studio.client(BOB)
+    params = {"prompt": "a lantern on a lake", "steps": 2, "frames": 24}
+    first = alice.predict(api_name="/submit", **params, height=160, width=160)
+    assert first["state"] in ("queued", "running") and isinstance(first["seed"], int)
+    slow = alice.predict(api_name="/submit", **{**params, "steps": 400}, height=160, width=160)
+    with pytest.raises(Exception, match="no job"):
+        bob.predict(first["id"], api_name="/job")
+    with pytest.raises(Exception, match="no job"):
+        bob.predict(slow["id"], api_name="/cancel")
+    assert bob.predict(api_name="/jobs") == []
+    assert {first["id"], slow["id"]} <= {job["id"] for job in alice.predict(api_name="/jobs")}
+
+    deadline = time.monotonic() + 180
+    job = first
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = alice.predict(first["id"], api_name="/job")
+    assert job["state"] == "done", job
+    assert job["video"] in studio.videos() and job["video_url"].endswith(".mp4")
+    cancelled = alice.predict(slow["id"], api_name="/cancel")
+    assert cancelled["state"] in ("cancelled", "running")
+    while alice.predict(slow["id"], api_name="/job")["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert alice.predict(slow["id"], api_name="/job")["state"] == "cancelled"
+    with pytest.raises(Exception, match="prompt"):
+        alice.predict(api_name="/submit", prompt="  ")
+    database = httpx.get(f"{studio.url}gradio_api/file={studio.output_dir}/.allegro-jobs.sqlite")
+    assert database.status_code != 200  # the queue's database is never served
+
+
 def test_restart_keeps_history_and_shared_galleries_are_per_caller(studio, tiny_model, workdir):
     made_before = studio.client(ALICE).predict(api_name="/history")
     studio.stop()
@@ -262,6 +297,11 @@ def test_restart_keeps_history_and_shared_galleries_are_per_caller(studio, tiny_
         assert bob.predict(api_name="/history") == []
         with pytest.raises(Exception, match="send your own key"):
             shared.client().predict(api_name="/history")  # never a gallery by address
+        for name, args in (("/jobs", ()), ("/job", ("x",)), ("/cancel", ("x",))):
+            with pytest.raises(Exception, match="send your own key"):
+                shared.client().predict(*args, api_name=name)  # nor jobs
+        with pytest.raises(Exception, match="send your own key"):
+            shared.client().predict(api_name="/submit", prompt="a key-less job")
 
         bob_video, _settings = generate(bob, prompt="Bob's video", steps=2)
         assert [r["video"] for r in bob.predict(api_name="/history")] == [Path(bob_video).name]

@@ -331,6 +331,26 @@ def test_same_prompt_and_seed_in_one_second_never_overwrite(tmp_path):
     assert output_path_for(tmp_path, request(), now).name.endswith("-sea-3.mp4")
 
 
+def test_the_interpolator_is_made_once_under_the_run_lock(engine, cache, monkeypatch):
+    """EMA-VFI reads its checkpoint when made: once per process, never two jobs at once."""
+    import allegro.interpolation
+
+    engine.load()
+    cache.loaded.interpolators.clear()
+    real_create = allegro.interpolation.create_interpolator
+    made = []
+
+    def create(name, weights=None, device=None):
+        made.append(cache.loaded.run_lock.locked())
+        return real_create(name, weights, device)
+
+    monkeypatch.setattr(allegro.interpolation, "create_interpolator", create)
+    engine.generate(request(interpolate=True, interpolation_method="blend"))
+    engine.generate(request(interpolate=True, interpolation_method="blend"))
+    assert made == [True]
+    cache.loaded.interpolators.clear()
+
+
 def test_out_of_memory_is_released_once_its_traceback_is_gone(engine, cache, monkeypatch):
     """The traceback of an OOM holds the failed step's frames and their activations; the
     GPU is released only after it is dropped, or empty_cache would return little. Only the

@@ -27,9 +27,10 @@ NATIVE_SIZE = ("default", "default")
 
 
 def generation_inputs(prompt: str, token: str, steps: int = 2, seed: int = 7) -> list:
-    """generate_page's 14 inputs: 12 controls, the page token, the job slot (a gr.State)."""
+    """generate_page's 17 inputs: 15 controls (the last three: the task and the images), the
+    page token, the job slot (a gr.State)."""
     controls = [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False, False]
-    return [*controls, token, None]
+    return [*controls, "Text to video", None, None, token, None]
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,27 @@ def test_output_files_cannot_be_fetched_or_probed_by_path(server, alice):
     assert answers[0].text.replace(str(real), "") == answers[2].text.replace(str(missing), "")
 
 
+def test_a_page_image_must_be_an_upload(server, alice, tmp_path):
+    """Raw HTTP in place of the page: a path on the server as the first frame is refused
+    before Gradio opens it, even when it is an image (gr.Image's data model has no file
+    mark, so Gradio's own upload-folder check does not apply: ui/uploads.UploadedImage)."""
+    from gradio.utils import get_upload_folder
+    from PIL import Image
+
+    secret = tmp_path / "secret-frame.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(secret)
+    cache = Path(get_upload_folder())  # the server's too: it inherits this environment
+    before = {path.name for path in cache.rglob("secret-frame*")}
+    inputs = generation_inputs("a cat", alice["token"])
+    for value in ("/etc/passwd", {"path": "/etc/passwd"}, {"path": str(secret)}):
+        inputs[12:15] = ["Image to video", value, None]
+        refused = alice["page"].call("generate_page", *inputs)
+        assert refused.status in (400, 422), value
+        assert "root:" not in refused.error
+    assert "not a path on the server" in refused.error
+    assert {path.name for path in cache.rglob("secret-frame*")} == before  # never copied
+
+
 def test_crash_leftovers_are_removed_at_start(server):
     names = {path.name for path in server.output_dir.iterdir()}
     assert not [name for name in names if ".partial." in name or "orphan" in name]
@@ -164,7 +186,7 @@ def test_a_huge_prompt_is_refused_before_it_is_queued(server, alice):
     with pytest.raises(Exception, match="negative prompt is 4,001 characters"):
         bob.predict(prompt="a cat", negative_prompt="n" * 4001, api_name="/generate")
     as_bob = PageSession(server.url, headers={"X-Allegro-Key": BOB_KEY})
-    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 12)
+    broken = as_bob.call("generate", "a cat \ud83d", *[None] * 14)  # 15 parameters
     assert broken.status == 422 and "not valid text" in broken.error
     assert time.monotonic() - started < 10
 
@@ -239,7 +261,7 @@ def test_uploads_are_capped_and_dropped_settings_are_validated(server, alice, tm
             "orig_name": "dropped.mp4",
             "meta": {"_type": "gradio.FileData"},
         }
-        outcome = page.call("load_dropped_video", dropped)
+        outcome = page.call("load_dropped_video", dropped, "")
         assert outcome.data is None and "Nothing was loaded" in outcome.error, change
         assert message in outcome.error
         assert not Path(uploaded).exists()  # only its settings were wanted

@@ -12,6 +12,7 @@ import time
 import types
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from allegro.request import (
     check_request,
     resolve_request,
 )
+from allegro.video import remove_leftovers
 from ui import gallery
 from ui.config import AppConfig, is_loopback, parse_config
 from ui.estimates import (
@@ -40,6 +42,7 @@ from ui.estimates import (
 from ui.formatting import progress_description
 from ui.jobs import iterate_in_thread, stream_generation
 from ui.model_status import (
+    PREVIEW_TI2V,
     ModelChoice,
     ModelLoader,
     ModelStatus,
@@ -367,16 +370,38 @@ def test_crash_leftovers_are_found_and_complete_videos_kept(videos):
     (videos / ".a-newest.x1.partial.mp4").write_bytes(b"half")
     (videos / "lost.json").write_text("{}")
     (videos / "lost.jpg").write_bytes(b"poster")
-    removed = gallery.remove_leftovers(videos)
+    (videos / "lost.first.png").write_bytes(b"input image")
+    (videos / "lost.last.png").write_bytes(b"input image")
+    (videos / "a-newest.first.png").write_bytes(b"input image")  # its video exists: kept
+    (videos / ".taken.mp4.reserved").write_bytes(b"")
+    removed = remove_leftovers(videos)
     assert sorted(path.name for path in removed) == [
         ".a-newest.x1.partial.mp4",
+        ".taken.mp4.reserved",
         ".x.partial.json",
         ".x.partial.mp4",
+        "lost.first.png",
         "lost.jpg",
         "lost.json",
+        "lost.last.png",
         "no-video.json",
     ]
+    assert (videos / "a-newest.first.png").is_file()
     assert len(gallery.list_entries(videos)) == 4
+    assert (videos / "a-newest.first.png").is_file()
+
+
+def test_input_images_belong_to_their_video(videos):
+    """Input images are found from the entry's own name (never a path in the settings),
+    and deleting the video deletes them."""
+    settings = json.loads((videos / "b-middle.json").read_text())
+    settings.update(first_image="../../etc/passwd", last_image="b-middle.last.png")
+    (videos / "b-middle.json").write_text(json.dumps(settings))
+    (videos / "b-middle.first.png").write_bytes(b"png")
+    entry = gallery.find_entry(videos, "b-middle", "alice-owner-1")
+    assert entry.input_images == {"first_image": videos / "b-middle.first.png"}
+    gallery.delete_entry(videos, "b-middle", "alice-owner-1")
+    assert not any(videos.glob("b-middle*"))
 
 
 def test_history_record_uses_the_urls_it_is_given(videos):
@@ -520,15 +545,64 @@ def _config(**changes) -> AppConfig:
 
 
 def test_model_choice():
-    assert choose_model(_config(), has_cuda=True) == ModelChoice("rhymes-ai/Allegro", None, False)
-    assert choose_model(_config(), has_cuda=False).preview
-    assert choose_model(_config(preview=True), has_cuda=True).preview
+    ti2v = "rhymes-ai/Allegro-TI2V"
+    assert choose_model(_config(), has_cuda=True) == ModelChoice(
+        "rhymes-ai/Allegro", None, False, ti2v
+    )
+    assert choose_model(_config(), has_cuda=False) == ModelChoice("", None, True, PREVIEW_TI2V)
+    assert choose_model(_config(preview=True), has_cuda=True).ti2v_model == PREVIEW_TI2V
     assert choose_model(_config(model="/models/a"), has_cuda=False) == ModelChoice(
         "/models/a", None, False
     )
     assert choose_model(_config(model="allegro-40x360p"), has_cuda=True) == ModelChoice(
-        "rhymes-ai/Allegro", "rhymes-ai/Allegro-T2V-40x360P", False
+        "rhymes-ai/Allegro", "rhymes-ai/Allegro-T2V-40x360P", False, ti2v
     )
+    # The TI2V model as the main one serves image requests itself.
+    assert choose_model(_config(model="allegro-ti2v"), has_cuda=True).ti2v_model is None
+
+
+def test_image_to_video_model_choice():
+    """--ti2v-model: a preset, a folder, or none (text to video only)."""
+    folder = _config(model="/models/a", ti2v_model="/models/t")
+    assert choose_model(folder, has_cuda=False).ti2v_model == "/models/t"
+    preset = _config(ti2v_model="allegro-ti2v", preview=True)
+    assert choose_model(preset, has_cuda=False).ti2v_model == "rhymes-ai/Allegro-TI2V"
+    for has_cuda in (True, False):
+        assert choose_model(_config(ti2v_model="none"), has_cuda).ti2v_model is None
+    assert parse_config(["--ti2v-model", "none"], {}).ti2v_model == "none"
+    assert parse_config([], {"ALLEGRO_TI2V_MODEL": "/m"}).ti2v_model == "/m"
+
+
+def test_preview_mode_serves_image_to_video(tmp_path, monkeypatch):
+    """The preview model's image-to-video twin is made once beside it, and image requests
+    are routed to it."""
+    made = []
+
+    def fake_make_tiny(directory, ti2v=False):
+        made.append(ti2v)
+        (Path(directory) / "model_index.json").write_text("{}")
+
+    class FakeEngine:
+        def __init__(self, spec, output_dir, weights, ti2v_spec=None):
+            self.spec, self.ti2v_spec = spec, ti2v_spec
+
+        def load(self, on_progress):
+            return SimpleNamespace(ti2v=False, device="cpu")  # nothing really loaded
+
+    monkeypatch.setattr("allegro.tiny.make_tiny", fake_make_tiny)
+    monkeypatch.setattr("allegro.engine.Engine", FakeEngine)
+    environ = {"ALLEGRO_PREVIEW_MODEL_DIR": str(tmp_path / "preview-model")}
+    loader = ModelLoader(_config(output_dir=tmp_path), environ, has_cuda=lambda: False)
+    loader.load()
+    engine = loader.engine()
+    assert engine.spec.model == str(tmp_path / "preview-model")
+    assert engine.ti2v_spec.model == str(tmp_path / "preview-model-ti2v")
+    assert made == [False, True]
+    loader.load()  # a retry makes nothing again
+    assert made == [False, True]
+    zero_gpu = ModelLoader(_config(output_dir=tmp_path, zero_gpu=True), environ, lambda: False)
+    zero_gpu.load()
+    assert zero_gpu.engine().ti2v_spec is None  # no second load inside a lent GPU call
 
 
 def test_preview_model_folder(tmp_path):
@@ -543,7 +617,7 @@ def test_preview_model_folder(tmp_path):
 def test_preview_model_is_made_once_and_atomically(tmp_path, monkeypatch):
     made = []
 
-    def fake_make_tiny(directory):
+    def fake_make_tiny(directory, ti2v=False):
         made.append(directory)
         (Path(directory) / "model_index.json").write_text("{}")
 
@@ -739,6 +813,17 @@ def test_method_labels_say_why_a_method_is_unavailable_or_slow(tmp_path):
     assert missing["ema-vfi"].startswith("ema-vfi (unavailable: ")
 
 
+def test_the_jobs_database_defaults_to_a_hidden_file_in_the_output_folder(tmp_path):
+    config = parse_config(["--output-dir", str(tmp_path)], {})
+    assert config.jobs_db_path == tmp_path.resolve() / ".allegro-jobs.sqlite"
+    moved = parse_config(["--jobs-db", str(tmp_path / "q.sqlite")], {})
+    assert moved.jobs_db_path == (tmp_path / "q.sqlite").resolve()
+    assert (
+        parse_config([], {"ALLEGRO_JOBS_DB": str(tmp_path / "e.sqlite")}).jobs_db
+        == (tmp_path / "e.sqlite").resolve()
+    )
+
+
 def test_a_zerogpu_slice_is_timed_by_the_multiprocessors_it_got():
     """ZeroGPU reports the whole card's name, "NVIDIA H200", with 60 of its 132 SMs
     (spaces 0.51.3 zero/configs.json, zero/torch/static.py:22-29)."""
@@ -775,3 +860,68 @@ def test_a_gpu_that_torch_cannot_use_fails_loudly(tmp_path):
     assert status.phase == Phase.FAILED
     assert "/dev/nvidia0" in status.error and "driver 580" in status.error
     assert "--preview" in status.error
+
+
+# ---- image to video on the page ---------------------------------------------------------------
+
+
+def test_image_mode_needs_a_first_frame_and_text_mode_ignores_images():
+    from ui.presets import IMAGE_TO_VIDEO
+
+    with pytest.raises(InvalidRequestError, match="needs a first frame"):
+        ControlValues(prompt="x", task=IMAGE_TO_VIDEO, last_image="/u/b.png").to_request()
+    request = ControlValues(prompt="x", task=IMAGE_TO_VIDEO, first_image="/u/a.png").to_request()
+    assert request.first_image == "/u/a.png" and request.image_to_video
+    assert not ControlValues(prompt="x", first_image="/u/a.png").to_request().image_to_video
+
+
+def test_switching_task_shows_the_image_inputs_and_the_official_guidance(tmp_path):
+    from ui.presets import IMAGE_TO_VIDEO, TEXT_TO_VIDEO
+    from ui.studio import Studio
+
+    studio = Studio(_config(output_dir=tmp_path), LoadedOn(Hardware(None)), environ={})
+    shown, guidance = studio.switch_task(IMAGE_TO_VIDEO, 7.5)
+    assert shown["visible"] and guidance == 8.0
+    assert studio.switch_task(TEXT_TO_VIDEO, 8.0)[1] == 7.5
+    assert studio.switch_task(IMAGE_TO_VIDEO, 5.0)[1] == 5.0  # the user's own value stays
+
+
+def test_crop_preview_is_the_engines_crop_at_the_chosen_size(tmp_path):
+    import gradio as gr
+    from PIL import Image
+
+    from ui.studio import Studio
+
+    studio = Studio(_config(output_dir=tmp_path), LoadedOn(Hardware(None)), environ={})
+    wide = np.random.default_rng(0).integers(0, 255, (360, 1280, 3), dtype=np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    square = studio.crop_preview(str(tmp_path / "wide.png"), "720x720")
+    assert square.shape == (720, 720, 3)
+    # A centre crop (then a resize): the middle of the wide image, not a squashed whole.
+    centre = np.asarray(Image.fromarray(wide[:, 460:820]).resize((720, 720)))
+    assert np.abs(square.astype(int) - centre.astype(int)).mean() < 40
+    assert studio.crop_preview(str(tmp_path / "wide.png"), "default").shape == (720, 1280, 3)
+    assert studio.crop_preview(None, "default") is None
+    (tmp_path / "bad.png").write_text("no")
+    with pytest.raises(gr.Error, match="not an image"):
+        studio.crop_preview(str(tmp_path / "bad.png"), "default")
+
+
+def test_settings_naming_input_images_resolve_only_to_the_callers_own(videos):
+    (videos / "b-middle.first.png").write_bytes(b"png")
+    settings = json.loads((videos / "b-middle.json").read_text())
+    settings["first_image"] = "b-middle.first.png"
+    (videos / "b-middle.json").write_text(json.dumps(settings))
+    named = {"first_image": "b-middle.first.png"}
+    assert gallery.images_named(videos, named, "alice-owner-1") == {
+        "first_image": videos / "b-middle.first.png"
+    }
+    for owner, wrong in (
+        ("bob-owner-22", named),  # not his
+        (None, {"first_image": "../b-middle.first.png"}),
+        (None, {"first_image": "/etc/passwd"}),
+        (None, {"last_image": "a-newest.last.png"}),  # no such image
+        (None, {"first_image": 7}),
+    ):
+        with pytest.raises(gallery.GalleryError):
+            gallery.images_named(videos, wrong, owner)

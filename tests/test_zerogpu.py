@@ -98,7 +98,7 @@ print(json.dumps({
     "device": status.device,
     "gpu_name": status.hardware and status.hardware.gpu_name,
     "multiprocessors": status.hardware and status.hardware.multiprocessors,
-    "loader_thread": loader._thread is not None,
+    "loader_thread": loader.manager._thread is not None,
     "packed_bytes": zero_torch.size(),
     "message_error": worker_error(AllegroError("No space left on the disk.")),
     "bug_error": worker_error(ValueError("a bug")),

@@ -31,6 +31,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
+JOBS_DB_NAME = ".allegro-jobs.sqlite"
 # spaces emulates CUDA only until the weights are packed at launch, and its GPU worker gets
 # them back on the GPU (spaces 0.51.3 zero/__init__.py:31, zero/wrappers.py:147-154): nothing
 # can move weights between CPU and GPU per call, so only "none" works there.
@@ -69,6 +70,14 @@ class AppConfig:
     allowed_origins: tuple[str, ...] = ()  # other web pages that may call the API
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
     memory_profile: str = "off"  # costs.MEMORY_PROFILES
+    # Image to video: a preset name or a source; None: allegro-ti2v with a CUDA GPU, the
+    # preview model's image-to-video twin without one; "none": no image-to-video.
+    ti2v_model: str | None = None
+    jobs_db: Path | None = None  # None: a hidden file in the output folder
+
+    @property
+    def jobs_db_path(self) -> Path:
+        return self.jobs_db or self.output_dir / JOBS_DB_NAME
 
     @property
     def shared(self) -> bool:
@@ -163,6 +172,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_env_text(environ, "ALLEGRO_TRANSFORMER"),
         help="take the transformer from this repo or folder instead (e.g. "
         "rhymes-ai/Allegro-T2V-40x360P). [ALLEGRO_TRANSFORMER]",
+    )
+    parser.add_argument(
+        "--ti2v-model",
+        default=_env_text(environ, "ALLEGRO_TI2V_MODEL"),
+        help="the image-to-video model (first/last frame, extend a clip): a preset name, repo "
+        "id or folder (Allegro-TI2V layout), or none to switch image to video off. Default: "
+        "allegro-ti2v with a CUDA GPU, the preview model's own without. [ALLEGRO_TI2V_MODEL]",
     )
     parser.add_argument(
         "--precision",
@@ -276,6 +292,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "pip install 'gradio[mcp]'). [ALLEGRO_MCP or GRADIO_MCP_SERVER]",
     )
     parser.add_argument(
+        "--jobs-db",
+        type=Path,
+        default=_env_text(environ, "ALLEGRO_JOBS_DB"),
+        help="the SQLite file that keeps the job queue across restarts (never served). "
+        f"Default: {JOBS_DB_NAME} in the output folder. [ALLEGRO_JOBS_DB]",
+    )
+    parser.add_argument(
         "--max-queue",
         type=_bounded_int(1),
         default=env_int(environ, ("ALLEGRO_MAX_QUEUE",), DEFAULT_MAX_QUEUE, 1),
@@ -347,4 +370,6 @@ def parse_config(
         ),
         trusted_proxies=args.trusted_proxies,
         memory_profile=args.memory_profile,
+        ti2v_model=args.ti2v_model,
+        jobs_db=Path(args.jobs_db).expanduser().resolve() if args.jobs_db else None,
     )

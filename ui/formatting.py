@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from allegro.events import ProgressEvent, Stage
+from allegro.settings import VideoSettings
 from ui.estimates import format_duration
 
 
@@ -22,31 +23,26 @@ def progress_description(event: ProgressEvent) -> str:
 
 def result_markdown(settings: Mapping[str, Any], seconds: float, file_name: str) -> str:
     """Seed used, time taken and what was made, for the result panel."""
-    size = f"{settings.get('width')}x{settings.get('height')}"
-    frames = settings.get("frames")
-    interpolation = settings.get("interpolation")
-    fps = settings.get("fps")
-    if isinstance(interpolation, Mapping):
-        frames = interpolation.get("frames", frames)
+    record = VideoSettings.from_dict(settings)
     line = (
-        f"**Seed {settings.get('seed')}** · made in {format_duration(seconds)} · "
-        f"{frames} frames at {size}, {fps:g} fps · `{file_name}`"
+        f"**Seed {record.seed}** · made in {format_duration(seconds)} · "
+        f"{record.output_frames} frames at {record.width}x{record.height}, {record.fps:g} fps · "
+        f"`{file_name}`"
     )
-    step_cache = settings.get("step_cache")
-    if isinstance(step_cache, Mapping):
+    if record.step_cache:
         from allegro.step_cache import StepCacheStats
 
-        line += f"\n\n{StepCacheStats.summary_of(step_cache).capitalize()}."
+        line += f"\n\n{StepCacheStats.summary_of(record.step_cache).capitalize()}."
     return line
 
 
 def entry_markdown(settings: Mapping[str, Any], file_name: str) -> str:
     """Summary of a gallery video."""
-    prompt = str(settings.get("prompt", ""))
-    seconds = settings.get("run_seconds")
-    made = f" · made in {format_duration(float(seconds))}" if seconds is not None else ""
+    record = VideoSettings.from_dict(settings)
+    seconds = record.run_seconds
+    made = f" · made in {format_duration(seconds)}" if seconds is not None else ""
     return (
-        f"**{prompt}**\n\nSeed {settings.get('seed')} · {settings.get('steps')} steps · "
-        f"guidance {settings.get('guidance_scale')} · {settings.get('frames')} frames at "
-        f"{settings.get('width')}x{settings.get('height')}{made} · `{file_name}`"
+        f"**{record.prompt}**\n\nSeed {record.seed} · {record.steps} steps · "
+        f"guidance {record.guidance_scale} · {record.frames} frames at "
+        f"{record.width}x{record.height}{made} · `{file_name}`"
     )

@@ -20,6 +20,9 @@ from allegro.errors import AllegroError
 
 OWNER_LABEL = "owner"
 PARTS = (".mp4", ".json", ".jpg")  # the video first: without it an entry no longer lists
+# The input images of an image-to-video generation, saved beside it by the engine
+# (allegro/ti2v/inputs.py, ConditionInputs.image_paths), keyed as in its settings.
+INPUT_IMAGES = {"first_image": ".first.png", "last_image": ".last.png"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -45,6 +48,17 @@ class GalleryEntry:
         prompt = " ".join(str(self.settings.get("prompt", "")).split())
         short = prompt if len(prompt) <= 60 else prompt[:57].rstrip() + "…"
         return f"{short} · seed {self.settings.get('seed', '?')}"
+
+    @property
+    def input_images(self) -> dict[str, Path]:
+        """The input images saved beside the video that its settings name, by setting (paths
+        derived from the entry's own name, never from the settings' text)."""
+        images = {}
+        for key, suffix in INPUT_IMAGES.items():
+            path = self.video.with_name(self.name + suffix)
+            if self.settings.get(key) and _is_plain_file(path):
+                images[key] = path
+        return images
 
     @property
     def thumbnail(self) -> Path:
@@ -125,35 +139,41 @@ def find_entry(output_dir: Path, name: str, owner: str | None) -> GalleryEntry:
 
 
 def delete_entry(output_dir: Path, name: str, owner: str | None) -> GalleryEntry:
-    """Remove a generation's MP4, JSON and poster; only its owner may (unless shared)."""
+    """Remove a generation's MP4, JSON, poster and input images; only its owner may (unless
+    shared)."""
     entry = find_entry(output_dir, name, owner)
     # The MP4 first: without it the entry no longer lists, even if a later unlink fails.
-    for suffix in PARTS:
+    for suffix in (*PARTS, *INPUT_IMAGES.values()):
         entry_path(output_dir, name, suffix).unlink(missing_ok=True)
     return entry
 
 
-def remove_leftovers(output_dir: Path) -> list[Path]:
-    """What a crash can leave: temporary ``.NAME.partial.*`` files, and sidecars or posters
-    whose video never arrived. Removed at start-up (no save is running then)."""
-    if not output_dir.is_dir():
-        return []
-    removed = []
-    for path in output_dir.iterdir():
-        partial = path.name.startswith(".") and ".partial." in path.name
-        orphan = (
-            path.suffix in PARTS[1:]
-            and _NAME.match(path.stem)
-            and not _is_plain_file(path.with_suffix(".mp4"))
-        )
-        if (partial or orphan) and (path.is_symlink() or path.is_file()):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+def images_named(output_dir: Path, settings: dict[str, Any], owner: str | None) -> dict[str, Path]:
+    """The input images a video's settings name (``NAME.first.png``...), as files of the
+    gallery entry NAME that ``owner`` may see; GalleryError for a name that is not one, or
+    an image that is not in their gallery (any text may be in a dropped video's settings)."""
+    images = {}
+    for key, suffix in INPUT_IMAGES.items():
+        value = settings.get(key)
+        if not value:
+            continue
+        if not isinstance(value, str) or not value.endswith(suffix):
+            raise GalleryError(f"The video's {key} setting is not the name of an input image.")
+        entry = find_entry(output_dir, value[: -len(suffix)], owner)
+        if key not in entry.input_images:
+            raise GalleryError(f"{value} is no longer in your gallery.")
+        images[key] = entry.input_images[key]
+    return images
 
 
-def history_record(entry: GalleryEntry, video_url: str, poster_url: str | None) -> dict[str, Any]:
-    """One generation as the /history API reports it (URLs to copies only its owner got)."""
+def history_record(
+    entry: GalleryEntry,
+    video_url: str,
+    poster_url: str | None,
+    image_urls: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One generation as the /history API reports it (URLs to copies only its owner got;
+    ``image_urls``: its input images', by setting name)."""
     settings = entry.settings
     return {
         "name": entry.name,
@@ -163,5 +183,6 @@ def history_record(entry: GalleryEntry, video_url: str, poster_url: str | None) 
         "video": entry.video.name,
         "video_url": video_url,
         "poster_url": poster_url,
+        "image_urls": image_urls or {},
         "settings": settings,
     }

@@ -15,8 +15,16 @@ from allegro.request import (
     OFFICIAL_STEPS,
     STEPS_RANGE,
 )
-from ui.presets import MODEL_DEFAULT, RANDOM_SEED, length_choices, size_choices
+from ui.presets import (
+    MODEL_DEFAULT,
+    RANDOM_SEED,
+    TASKS,
+    TEXT_TO_VIDEO,
+    length_choices,
+    size_choices,
+)
 from ui.studio import GENERATION, JobSlot, Studio
+from ui.uploads import UploadedImage
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 STYLE = ASSETS / "style.css"
@@ -109,6 +117,45 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                         "Cancel", variant="stop", scale=1, min_width=90, elem_id="cancel"
                     )
                 hint = gr.Markdown("", elem_id="cost-hint")
+                task = gr.Radio(
+                    list(TASKS),
+                    value=TEXT_TO_VIDEO,
+                    label="Make a video from",
+                    show_label=False,
+                    visible=False,  # shown once the model is ready, if it serves images
+                    elem_id="task",
+                )
+                with gr.Group(visible=False, elem_id="image-inputs") as image_inputs:
+                    with gr.Row(equal_height=True):
+                        first_image = UploadedImage(
+                            type="filepath",
+                            label="First frame",
+                            sources=["upload", "clipboard"],
+                            height=200,
+                            elem_id="first-image",
+                        )
+                        last_image = UploadedImage(
+                            type="filepath",
+                            label="Last frame (optional)",
+                            sources=["upload", "clipboard"],
+                            height=200,
+                            elem_id="last-image",
+                        )
+                    with gr.Row(equal_height=True):
+                        first_crop = gr.Image(
+                            label="Used as the first frame (cropped to the size)",
+                            interactive=False,
+                            buttons=[],
+                            height=140,
+                            elem_id="first-crop",
+                        )
+                        last_crop = gr.Image(
+                            label="Used as the last frame",
+                            interactive=False,
+                            buttons=[],
+                            height=140,
+                            elem_id="last-crop",
+                        )
                 with gr.Row():
                     # Wide enough for their labels: side by side on a laptop, stacked on a phone.
                     length = gr.Dropdown(
@@ -256,8 +303,23 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                     )
                 with gr.Column(scale=5, min_width=300):
                     selected_info = gr.Markdown("")
+                    selected_inputs = gr.Gallery(
+                        label="Input images",
+                        columns=2,
+                        height=140,
+                        allow_preview=False,
+                        interactive=False,
+                        visible=False,
+                        elem_id="selected-inputs",
+                    )
                     with gr.Row():
                         reuse = gr.Button("Reuse settings", variant="secondary", elem_id="reuse")
+                        extend = gr.Button(
+                            "Extend",
+                            variant="secondary",
+                            visible=False,
+                            elem_id="extend",
+                        )
                         delete = gr.Button("Delete", variant="stop", elem_id="delete")
                     with gr.Row(visible=False, elem_id="confirm-delete") as confirm_row:
                         confirm = gr.Button("Delete for good", variant="stop", size="sm")
@@ -284,9 +346,23 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             method,
             fast_mode,
             step_cache,
+            task,
+            first_image,
+            last_image,
         ]
         hint_inputs = [steps, length, size, fast_mode, step_cache]
-        status_outputs = [banner, generate, retry, timer, length, size, interpolation_row, method]
+        status_outputs = [
+            banner,
+            generate,
+            retry,
+            timer,
+            length,
+            size,
+            interpolation_row,
+            method,
+            task,
+            extend,
+        ]
 
         demo.load(studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **light)
         demo.load(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
@@ -306,27 +382,57 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         random_seed.click(lambda: RANDOM_SEED, None, seed, **light)
         reuse_seed.click(reuse_last_seed, last_seed, seed, **private, show_progress="hidden")
 
+        task.change(studio.switch_task, [task, guidance], [image_inputs, guidance], **light)
+        for image, crop in ((first_image, first_crop), (last_image, last_crop)):
+            gr.on([image.change, size.change], studio.crop_preview, [image, size], crop, **light)
+
+        run_outputs = [preview, run_status, video, result_info, result_settings, last_seed]
+        generation = {
+            "concurrency_limit": 1,
+            "concurrency_id": GENERATION,
+            "show_progress_on": [run_status],
+            "scroll_to_output": True,
+            **private,
+        }
         run = generate.click(
             studio.generate_page,
             [*controls, owner, job],
-            [preview, run_status, video, result_info, result_settings, last_seed],
-            concurrency_limit=1,
-            concurrency_id=GENERATION,
+            run_outputs,
             validator=studio.check_page,
-            show_progress_on=[run_status],
-            scroll_to_output=True,
-            **private,
+            **generation,
         )
-        run.then(studio.after_run, None, [preview, video], **light).then(
-            studio.refresh_gallery, owner, [gallery_view, gallery_names], **light
+        extend_inputs = [selected_name, prompt, negative, seed, steps, guidance, length]
+        extension = extend.click(
+            studio.extend_page,
+            [*extend_inputs, use_template, fast_mode, owner, job],
+            run_outputs,
+            validator=studio.check_extend_page,
+            **generation,
         )
-        cancel.click(studio.cancel_page, job, [preview, run_status, video], cancels=[run], **light)
+        for started in (run, extension):
+            started.then(studio.after_run, None, [preview, video], **light).then(
+                studio.refresh_gallery, owner, [gallery_view, gallery_names], **light
+            )
+        cancel.click(
+            studio.cancel_page,
+            job,
+            [preview, run_status, video],
+            cancels=[run, extension],
+            **light,
+        )
 
         refresh.click(studio.refresh_gallery, owner, [gallery_view, gallery_names], **light)
         gallery_view.select(
             studio.select_entry,
             [gallery_names, owner],
-            [selected_name, selected_video, selected_info, selected_settings, selected_row],
+            [
+                selected_name,
+                selected_video,
+                selected_info,
+                selected_settings,
+                selected_inputs,
+                selected_row,
+            ],
             **light,
         )
         reuse.click(studio.reuse_entry, [selected_name, owner], controls, **private)
@@ -347,17 +453,29 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             ],
             **light,
         ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
-        dropped.upload(studio.load_dropped_video, dropped, controls, **private)
+        dropped.upload(studio.load_dropped_video, [dropped, owner], controls, **private)
 
-        generate_api = gr.api(
-            studio.api_generate,
-            api_name="generate",
-            concurrency_limit=1,
-            concurrency_id=GENERATION,
-        )
-        # gr.api has no validator argument; the event has the same field as a click's.
-        demo.fns[generate_api["id"]].validator = studio.check_api
+        for name, handler, validator in (
+            ("generate", studio.api_generate, studio.check_api),
+            ("extend", studio.api_extend, studio.check_extend),
+        ):
+            endpoint = gr.api(
+                handler, api_name=name, concurrency_limit=1, concurrency_id=GENERATION
+            )
+            # gr.api has no validator argument; the event has the same field as a click's.
+            demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.api_history, api_name="history", queue=False)
+        if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
+            # /submit takes /generate's parameters: the same validator checks the key and
+            # every field before the call is queued.
+            submit_api = gr.api(studio.api_submit, api_name="submit", concurrency_limit=None)
+            demo.fns[submit_api["id"]].validator = studio.check_api
+            for handler, name in (
+                (studio.api_job, "job"),
+                (studio.api_cancel, "cancel"),
+                (studio.api_jobs, "jobs"),
+            ):
+                gr.api(handler, api_name=name, queue=False)
     return demo
 
 

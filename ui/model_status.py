@@ -1,28 +1,30 @@
-"""Loading the model in the background while the page already answers, and what the page
-shows about it (a status banner, the Generate button's label).
-
-The loader decides which model to run (Allegro with a CUDA GPU, the built-in preview model
-without), makes the preview checkpoint on first use, and loads the pipeline through the
-engine's process-wide cache. The page polls ``ModelLoader.status()``.
+"""What the page shows about the model (a status banner, the Generate button's label): a
+thin adapter over ``allegro.models``, which chooses the model, loads it in the background
+and keeps its state. The page polls ``ModelLoader.status()``.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import Enum
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from allegro.errors import AllegroError, UnsupportedSetupError
-from allegro.events import ProgressEvent, Stage
-from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, NativeSize
+from allegro.events import Stage
+from allegro.models import (
+    NO_TI2V,
+    PREVIEW_TI2V,
+    ModelChoice,
+    ModelManager,
+    ModelSettings,
+    ModelState,
+    Phase,
+    ensure_preview_model,
+    preview_model_dir,
+)
+from allegro.models import choose_model as _choose_model
+from allegro.request import NativeSize
 from ui.config import AppConfig
 from ui.estimates import Hardware, format_duration
 from ui.presets import MethodChoice
@@ -30,34 +32,25 @@ from ui.presets import MethodChoice
 if TYPE_CHECKING:
     from allegro.engine import Engine
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "NO_TI2V",
+    "PREVIEW_TI2V",
+    "ModelChoice",
+    "ModelLoader",
+    "ModelStatus",
+    "Phase",
+    "banner_markdown",
+    "choose_model",
+    "ensure_preview_model",
+    "generate_button",
+    "preview_model_dir",
+]
 
 PREVIEW_MODEL_NOTE = (
     "Real videos need an NVIDIA GPU and the Allegro weights (about 25 GB to download): "
     "about 27.5 GB of GPU memory without offload, or about 9.3 GB with "
     "`--offload sequential` (2-3x slower)."
 )
-
-
-class Phase(str, Enum):
-    STARTING = "starting"
-    DOWNLOADING = "downloading"
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    model: str
-    transformer: str | None
-    preview: bool  # the built-in tiny model (its output is noise)
-
-    @property
-    def label(self) -> str:
-        if self.preview:
-            return "built-in preview model"
-        return f"{self.model} + {self.transformer}" if self.transformer else self.model
 
 
 @dataclass(frozen=True)
@@ -73,6 +66,7 @@ class ModelStatus:
     device: str | None = None
     offload_reason: str | None = None
     interpolation: tuple[MethodChoice, ...] | None = None  # None until the loader checked
+    image_to_video: bool = False  # image requests are served (by the TI2V model)
     error: str | None = None
 
     @property
@@ -81,54 +75,14 @@ class ModelStatus:
 
     @property
     def busy(self) -> bool:
-        return self.phase not in (Phase.READY, Phase.FAILED)
+        return self.phase.busy
 
 
 def choose_model(config: AppConfig, has_cuda: bool) -> ModelChoice:
-    """Which model this run serves: --preview, then --model (a preset name or a source),
-    then Allegro with a CUDA GPU or the preview model without one."""
-    if config.preview:
-        return ModelChoice("", None, preview=True)
-    if config.model:
-        preset = MODEL_PRESETS.get(config.model)
-        if preset is not None:
-            return ModelChoice(preset.model, config.transformer or preset.transformer, False)
-        return ModelChoice(config.model, config.transformer, False)
-    if has_cuda:
-        return ModelChoice(DEFAULT_MODEL, config.transformer, False)
-    return ModelChoice("", None, preview=True)
-
-
-def preview_model_dir(environ: Mapping[str, str]) -> Path:
-    """Where the preview checkpoint is kept: beside the Hugging Face cache when HF_HOME is
-    set (a Docker volume), else in ~/.cache."""
-    if environ.get("ALLEGRO_PREVIEW_MODEL_DIR"):
-        return Path(environ["ALLEGRO_PREVIEW_MODEL_DIR"]).expanduser()
-    if environ.get("HF_HOME"):
-        return Path(environ["HF_HOME"]).expanduser() / "allegro-studio" / "preview-model"
-    cache = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return cache / "allegro-studio" / "preview-model"
-
-
-def ensure_preview_model(directory: Path) -> Path:
-    """Make the tiny checkpoint once; written beside and renamed into place, so a crash or
-    a second process never leaves a half-written model."""
-    if (directory / "model_index.json").is_file():
-        return directory
-    from allegro.tiny import make_tiny
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=".preview-", dir=directory.parent))
-    try:
-        make_tiny(temporary)
-        try:
-            temporary.rename(directory)
-        except OSError:
-            if not (directory / "model_index.json").is_file():  # not another process's
-                raise
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return directory
+    """Which model this run serves (see allegro.models.choose_model)."""
+    return _choose_model(
+        config.model, config.transformer, config.preview, has_cuda, config.ti2v_model
+    )
 
 
 def banner_markdown(status: ModelStatus) -> str:
@@ -184,146 +138,84 @@ def _interpolation_methods(weights: str | None, device: str) -> tuple[MethodChoi
     return tuple(choices)
 
 
-def _cuda_available() -> bool:
-    from allegro.loading import cuda_available
-
-    return cuda_available()
-
-
-def _visible_gpus() -> list[str]:
-    from allegro.loading import visible_nvidia_devices
-
-    return visible_nvidia_devices()
+def model_settings(config: AppConfig) -> ModelSettings:
+    return ModelSettings(
+        output_dir=config.output_dir,
+        model=config.model,
+        transformer=config.transformer,
+        preview=config.preview,
+        precision=config.precision,
+        vae_precision=config.vae_precision,
+        offload=config.offload,
+        compile=config.compile,
+        memory_profile=config.memory_profile,
+        ema_vfi_weights=config.ema_vfi_weights,
+        ti2v_model=config.ti2v_model,
+        zero_gpu=config.zero_gpu,
+    )
 
 
 class ModelLoader:
-    """Owns the background load and the engine built for the chosen model."""
+    """The page's view of the engine's ModelManager."""
 
     def __init__(
         self,
         config: AppConfig,
         environ: Mapping[str, str] | None = None,
-        has_cuda: Callable[[], bool] = _cuda_available,
-        visible_gpus: Callable[[], list[str]] = _visible_gpus,
+        has_cuda: Callable[[], bool] | None = None,
+        visible_gpus: Callable[[], list[str]] | None = None,
     ) -> None:
         self.config = config
-        self.environ = os.environ if environ is None else environ
-        self._has_cuda = has_cuda
-        self._visible_gpus = visible_gpus
-        self._lock = threading.Lock()
-        self._status = ModelStatus()
-        self._engine: Engine | None = None
-        self._engine_ready = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def status(self) -> ModelStatus:
-        with self._lock:
-            return self._status
-
-    def _update(self, **changes) -> None:
-        with self._lock:
-            self._status = replace(self._status, **changes)
+        environ = os.environ if environ is None else environ
+        probes = {"has_cuda": has_cuda, "visible_gpus": visible_gpus}
+        probes = {name: probe for name, probe in probes.items() if probe is not None}
+        self.manager = ModelManager(model_settings(config), environ, **probes)
+        self._ready: tuple[object, ModelStatus] | None = None  # (loaded, status), made once
 
     def start(self) -> None:
-        """Start (or, after a failure, retry) loading in a daemon thread."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            if self._status.phase == Phase.FAILED:
-                self._status = replace(
-                    self._status,
-                    phase=Phase.STARTING,
-                    message="Retrying …",
-                    error=None,
-                    started=time.monotonic(),
-                )
-            self._thread = threading.Thread(
-                target=self._run, name="allegro-model-loader", daemon=True
-            )
-            self._thread.start()
+        """Start (or, after a failure, retry) loading in the background."""
+        self.manager.start()
 
     def load(self) -> None:
-        """Load on the calling thread and return when done (or failed: see status()). On
-        ZeroGPU the app calls this on the main thread before launch: spaces emulates CUDA
-        only on the thread that imported it (its TorchFunctionMode is thread-local, spaces
-        0.51.3 zero/torch/patching.py:301-307, zero/wrappers.py:355) and packs the "cuda"
-        weights at launch (zero/__init__.py:31, zero/gradio.py:157-163). A finished load
-        also means no request can fork the GPU worker while the cache's lock is held."""
-        self._run()
+        """Load on the calling thread (ZeroGPU: the main thread, before launch; see
+        ModelManager.load)."""
+        self.manager.load()
 
     def engine(self, timeout: float = 600.0) -> Engine:
-        """The engine, once the model is chosen (loading may still be under way: the
-        engine's own load waits for it). Blocks for the seconds that choosing takes."""
-        deadline = time.monotonic() + timeout
-        while not self._engine_ready.wait(0.2):
-            status = self.status()
-            if status.phase == Phase.FAILED:
-                raise AllegroError(f"The model could not be loaded: {status.error}")
-            if time.monotonic() > deadline:
-                raise AllegroError("The model is still being prepared; try again in a moment.")
-        assert self._engine is not None
-        return self._engine
+        return self.manager.engine(timeout)
 
-    def _on_progress(self, event: ProgressEvent) -> None:
-        if event.stage == Stage.DOWNLOADING:
-            self._update(
-                phase=Phase.DOWNLOADING,
-                message=event.message,
-                downloaded=event.step,
-                download_total=event.total,
-            )
-        else:
-            self._update(phase=Phase.LOADING, message=event.message or "Loading …")
+    def status(self) -> ModelStatus:
+        state = self.manager.state()
+        if state.ready and state.loaded is not None:
+            if self._ready is None or self._ready[0] is not state.loaded:
+                self._ready = (state.loaded, self._ready_status(state))
+            return self._ready[1]
+        progress = state.progress
+        downloading = progress is not None and progress.stage == Stage.DOWNLOADING
+        return ModelStatus(
+            phase=state.phase,
+            message=state.message,
+            choice=state.choice,
+            downloaded=progress.step if downloading else 0,
+            download_total=progress.total if downloading else 0,
+            started=state.started,
+            error=state.error,
+        )
 
-    def _run(self) -> None:
-        try:
-            self._update(message="Looking for a GPU …")
-            has_cuda = self._has_cuda()
-            if not has_cuda and not self.config.preview and (devices := self._visible_gpus()):
-                from allegro.loading import cuda_unusable_message
-
-                # Loud: silently serving the CPU preview model would hide a broken setup.
-                raise UnsupportedSetupError(cuda_unusable_message(devices))
-            choice = choose_model(self.config, has_cuda)
-            self._update(choice=choice)
-            model = choice.model
-            if choice.preview:
-                self._update(message="Preparing the preview model …")
-                model = str(ensure_preview_model(preview_model_dir(self.environ)))
-            from allegro.engine import Engine
-            from allegro.loading import PipelineSpec
-
-            spec = PipelineSpec(
-                model=model,
-                transformer=choice.transformer,
-                precision=self.config.precision,
-                vae_precision=self.config.vae_precision,
-                offload=self.config.offload,
-                compile=self.config.compile,
-                memory_profile=self.config.memory_profile,
-            )
-            self._engine = Engine(spec, self.config.output_dir, self.config.ema_vfi_weights)
-            self._engine_ready.set()
-            loaded = self._engine.load(self._on_progress)
-            self._update(
-                phase=Phase.READY,
-                message="Ready",
-                native=loaded.native,
-                device=loaded.device,
-                hardware=_hardware(loaded),
-                offload_reason=None if loaded.device == "cpu" else loaded.offload.reason,
-                interpolation=_interpolation_methods(self.config.ema_vfi_weights, loaded.device),
-            )
-            logger.info("Model ready: %s on %s", choice.label, loaded.device)
-        except AllegroError as error:
-            self._update(phase=Phase.FAILED, error=str(error))
-            logger.error("Model loading failed: %s", error)
-        except Exception as error:  # a bug: keep serving the page, which shows this
-            logger.exception("Model loading failed")
-            self._update(
-                phase=Phase.FAILED,
-                error=f"Unexpected {type(error).__name__}: {error} (see the server log).",
-            )
+    def _ready_status(self, state: ModelState) -> ModelStatus:
+        loaded = state.loaded
+        return ModelStatus(
+            phase=Phase.READY,
+            message=state.message,
+            choice=state.choice,
+            started=state.started,
+            native=loaded.native,
+            device=loaded.device,
+            hardware=_hardware(loaded),
+            offload_reason=None if loaded.device == "cpu" else loaded.offload.reason,
+            interpolation=_interpolation_methods(self.config.ema_vfi_weights, loaded.device),
+            image_to_video=state.image_to_video,
+        )
 
 
 def _hardware(loaded) -> Hardware:

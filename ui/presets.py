@@ -19,8 +19,11 @@ from allegro.request import (
     GenerationRequest,
     NativeSize,
 )
+from allegro.settings import VideoSettings
 
 MODEL_DEFAULT = "default"  # dropdown value: the loaded model's native length or size
+TEXT_TO_VIDEO, IMAGE_TO_VIDEO = "Text to video", "Image to video"  # the task switch
+TASKS = (TEXT_TO_VIDEO, IMAGE_TO_VIDEO)
 RANDOM_SEED = -1
 
 
@@ -95,9 +98,20 @@ class ControlValues:
     interpolation_method: str | None = None
     fast_mode: bool = False
     step_cache: bool = False
+    task: str = TEXT_TO_VIDEO
+    first_image: str | None = None  # uploaded files (image to video)
+    last_image: str | None = None
 
     def to_request(self) -> GenerationRequest:
+        """The request; the images only count in image-to-video mode, where a first frame
+        is required."""
         height, width = size_for(self.size)
+        from_images = self.task == IMAGE_TO_VIDEO
+        if from_images and not self.first_image:
+            raise InvalidRequestError(
+                "Image to video needs a first frame: drop an image in the First frame box "
+                "(or switch to Text to video)."
+            )
         return GenerationRequest(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
@@ -112,6 +126,8 @@ class ControlValues:
             interpolation_method=self.interpolation_method if self.interpolate else None,
             fast_mode=self.fast_mode,
             step_cache=self.step_cache,
+            first_image=self.first_image if from_images else None,
+            last_image=self.last_image if from_images else None,
         )
 
 
@@ -127,8 +143,8 @@ def controls_from_settings(
     """A video's saved settings -> control values. Sizes that are not presets fall back to
     the model default (with a note), unless they are the loaded model's native size."""
     notes: list[str] = []
-    frames = settings.get("frames")
-    height, width = settings.get("height"), settings.get("width")
+    record = VideoSettings.from_dict(settings)
+    frames, height, width = record.frames, record.height, record.width
 
     if native is not None and (frames, height, width) == (
         native.frames,
@@ -147,22 +163,24 @@ def controls_from_settings(
                 notes.append(f"{width}x{height} is not an available size; using the model default.")
             size = MODEL_DEFAULT
 
-    interpolation = settings.get("interpolation")
-    method = interpolation.get("method") if isinstance(interpolation, Mapping) else None
-    negative = settings.get("negative_prompt")
+    method = record.interpolation.method if record.interpolation else None
+    negative = record.negative_prompt
     values = ControlValues(
-        prompt=str(settings.get("prompt", "")),
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else str(negative),
-        seed=settings.get("seed", RANDOM_SEED),
-        steps=settings.get("steps", OFFICIAL_STEPS),
-        guidance_scale=settings.get("guidance_scale", OFFICIAL_GUIDANCE),
+        prompt=record.prompt,
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
+        seed=RANDOM_SEED if record.seed is None else record.seed,
+        steps=OFFICIAL_STEPS if record.steps is None else record.steps,
+        guidance_scale=(
+            OFFICIAL_GUIDANCE if record.guidance_scale is None else record.guidance_scale
+        ),
         length=length,
         size=size,
-        use_template=bool(settings.get("use_template", True)),
+        use_template=record.use_template,
         interpolate=method is not None,
         interpolation_method=method,
-        fast_mode=bool(settings.get("fast_mode", False)),
-        step_cache=bool(settings.get("step_cache", False)),  # its statistics when it ran
+        fast_mode=record.fast_mode,
+        step_cache=record.step_cache is not None,
+        task=IMAGE_TO_VIDEO if record.first_image else TEXT_TO_VIDEO,
     )
     return LoadedControls(values, tuple(notes))
 
@@ -171,9 +189,12 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
     """A video's saved settings as the request that made it, for the same checks as any
     request (check_request); InvalidRequestError for a field that is not even the right
     kind of value."""
-    for name in ("use_template", "fast_mode", "step_cache"):
+    for name in ("use_template", "fast_mode"):
         if not isinstance(settings.get(name, False), bool):
             raise InvalidRequestError(f"The video's {name} setting is not yes or no.")
+    step_cache = settings.get("step_cache", False)  # its statistics when it ran
+    if not isinstance(step_cache, (bool, Mapping)):
+        raise InvalidRequestError("The video's step_cache setting is not yes or no.")
     interpolation = settings.get("interpolation")
     if interpolation is not None and not isinstance(interpolation, Mapping):
         raise InvalidRequestError("The video's interpolation setting is malformed.")
@@ -193,7 +214,7 @@ def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
         interpolate=interpolation is not None,
         interpolation_method=method,
         fast_mode=settings.get("fast_mode", False),
-        step_cache=settings.get("step_cache", False),
+        step_cache=bool(step_cache) or isinstance(step_cache, Mapping),
     )
 
 

@@ -10,6 +10,7 @@ a secret hash of their content (``publish``), handed to their owner; the output 
 is never served.
 """
 
+import asyncio
 import dataclasses
 import functools
 import inspect
@@ -19,18 +20,22 @@ import shutil
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio.data_classes import FileData
 
-from allegro.errors import AllegroError, Cancelled, InterpolationError
+from allegro.errors import AllegroError, Cancelled, InterpolationError, InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent
+from allegro.jobs import Job, JobRunner, JobState, prepare_request
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_OVERLAP_FRAMES,
     OFFICIAL_GUIDANCE,
     OFFICIAL_STEPS,
+    OFFICIAL_TI2V_GUIDANCE,
     GenerationRequest,
     check_request,
     resolve_request,
@@ -49,20 +54,25 @@ from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
 from ui.presets import (
+    IMAGE_TO_VIDEO,
     MODEL_DEFAULT,
     ControlValues,
     controls_from_settings,
+    frames_for,
     interpolation_choices,
     length_choices,
     request_from_settings,
     resolved_shape,
     size_choices,
+    size_for,
 )
+from ui.uploads import uploaded_file
 from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 
 logger = logging.getLogger(__name__)
 
 GENERATION = "generation"  # the concurrency group of every generation, page and API
+LOCAL_OWNER = "local"  # the job owner of a key-less caller where the server is not shared
 BUG_MESSAGE = (
     "Something went wrong inside Allegro Studio (the details are in the server log). "
     "The app keeps running: please try again."
@@ -87,6 +97,16 @@ _MESSAGE_FIELDS = (
     (re.compile(r"^Allegro cannot make \d+ frames"), ("length", "frames")),
     (re.compile(r"^Allegro cannot make"), ("size", "height")),
     (re.compile(r"interpolation method"), ("interpolation_method",)),
+    (re.compile(r"^The first (image|frame)"), ("image", "first_image")),
+    (re.compile(r"^The last (image|frame)|^A last frame"), ("last_image",)),
+    (re.compile(r"needs a first frame"), ("first_image",)),
+    (re.compile(r"^Overlap frames"), ("overlap_frames",)),
+    (re.compile(r"to continue|continued|continuation"), ("video",)),
+)
+INPUT_LABELS = {"first_image": "First frame", "last_image": "Last frame"}
+TEXT_ONLY_MESSAGE = (
+    "This server makes videos from text only (it was started with --ti2v-model none): "
+    "leave out the images."
 )
 
 
@@ -140,6 +160,7 @@ class Studio:
         config: AppConfig,
         loader: ModelLoader,
         environ: Mapping[str, str],
+        jobs_db: Path | None = None,
         identities: Identities | None = None,
     ):
         self.config = config
@@ -150,6 +171,14 @@ class Studio:
             self.identities = identities
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
         self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
+        # Jobs that outlive the page. Not on ZeroGPU yet: there the GPU is lent to one call
+        # of a spaces.GPU function, not to a background worker thread.
+        self.runner: JobRunner | None = None
+        if jobs_db is not None and not config.zero_gpu:
+            from allegro.jobs import EngineWorker, JobStore
+
+            worker = EngineWorker(loader.manager.ready_engine, config.output_dir)
+            self.runner = JobRunner(JobStore(jobs_db), [worker], prepare=self.prepare_job)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -238,17 +267,22 @@ class Studio:
         interpolation_method: str | None,
         fast_mode: bool,
         step_cache: bool,
+        task: str,
+        first_image: str | None,
+        last_image: str | None,
         owner_id: str,
         job: JobSlot,
         request: gr.Request = None,
     ) -> list[dict]:
         """Generate's validator: runs when the click arrives, before it joins the queue
-        (gradio/queueing.py:308-348), so a bad request never waits for the GPU."""
+        (gradio/queueing.py:308-348), so a bad request (a bad image included) never waits
+        for the GPU."""
         controls = ControlValues(  # the page's controls, in the field order
             prompt, negative_prompt, seed, steps, guidance_scale, length, size,
             use_template, interpolate, interpolation_method, fast_mode, step_cache,
+            task, first_image, last_image,
         )  # fmt: skip
-        problem = self._problem(lambda: (self.page_owner(owner_id), controls.to_request()), request)
+        problem = self._problem(lambda: self._page_request(owner_id, controls), request)
         return _validations(PAGE_INPUTS, problem)
 
     def check_api(
@@ -257,7 +291,7 @@ class Studio:
         negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
         seed: int | str | None = None,
         steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        guidance_scale: float | str | None = None,
         frames: int | str | None = None,
         height: int | str | None = None,
         width: int | str | None = None,
@@ -266,16 +300,47 @@ class Studio:
         interpolation_method: str | None = None,
         fast_mode: bool = False,
         step_cache: bool = False,
+        image: FileData | None = None,
+        last_image: FileData | None = None,
         request: gr.Request = None,
     ) -> list[dict]:
-        """/generate's validator (same parameters): the key and every field, before the
-        request is queued."""
+        """/generate's validator (same parameters): the key, every field and the images,
+        before the request is queued."""
         fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
         options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
         problem = self._problem(
-            lambda: (self.api_owner(request), self.api_request(*fields, *options)), request
+            lambda: (
+                self.api_owner(request),
+                self.api_request(*fields, *options, image=image, last_image=last_image),
+            ),
+            request,
         )
         return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
+
+    def check_extend(
+        self,
+        video: str,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str | None = None,
+        frames: int | str | None = None,
+        overlap_frames: int | str = DEFAULT_OVERLAP_FRAMES,
+        use_template: bool = True,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> list[dict]:
+        """/extend's validator (same parameters): the key, the video (the caller's own) and
+        every field, before the request is queued."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, overlap_frames)
+
+        def build():
+            owner = self.api_owner(request)
+            return owner, self.extend_request(video, owner, *fields, use_template, fast_mode)
+
+        problem = self._problem(build, request)
+        return _validations(tuple(inspect.signature(self.check_extend).parameters)[:-1], problem)
 
     def _problem(self, build, request: gr.Request | None) -> str | None:
         """What is wrong with a caller, their request or the queue, or None. ``build``
@@ -301,6 +366,12 @@ class Studio:
         status = self.loader.status()
         if request.interpolate:
             self._check_interpolation(request.interpolation_method)
+        if request.image_to_video:
+            from allegro.ti2v.inputs import check_condition_files
+
+            if status.ready and not status.image_to_video:
+                raise InvalidRequestError(TEXT_ONLY_MESSAGE)
+            check_condition_files(request)
         if status.native is None:
             check_request(request)
             return request
@@ -313,6 +384,10 @@ class Studio:
                 default=self.config.zero_gpu_max_seconds,
             )
         return request
+
+    def prepare_job(self, request: GenerationRequest) -> GenerationRequest:
+        """The checks before a job is queued, with its seed fixed."""
+        return prepare_request(self.prepare(request))
 
     def _check_interpolation(self, method: str | None) -> None:
         from allegro.interpolation import DEFAULT_METHOD, method_availability
@@ -367,6 +442,9 @@ class Studio:
         interpolation_method: str | None,
         fast_mode: bool,
         step_cache: bool,
+        task: str,
+        first_image: str | None,
+        last_image: str | None,
         owner_id: str,
         job: JobSlot,
         progress=gr.Progress(),  # noqa: B008 - Gradio's way of asking for a progress bar
@@ -385,12 +463,97 @@ class Studio:
             interpolation_method=interpolation_method,
             fast_mode=fast_mode,
             step_cache=step_cache,
+            task=task,
+            first_image=first_image,
+            last_image=last_image,
         )
         try:
-            owner = self.page_owner(owner_id)
-            prepared = self.prepare(controls.to_request())
+            owner, generation = self._page_request(owner_id, controls)
+            prepared = self.prepare(generation)
         except AllegroError as error:
             raise user_error(error) from None
+        async for outputs in self._page_run(prepared, owner, job, progress):
+            yield outputs
+
+    def _page_request(
+        self, owner_id: Any, controls: ControlValues
+    ) -> tuple[Owner, GenerationRequest]:
+        """The page's caller and request; its images must be uploads like an API caller's
+        (raw HTTP can send any text in their place)."""
+        owner = self.page_owner(owner_id)
+        uploads = {
+            key: uploaded_file(getattr(controls, key), label.lower())
+            for key, label in INPUT_LABELS.items()
+        }
+        return owner, replace(controls, **uploads).to_request()
+
+    def check_extend_page(
+        self,
+        name: str | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float | None,
+        steps: float,
+        guidance_scale: float,
+        length: str,
+        use_template: bool,
+        fast_mode: bool,
+        owner_id: str,
+        job: JobSlot,
+        request: gr.Request = None,
+    ) -> list[dict]:
+        """Extend's validator: the selected video must be the caller's, the fields good."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, length)
+
+        def build():
+            owner = self.page_owner(owner_id)
+            return owner, self._page_extension(name, owner, *fields, use_template, fast_mode)
+
+        problem = self._problem(build, request)
+        inputs = tuple(inspect.signature(self.check_extend_page).parameters)[:-1]
+        return _validations(inputs, problem)
+
+    async def extend_page(
+        self,
+        name: str | None,
+        prompt: str,
+        negative_prompt: str,
+        seed: float | None,
+        steps: float,
+        guidance_scale: float,
+        length: str,
+        use_template: bool,
+        fast_mode: bool,
+        owner_id: str,
+        job: JobSlot,
+        progress=gr.Progress(),  # noqa: B008
+    ):
+        """The selected gallery video, continued with the page's prompt and settings; yields
+        as generate_page."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, length)
+        try:
+            owner = self.page_owner(owner_id)
+            extension = self._page_extension(name, owner, *fields, use_template, fast_mode)
+            prepared = self.prepare(extension)
+        except AllegroError as error:
+            raise user_error(error) from None
+        async for outputs in self._page_run(prepared, owner, job, progress):
+            yield outputs
+
+    def _page_extension(
+        self, name, owner, prompt, negative, seed, steps, guidance, length, template, fast
+    ) -> GenerationRequest:
+        if not name:
+            raise gallery.GalleryError("Pick a video in the gallery first.")
+        frames = frames_for(length)
+        return self.extend_request(
+            name, owner, prompt, negative, seed, steps, guidance, frames,
+            DEFAULT_OVERLAP_FRAMES, template, fast,
+        )  # fmt: skip
+
+    async def _page_run(
+        self, prepared: GenerationRequest, owner: Owner, job: JobSlot, progress: gr.Progress
+    ):
         token = job.token = CancelToken()
         skip = gr.skip()
         progress(0.0, desc="Starting …")
@@ -455,7 +618,7 @@ class Studio:
         negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
         seed: int | str | None = None,
         steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        guidance_scale: float | str | None = None,
         frames: int | str | None = None,
         height: int | str | None = None,
         width: int | str | None = None,
@@ -464,12 +627,138 @@ class Studio:
         interpolation_method: str | None = None,
         fast_mode: bool = False,
         step_cache: bool = False,
+        image: FileData | None = None,
+        last_image: FileData | None = None,
         request: gr.Request = None,
     ) -> tuple[FileData, dict]:
         """Make one video. Returns the MP4 and its settings (with the seed used and any
         warnings). Sizes left empty take the model's native size; seed empty or -1 is
-        random. On a shared server, send your own key (32+ characters) in the X-Allegro-Key
-        header: your videos and history are those made with it."""
+        random; guidance empty is the official one (7.5, or 8 from images). Image to video:
+        ``image`` becomes the first frame and ``last_image`` (optional) the last, each
+        cropped to the video's shape (send them with gradio_client's handle_file). On a
+        shared server, send your own key (32+ characters) in the X-Allegro-Key header: your
+        videos and history are those made with it."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
+        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
+        try:
+            generation = self.api_request(*fields, *options, image=image, last_image=last_image)
+        except AllegroError as error:
+            raise user_error(error) from None
+        return await self._api_run(generation, request)
+
+    async def api_extend(
+        self,
+        video: str,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str | None = None,
+        frames: int | str | None = None,
+        overlap_frames: int | str = DEFAULT_OVERLAP_FRAMES,
+        use_template: bool = True,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> tuple[FileData, dict]:
+        """Continue one of your videos (``video``: its name in /history) where it ends: its
+        last ``overlap_frames`` frames start a new clip of ``frames`` frames (empty: the
+        model's length) that follows ``prompt``. Returns the whole, longer video (the
+        original first, frame for frame) and its settings; the original is kept."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, overlap_frames)
+        try:
+            owner = self.api_owner(request)
+            generation = self.extend_request(video, owner, *fields, use_template, fast_mode)
+        except AllegroError as error:
+            raise user_error(error) from None
+        return await self._api_run(generation, request)
+
+    async def _api_run(
+        self, generation: GenerationRequest, request: gr.Request | None
+    ) -> tuple[FileData, dict]:
+        if self.runner is not None:
+            try:
+                owner = self.api_owner(request)
+            except AllegroError as error:
+                raise user_error(error) from None
+            return await self._generate_as_job(generation, owner)
+        token = CancelToken()
+        try:
+            owner = self.api_owner(request)
+            prepared = self.prepare(generation)
+            async for item in self.run(prepared, owner, token):
+                if not isinstance(item, ProgressEvent):
+                    settings = {**item.settings, "warnings": list(item.warnings)}
+                    return FileData(path=self.publish(item.video_path)), settings
+        except Exception as error:
+            raise user_error(error) from None
+        raise user_error(RuntimeError("the generation ended without a result"))
+
+    # ---- jobs (API) ----------------------------------------------------------------------
+
+    def _runner(self) -> JobRunner:
+        if self.runner is None:
+            raise gr.Error(
+                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate.",
+                print_exception=False,
+            )
+        return self.runner
+
+    def _submit(self, generation: GenerationRequest, owner: Owner | None) -> Job:
+        """Queue a job for ``owner`` (verified by api_owner): stored under their one-way
+        tag, or ``LOCAL_OWNER`` for key-less local use."""
+        key = owner.tag if owner is not None else LOCAL_OWNER
+        return self._runner().submit(generation, key, self.labels(owner))
+
+    async def _generate_as_job(
+        self, generation: GenerationRequest, owner: Owner | None
+    ) -> tuple[FileData, dict]:
+        """/generate through the queue: recorded like any job (a restart runs it again);
+        the caller waits for it, and cancelling the call cancels the job, as before."""
+        runner = self._runner()
+        try:
+            job = await asyncio.to_thread(self._submit, generation, owner)
+        except Exception as error:
+            raise user_error(error) from None
+        try:
+            final = await asyncio.to_thread(runner.wait, job.id)
+        except BaseException:  # the call was cancelled (a client's cancel, a closed page)
+            runner.cancel(job.id)
+            raise
+        if final.state == JobState.DONE and final.video:
+            try:  # the sidecar: the settings with their labels, as a direct run returns them
+                entry = gallery.find_entry(self.output_dir, Path(final.video).stem, None)
+            except AllegroError as error:  # deleted meanwhile
+                raise user_error(error) from None
+            settings = {**entry.settings, "warnings": list(final.warnings)}
+            return FileData(path=self.publish(entry.video)), settings
+        error = Cancelled() if final.state == JobState.CANCELLED else AllegroError(final.error)
+        raise user_error(error)
+
+    def _job_viewer(self, request: gr.Request | None) -> str | None:
+        """Whose jobs a caller sees: a key's own (key-less callers are refused when shared,
+        like /history); a key-less local caller, every job."""
+        owner = self.api_owner(request)
+        return owner.tag if owner is not None else None
+
+    async def api_submit(
+        self,
+        prompt: str,
+        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
+        seed: int | str | None = None,
+        steps: int | float | str = OFFICIAL_STEPS,
+        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        frames: int | str | None = None,
+        height: int | str | None = None,
+        width: int | str | None = None,
+        use_template: bool = True,
+        interpolate: bool = False,
+        interpolation_method: str | None = None,
+        fast_mode: bool = False,
+        request: gr.Request = None,
+    ) -> dict:
+        """Queue one video and return at once with its job (id, state, seed fixed now). The
+        job goes on if you disconnect and after a server restart; poll /job with its id.
+        Same parameters (and X-Allegro-Key header) as /generate."""
         generation = self.api_request(
             prompt,
             negative_prompt,
@@ -483,27 +772,117 @@ class Studio:
             interpolate,
             interpolation_method,
             fast_mode,
-            step_cache,
         )
-        token = CancelToken()
         try:
+            self._runner()
             owner = self.api_owner(request)
-            prepared = self.prepare(generation)
-            async for item in self.run(prepared, owner, token):
-                if not isinstance(item, ProgressEvent):
-                    settings = {**item.settings, "warnings": list(item.warnings)}
-                    return FileData(path=self.publish(item.video_path)), settings
+            job = await asyncio.to_thread(self._submit, generation, owner)
+            return self.job_record(job)
         except Exception as error:
             raise user_error(error) from None
-        raise user_error(RuntimeError("the generation ended without a result"))
+
+    def api_job(self, job_id: str, request: gr.Request = None) -> dict:
+        """One of your jobs: state, queue position, progress, and the video once done."""
+        try:
+            runner = self._runner()
+            return self.job_record(runner.get(str(job_id), self._job_viewer(request)))
+        except Exception as error:
+            raise user_error(error) from None
+
+    def api_cancel(self, job_id: str, request: gr.Request = None) -> dict:
+        """Cancel one of your jobs: a queued one leaves the queue, a running one stops within
+        a step (no file is left). Returns the job."""
+        try:
+            runner = self._runner()
+            return self.job_record(runner.cancel(str(job_id), self._job_viewer(request)))
+        except Exception as error:
+            raise user_error(error) from None
+
+    def api_jobs(self, request: gr.Request = None) -> list[dict]:
+        """Your queued and running jobs in queue order, then your recent finished ones."""
+        try:
+            runner = self._runner()
+            return [self.job_record(job) for job in runner.list(self._job_viewer(request))]
+        except Exception as error:
+            raise user_error(error) from None
+
+    def job_record(self, job: Job) -> dict[str, Any]:
+        """One job as the API reports it; a finished video links to a copy made for this
+        answer (the caller is the job's owner: runner.get checked)."""
+        runner = self._runner()
+        progress = job.progress
+        video = Path(job.video) if job.video else None
+        return {
+            "id": job.id,
+            "state": job.state.value,
+            "queue_position": (
+                runner.queue_position(job.id) if job.state == JobState.QUEUED else None
+            ),
+            "prompt": job.request.prompt,
+            "seed": job.seed,
+            "created": _iso(job.created),
+            "started": _iso(job.started),
+            "finished": _iso(job.finished),
+            "attempts": job.attempts,
+            "note": job.note,
+            "error": job.error,
+            "progress": None
+            if progress is None
+            else {
+                "stage": progress.stage.value,
+                "fraction": round(progress.fraction, 4),
+                "step": progress.step,
+                "total": progress.total,
+                "eta_seconds": None if progress.eta is None else round(progress.eta, 1),
+                "message": progress.message,
+            },
+            "video": video.name if video else None,
+            "video_url": self.published_url(video) if video and video.is_file() else None,
+        }
 
     @staticmethod
-    def api_request(*values: Any) -> GenerationRequest:
+    def api_request(*values: Any, image: Any = None, last_image: Any = None) -> GenerationRequest:
         """/generate's parameters (request aside), which are GenerationRequest's fields in
-        order; a method alone asks for interpolation."""
-        generation = GenerationRequest(*values)
+        order, then the uploaded images; a method alone asks for interpolation."""
+        generation = GenerationRequest(
+            *values,
+            first_image=uploaded_file(image, "first image"),
+            last_image=uploaded_file(last_image, "last image"),
+        )
         wants_interpolation = generation.interpolate or bool(generation.interpolation_method)
         return replace(generation, interpolate=wants_interpolation)
+
+    def extend_request(
+        self,
+        name: Any,
+        owner: Owner | None,
+        prompt: str,
+        negative_prompt: str | None,
+        seed: Any,
+        steps: Any,
+        guidance_scale: Any,
+        frames: Any,
+        overlap_frames: Any,
+        use_template: bool,
+        fast_mode: bool,
+    ) -> GenerationRequest:
+        """A continuation of ``owner``'s video ``name`` (GalleryError if it is not theirs),
+        at the video's own size."""
+        entry = gallery.find_entry(self.output_dir, name, self.gallery_owner(owner))
+        return GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            frames=frames or None,
+            height=entry.settings.get("height"),
+            width=entry.settings.get("width"),
+            use_template=use_template,
+            fast_mode=fast_mode,
+            continue_video=str(entry.video),
+            overlap_frames=overlap_frames,
+        )
 
     def api_history(self, request: gr.Request = None) -> list[dict]:
         """Past generations visible to the caller, newest first (on a shared server: those
@@ -515,6 +894,7 @@ class Studio:
                     entry,
                     self.published_url(entry.video),
                     self.published_url(entry.poster) if entry.poster else None,
+                    {key: self.published_url(path) for key, path in entry.input_images.items()},
                 )
                 for entry in gallery.list_entries(self.output_dir, owner)
             ]
@@ -527,17 +907,20 @@ class Studio:
         self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
     ):
         """Timer tick: (banner, generate button, retry button, timer, length, size,
-        interpolate toggle, method, cost hint). Choices are sent once, when ready."""
+        interpolate toggle, method, task switch, extend button, cost hint). Choices are sent
+        once, when ready; the task switch and Extend show only if image to video is served."""
         status = self.loader.status()
         label, interactive = generate_button(status)
         skip = gr.skip()
-        dropdowns: tuple = (skip, skip, skip, skip)
+        dropdowns: tuple = (skip,) * 6
         if status.ready:
             dropdowns = (
                 gr.update(choices=length_choices(status.native)),
                 gr.update(choices=size_choices(status.native)),
                 gr.update(visible=status.interpolation is not None),
                 gr.update(choices=interpolation_choices(list(status.interpolation or ()))),
+                gr.update(visible=status.image_to_video),
+                gr.update(visible=status.image_to_video),
             )
         return (
             banner_markdown(status),
@@ -607,28 +990,34 @@ class Studio:
         return items, [entry.name for entry in entries]
 
     def select_entry(self, names: list[str], owner_id: str, event: gr.SelectData):
-        """(selected name, video, summary, settings, actions row)."""
+        """(selected name, video, summary, settings, input images, actions row)."""
         owner = self._page_gallery(owner_id)
         try:
             name = names[event.index]
         except (IndexError, TypeError):
             raise gr.Error("Pick a video again.", print_exception=False) from None
         entry = self._find(name, owner)
+        inputs = [
+            (self.publish(path), INPUT_LABELS[key]) for key, path in entry.input_images.items()
+        ]
         return (
             entry.name,
             self.publish(entry.video),
             entry_markdown(entry.settings, entry.video.name),
             entry.settings,
+            gr.update(value=inputs, visible=bool(inputs)),
             gr.update(visible=True),
         )
 
     def reuse_entry(self, name: str | None, owner_id: str):
-        """The selected video's settings into the controls (12 control values)."""
+        """The selected video's settings and input images into the controls."""
         owner = self._page_gallery(owner_id)
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
         entry = self._find(name, owner)
-        return self._controls_from(entry.settings, f"Settings of {entry.name} loaded.")
+        return self._controls_from(
+            entry.settings, f"Settings of {entry.name} loaded.", entry.input_images
+        )
 
     def delete_entry(self, name: str | None, owner_id: str):
         """(gallery items, names, selected name, video, summary, settings, actions row)."""
@@ -636,18 +1025,21 @@ class Studio:
         if not name:
             raise gr.Error("Pick a video in the gallery first.", print_exception=False)
         entry = self._find(name, owner)
-        self.unpublish([entry.video, *([entry.poster] if entry.poster else [])])
+        self.unpublish(
+            [entry.video, *([entry.poster] if entry.poster else []), *entry.input_images.values()]
+        )
         try:  # the served copies are gone; now the files themselves
             gallery.delete_entry(self.output_dir, entry.name, owner)
         except AllegroError as error:
             raise user_error(error) from None
         return (*self.refresh_gallery(owner_id), None, None, "", None, gr.update(visible=False))
 
-    def load_dropped_video(self, path: str | None):
-        """A dropped MP4 -> its settings in the controls. The settings are checked field by
-        field like a request; any problem is a message and nothing is loaded."""
+    def load_dropped_video(self, path: str | None, owner_id: Any = None):
+        """A dropped MP4 -> its settings in the controls, and its input images when they are
+        in the caller's gallery. The settings are checked field by field like a request; any
+        problem is a message and nothing is loaded."""
         if not path:
-            return tuple(gr.skip() for _ in range(12))
+            return tuple(gr.skip() for _ in PAGE_INPUTS[:-2])
         from allegro.video import read_settings
 
         upload = Path(path)
@@ -659,18 +1051,27 @@ class Studio:
             if request.interpolate:
                 self._check_interpolation(request.interpolation_method)
             check_request(request)
+            owner = self.gallery_owner(self.page_owner(owner_id)) if owner_id else None
+            try:
+                images = gallery.images_named(self.output_dir, settings, owner)
+            except gallery.GalleryError as error:
+                gr.Warning(f"{error} Add the input images again.")
+                images = {}
         except AllegroError as error:
             raise gr.Error(f"Nothing was loaded: {error}", print_exception=False) from None
         finally:
             upload.unlink(missing_ok=True)  # only its settings were wanted; nobody may fetch it
-        return self._controls_from(settings, "Settings loaded from the video.")
+        return self._controls_from(settings, "Settings loaded from the video.", images)
 
-    def _controls_from(self, settings: Mapping[str, Any], message: str):
+    def _controls_from(self, settings: Mapping[str, Any], message: str, images: Mapping[str, Path]):
+        """The controls' values (PAGE_INPUTS but the owner and job): images as copies served
+        to this caller."""
         loaded = controls_from_settings(settings, self.loader.status().native)
         for note in loaded.notes:
             gr.Warning(note)
         gr.Info(message)
         values = loaded.values
+        first, last = (images.get(key) for key in gallery.INPUT_IMAGES)
         return (
             values.prompt,
             values.negative_prompt,
@@ -684,4 +1085,43 @@ class Studio:
             values.interpolation_method or gr.skip(),
             values.fast_mode,
             values.step_cache,
+            values.task,
+            self.publish(first) if first else None,
+            self.publish(last) if last else None,
         )
+
+    # ---- image to video -----------------------------------------------------------------
+
+    def crop_preview(self, image: str | None, size: str):
+        """The frame the model will be given for ``image`` at the chosen size (the engine's
+        own crop and resize), or None."""
+        if not image:
+            return None
+        from allegro.ti2v.condition import condition_preview
+        from allegro.ti2v.inputs import load_image
+
+        native = self.loader.status().native
+        height, width = size_for(size)
+        if height is None or width is None:
+            if native is None:
+                return None
+            height, width = native.height, native.width
+        try:
+            return condition_preview(load_image(image), height, width)
+        except AllegroError as error:
+            raise user_error(error) from None
+
+    def switch_task(self, task: str, guidance: float):
+        """(image inputs shown, guidance): the official guidance of the new task replaces
+        the other task's."""
+        from_images = task == IMAGE_TO_VIDEO
+        official = (OFFICIAL_GUIDANCE, OFFICIAL_TI2V_GUIDANCE)
+        if guidance in official:
+            guidance = official[from_images]
+        return gr.update(visible=from_images), guidance
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")

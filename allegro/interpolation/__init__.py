@@ -29,6 +29,7 @@ __all__ = [
     "Interpolator",
     "create_interpolator",
     "method_availability",
+    "require_available",
 ]
 
 
@@ -49,6 +50,15 @@ def method_availability(name: str, weights: str | os.PathLike[str] | None = None
         return ema_vfi_weights.availability(weights)
     # flow and blend need only what the app already depends on.
     return Availability(True)
+
+
+def require_available(name: str, weights: str | os.PathLike[str] | None = None) -> None:
+    """InterpolationError with the reason if ``name`` cannot run here."""
+    availability = method_availability(name, weights)
+    if not availability.available:
+        raise InterpolationError(
+            f"The {name} interpolation method is not available: {availability.reason}"
+        )
 
 
 def create_interpolator(

@@ -54,6 +54,13 @@ def prepare_image(image: np.ndarray | torch.Tensor, height: int, width: int) -> 
     return (2.0 * clip - 1.0)[0]
 
 
+def condition_preview(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """What the model sees of ``image`` in a height x width video (``prepare_image``), as
+    an RGB uint8 image to show."""
+    pixels = (prepare_image(image, height, width) + 1.0) * 127.5
+    return pixels.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def frame_indices(indices: Sequence[int], frames: int) -> list[int]:
     """Python-style indices (``-1`` = last frame) -> positions in 0..frames-1, checked."""
     positions = []

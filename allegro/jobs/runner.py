@@ -1,0 +1,413 @@
+"""The job runner: a persistent queue in front of one worker per device.
+
+Submit, cancel, list, reorder and watch jobs; each worker thread takes the first queued
+job, runs it and records the outcome. Every change is written to the store before the
+call that made it returns. On start, the queue left by the last process runs on: queued
+jobs in their order, and a job that was running when the process died runs again (its
+record says so).
+
+Several devices are a configuration: pass one ``Worker`` per device; each takes the next
+job when it is free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from allegro.errors import AllegroError, Cancelled
+from allegro.events import CancelToken, ProgressCallback, ProgressEvent
+from allegro.jobs.job import (
+    ACTIVE_STATES,
+    Job,
+    JobError,
+    JobLimitError,
+    JobNotFoundError,
+    JobState,
+    new_job_id,
+    prepare_request,
+)
+from allegro.jobs.store import JobStore
+from allegro.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from allegro.engine import Engine, GenerationResult
+
+logger = logging.getLogger(__name__)
+
+JOB_LABEL = "job"  # the label that ties a video's settings to its job
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    per_owner: int = 10  # queued or running jobs one person may have
+    total: int = 100  # queued or running jobs on the server
+    max_attempts: int = 3  # a job running at this many crashes is not started again
+
+
+class Worker:
+    """Runs jobs on one device. Subclass per kind of device; the runner gives each worker
+    its own thread."""
+
+    name = "worker"
+
+    def run(self, job: Job, on_progress: ProgressCallback, cancel: CancelToken) -> GenerationResult:
+        raise NotImplementedError
+
+    def recover(self) -> None:
+        """Called once at start, before any job runs: clear what a crash left behind."""
+
+
+class EngineWorker(Worker):
+    """The engine on this process's device. ``engine`` may be a function returning it, for
+    an app that chooses its model in the background."""
+
+    def __init__(
+        self, engine: Engine | Callable[[], Engine], output_dir: str | Path, name: str = "device 0"
+    ) -> None:
+        self._engine = engine
+        self.output_dir = Path(output_dir)
+        self.name = name
+
+    def engine(self) -> Engine:
+        return self._engine() if callable(self._engine) else self._engine
+
+    def run(self, job: Job, on_progress: ProgressCallback, cancel: CancelToken) -> GenerationResult:
+        labels = {**job.labels, JOB_LABEL: job.id}
+        return self.engine().generate(job.request, on_progress, cancel, labels=labels)
+
+    def recover(self) -> None:
+        from allegro.video import remove_leftovers
+
+        for path in remove_leftovers(self.output_dir):
+            logger.info("Removed %s, left by an interrupted save", path.name)
+
+
+def _interrupted_note(when: float) -> str:
+    moment = datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
+    return (
+        f"Interrupted while running (the server stopped; found at its restart on {moment}); "
+        "run again from the start with the same seed."
+    )
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        workers: Sequence[Worker],
+        limits: JobLimits = JobLimits(),
+        prepare: Callable[[GenerationRequest], GenerationRequest] = prepare_request,
+    ) -> None:
+        if not workers:
+            raise ValueError("a job runner needs at least one worker")
+        self.store = store
+        self.workers = tuple(workers)
+        self.limits = limits
+        self._prepare = prepare
+        self._changed = threading.Condition()
+        # Jobs queued or running in this process, with their latest progress; the store
+        # holds everything else. Guarded by _changed, as are the fields below.
+        self._live: dict[str, Job] = {}
+        self._versions: dict[str, int] = {}
+        self._version = 0
+        self._tokens: dict[str, CancelToken] = {}
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover the last process's queue, then start one thread per worker."""
+        self._recover()
+        for worker in self.workers:
+            worker.recover()
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=self._work, args=(worker,), name=f"allegro-jobs-{worker.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the workers. A running job is cancelled and queued again: it runs from the
+        start at the next start, like a job interrupted by a crash."""
+        with self._changed:
+            self._stopping = True
+            for token in self._tokens.values():
+                token.cancel()
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _recover(self) -> None:
+        now = time.time()
+        for job in self.store.list(states=[JobState.RUNNING]):
+            if job.cancel_requested:
+                self.store.update(
+                    job.id,
+                    state=JobState.CANCELLED,
+                    finished=now,
+                    note="Cancelled (the server stopped before the cancel completed).",
+                )
+            elif job.attempts >= self.limits.max_attempts:
+                self.store.update(
+                    job.id,
+                    state=JobState.INTERRUPTED,
+                    finished=now,
+                    error=(
+                        f"The server stopped {job.attempts} times while this job ran, so it is "
+                        "not started again (it may be what crashes the server). Submit it "
+                        "again to retry."
+                    ),
+                )
+            else:
+                self.store.update(job.id, state=JobState.QUEUED, note=_interrupted_note(now))
+        with self._changed:
+            queued = {job.id: job for job in self.store.list(states=[JobState.QUEUED])}
+            for job_id in set(self._live) - set(queued):
+                self._forget(job_id)
+            for job in queued.values():
+                self._remember(job)
+
+    # ---- the API ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        request: GenerationRequest,
+        owner: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Check the request (AllegroError with a readable message), fix its seed, and queue
+        it. The job is on disk when this returns."""
+        request = self._prepare(request)
+        with self._changed:
+            self._check_limits(owner)
+            job = Job(
+                id=new_job_id(),
+                owner=owner,
+                request=request,
+                position=self.store.next_position(),
+                labels=dict(labels or {}),
+                created=time.time(),
+            )
+            self.store.add(job)
+            self._remember(job)
+        return job
+
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """One job, with its live progress while it runs. ``owner=None`` sees every job
+        (the CLI, an admin); anyone else only their own."""
+        with self._changed:
+            return self._get_locked(job_id, owner)
+
+    def list(self, owner: str | None = None, finished: int = 50) -> list[Job]:
+        """Queued and running jobs in queue order, then the ``finished`` most recent others."""
+        with self._changed:
+            active = [
+                self._live.get(job.id, job)
+                for job in self.store.list(owner=owner, states=ACTIVE_STATES)
+            ]
+        done_states = [state for state in JobState if state.finished]
+        return active + self.store.list(
+            owner=owner, states=done_states, limit=finished, newest_first=True
+        )
+
+    def queue_position(self, job_id: str) -> int:
+        """How many jobs run before this one (0: it runs next, or it is running)."""
+        with self._changed:
+            job = self._live.get(job_id)
+            if job is None or job.state != JobState.QUEUED:
+                return 0
+            return sum(
+                1
+                for other in self._live.values()
+                if other.state == JobState.RUNNING
+                or (other.state == JobState.QUEUED and other.position < job.position)
+            )
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel a queued job (it leaves the queue at once) or a running one (it stops
+        within a denoising step, leaving no file). A finished job is returned as it is."""
+        with self._changed:
+            job = self._get_locked(job_id, owner)
+            if job.state == JobState.QUEUED and self.store.update(
+                job_id,
+                expect=JobState.QUEUED,
+                state=JobState.CANCELLED,
+                cancel_requested=True,
+                finished=time.time(),
+            ):
+                self._forget(job_id)
+            elif job.state == JobState.RUNNING and not job.cancel_requested:
+                self.store.update(job_id, cancel_requested=True)
+                self._remember(dataclasses.replace(job, cancel_requested=True))
+                if job_id in self._tokens:  # else another process runs it: it reads the store
+                    self._tokens[job_id].cancel()
+            return self._get_locked(job_id, owner)
+
+    def reorder(self, owner: str, job_ids: Sequence[str]) -> list[Job]:
+        """Put ``owner``'s queued jobs in this order (the list must name each exactly once).
+        They keep the places they hold in the whole queue: other people's jobs don't move."""
+        with self._changed:
+            queued = self.store.list(owner=owner, states=[JobState.QUEUED])
+            if sorted(job_ids) != sorted(job.id for job in queued):
+                raise JobError(
+                    "The new order must list each of your waiting jobs exactly once (one may "
+                    "have started meanwhile): reload the queue and try again."
+                )
+            positions = dict(zip(job_ids, sorted(job.position for job in queued), strict=True))
+            if not self.store.set_positions(positions, expect=JobState.QUEUED):
+                raise JobError("A job started while reordering: reload the queue and try again.")
+            for job_id, position in positions.items():
+                if job_id in self._live:
+                    self._remember(dataclasses.replace(self._live[job_id], position=position))
+            return [self._get_locked(job_id, owner) for job_id in job_ids]
+
+    def move(self, job_id: str, owner: str, offset: int) -> list[Job]:
+        """Move one of ``owner``'s queued jobs ``offset`` places (negative: sooner)."""
+        order = [job.id for job in self.store.list(owner=owner, states=[JobState.QUEUED])]
+        if job_id not in order:
+            raise JobError("Only a waiting job can be moved; this one has started or ended.")
+        index = order.index(job_id)
+        order.insert(max(0, min(len(order) - 1, index + offset)), order.pop(index))
+        return self.reorder(owner, order)
+
+    def watch(self, job_id: str, owner: str | None = None) -> Iterator[Job]:
+        """The job now, then again at every change (progress included), ending with its
+        final state. Any number of watchers; a slow one skips to the latest state; leaving
+        the loop never cancels the job."""
+        seen: int | None = None
+
+        def changed() -> bool:
+            return self._stopping or self._versions.get(job_id, -1) != seen
+
+        while True:
+            with self._changed:
+                self._changed.wait_for(changed)
+                seen = self._versions.get(job_id, -1)
+                job = self._get_locked(job_id, owner)
+                stopping = self._stopping
+            yield job
+            if job.state.finished or stopping:
+                return
+
+    def wait(self, job_id: str, owner: str | None = None) -> Job:
+        """Block until the job has ended; its final record."""
+        *_, final = self.watch(job_id, owner)
+        return final
+
+    # ---- internals (callers hold _changed) ----------------------------------------------
+
+    def _get_locked(self, job_id: str, owner: str | None) -> Job:
+        job = self._live.get(job_id) or self.store.get(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise JobNotFoundError(f"There is no job {job_id!r} of yours on this server.")
+        return job
+
+    def _check_limits(self, owner: str) -> None:
+        mine = self.store.count(ACTIVE_STATES, owner=owner)
+        if mine >= self.limits.per_owner:
+            raise JobLimitError(
+                f"You already have {mine} videos queued or running: the limit per person on "
+                f"this server is {self.limits.per_owner}. Wait for one to finish, or cancel one."
+            )
+        everyone = self.store.count(ACTIVE_STATES)
+        if everyone >= self.limits.total:
+            raise JobLimitError(
+                f"The queue is full: {everyone} videos are queued or running, the limit of "
+                f"this server is {self.limits.total}. Try again when some have finished."
+            )
+
+    def _remember(self, job: Job) -> None:
+        self._live[job.id] = job
+        self._version += 1
+        self._versions[job.id] = self._version
+        self._changed.notify_all()
+
+    def _forget(self, job_id: str) -> None:
+        self._live.pop(job_id, None)
+        self._versions.pop(job_id, None)
+        self._tokens.pop(job_id, None)
+        self._changed.notify_all()
+
+    # ---- the workers --------------------------------------------------------------------
+
+    def _claim(self) -> tuple[Job, CancelToken] | None:
+        """The first queued job, marked running (None when stopping)."""
+        with self._changed:
+            while not self._stopping:
+                for job in self.store.list(states=[JobState.QUEUED], limit=1):
+                    started, attempts = time.time(), job.attempts + 1
+                    if self.store.update(
+                        job.id,
+                        expect=JobState.QUEUED,
+                        state=JobState.RUNNING,
+                        started=started,
+                        attempts=attempts,
+                    ):
+                        running = dataclasses.replace(
+                            self._live.get(job.id, job),
+                            state=JobState.RUNNING,
+                            started=started,
+                            attempts=attempts,
+                        )
+                        token = self._tokens[job.id] = CancelToken()
+                        self._remember(running)
+                        return running, token
+                    break  # another process took it: look again
+                else:
+                    self._changed.wait(timeout=5.0)
+            return None
+
+    def _on_progress(self, job_id: str, event: ProgressEvent) -> None:
+        with self._changed:
+            job = self._live.get(job_id)
+            if job is not None:
+                preview = job.preview if event.preview is None else event.preview
+                self._remember(dataclasses.replace(job, progress=event, preview=preview))
+
+    def _finish(self, job_id: str, state: JobState, **changes) -> None:
+        with self._changed:
+            self.store.update(job_id, state=state, finished=time.time(), **changes)
+            self._forget(job_id)
+
+    def _work(self, worker: Worker) -> None:
+        while (claimed := self._claim()) is not None:
+            job, token = claimed
+            try:
+                result = worker.run(job, partial(self._on_progress, job.id), token)
+            except Cancelled as cancelled:
+                with self._changed:
+                    requested = self._live[job.id].cancel_requested
+                    if self._stopping and not requested:  # a shutdown, not the owner
+                        self.store.update(
+                            job.id, state=JobState.QUEUED, note=_interrupted_note(time.time())
+                        )
+                        self._forget(job.id)
+                        continue
+                self._finish(job.id, JobState.CANCELLED, error=str(cancelled))
+            except AllegroError as error:
+                self._finish(job.id, JobState.FAILED, error=str(error))
+            except Exception as error:  # a bug: record it, keep serving the queue
+                logger.exception("Job %s failed", job.id)
+                self._finish(
+                    job.id,
+                    JobState.FAILED,
+                    error=f"Unexpected {type(error).__name__}: {error} (see the server log).",
+                )
+            else:
+                self._finish(
+                    job.id,
+                    JobState.DONE,
+                    video=str(result.video_path),
+                    warnings=tuple(getattr(result, "warnings", ())),
+                )
