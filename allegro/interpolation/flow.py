@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -130,16 +130,32 @@ class FlowInterpolator:
         self._count_lock = threading.Lock()
 
     def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return self._midframes(before, after, _rgb_picture)
+
+    def midframes_yuv420p(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """``midframes`` for (B, 3H/2, W) I420 frames (a decoded video's own layout): flow
+        on Y, Y warped at full size and U, V at half size with the same motion, so neither
+        colour conversions nor full-size chroma are paid for."""
+        return self._midframes(before, after, _i420_picture)
+
+    def _midframes(
+        self, before: np.ndarray, after: np.ndarray, picture: Callable[[np.ndarray], _Picture]
+    ) -> np.ndarray:
+        def one(frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
+            return self._midframe(frame0, frame1, picture)
+
         if len(before) == 1 or self.workers == 1:
-            results = [self._midframe(a, b) for a, b in zip(before, after, strict=True)]
+            results = [one(a, b) for a, b in zip(before, after, strict=True)]
         else:
             threads_per_worker = max(1, _usable_cpus() // self.workers)
             with _opencv_threads(threads_per_worker), ThreadPoolExecutor(self.workers) as pool:
-                results = list(pool.map(self._midframe, before, after))
+                results = list(pool.map(one, before, after))
         return np.stack(results)
 
-    def _midframe(self, frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
-        middle = _flow_midframe(frame0, frame1, self._dis())
+    def _midframe(
+        self, frame0: np.ndarray, frame1: np.ndarray, picture: Callable[[np.ndarray], _Picture]
+    ) -> np.ndarray:
+        middle = _flow_midframe(picture(frame0), picture(frame1), self._dis())
         if middle is None:
             with self._count_lock:
                 self.blended_pairs += 1
@@ -160,21 +176,51 @@ class FlowInterpolator:
         return dis
 
 
+@dataclass(frozen=True)
+class _Picture:
+    """A frame as the flow method sees it: its luma at full size, for motion, and the
+    planes that are warped, each (h, w) or (h, w, c) and views into ``frame``: one RGB
+    plane, or Y, U and V (U and V at half size). ``limited_range``: luma spans 16..235
+    (video Y), not 0..255 (grey from RGB)."""
+
+    frame: np.ndarray
+    luma: np.ndarray
+    planes: tuple[np.ndarray, ...]
+    limited_range: bool
+
+
+def _rgb_picture(frame: np.ndarray) -> _Picture:
+    return _Picture(frame, cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (frame,), False)
+
+
+def _i420_picture(frame: np.ndarray) -> _Picture:
+    """(3H/2, W) I420, as PyAV lays out yuv420p: all of Y, then all of U, then all of V."""
+    height, width = frame.shape[0] * 2 // 3, frame.shape[1]
+    flat = frame.reshape(-1)
+    luma_size, chroma_size = height * width, height * width // 4
+    luma = flat[:luma_size].reshape(height, width)
+    chroma = (height // 2, width // 2)
+    u = flat[luma_size : luma_size + chroma_size].reshape(chroma)
+    v = flat[luma_size + chroma_size :].reshape(chroma)
+    return _Picture(frame, luma, (luma, u, v), True)
+
+
 def _flow_midframe(
-    frame0: np.ndarray, frame1: np.ndarray, dis: cv2.DISOpticalFlow
+    picture0: _Picture, picture1: _Picture, dis: cv2.DISOpticalFlow
 ) -> np.ndarray | None:
-    """The (H, W, 3) uint8 frame at t = 0.5, or None when the motion estimate failed."""
-    height, width = frame0.shape[:2]
+    """The frame at t = 0.5, laid out as the pictures' frames, or None when the motion
+    estimate failed."""
+    height, width = picture0.luma.shape
     scale = min(1.0, FLOW_SIZE / max(height, width))
     flow_w, flow_h = round(width * scale), round(height * scale)
     if min(flow_w, flow_h) < MIN_FLOW_SIDE:
         return None
-    grey0 = _small_grey(frame0, flow_w, flow_h)
-    grey1 = _small_grey(frame1, flow_w, flow_h)
+    grey0 = _small_grey(picture0, flow_w, flow_h)
+    grey1 = _small_grey(picture1, flow_w, flow_h)
     flow01 = dis.calc(grey0, grey1, None)
     flow10 = dis.calc(grey1, grey0, None)
     # Fast objects DIS lost: matched as whole objects and written into both flows.
-    motions = _fast_motions(frame0, frame1, grey0, grey1, flow01, flow10)
+    motions = _fast_motions(picture0, picture1, grey0, grey1, flow01, flow10)
     owner0 = _fuse_motions(grey0, grey1, flow01, [(m.forward, m.region0) for m in motions])
     owner1 = _fuse_motions(grey1, grey0, flow10, [(m.backward, m.region1) for m in motions])
 
@@ -206,12 +252,40 @@ def _flow_midframe(
     warped_difference = np.mean(cv2.absdiff(_remap(grey0, offset0), _remap(grey1, offset1)))
     if warped_difference >= WARPED_DIFFERENCE_RATIO * np.mean(cv2.absdiff(grey0, grey1)):
         return None
+    return _warp_and_blend(picture0, picture1, offset0, offset1, error0, error1)
 
-    middle0 = _remap(frame0, _upsample_offsets(offset0, width, height), WARP_INTERPOLATION)
-    middle1 = _remap(frame1, _upsample_offsets(offset1, width, height), WARP_INTERPOLATION)
-    weight0 = _upsample_weight(error0, width, height)
-    weight1 = _upsample_weight(error1, width, height)
-    return cv2.blendLinear(middle0, middle1, weight0, weight1)
+
+def _warp_and_blend(
+    picture0: _Picture,
+    picture1: _Picture,
+    offset0: np.ndarray,
+    offset1: np.ndarray,
+    error0: np.ndarray,
+    error1: np.ndarray,
+) -> np.ndarray:
+    """Each plane of both neighbours warped to the midpoint and blended, into a frame laid
+    out as theirs. Offsets and weights are resized once per plane size (U and V share)."""
+    middle = np.empty_like(picture0.frame)
+    sized: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+    start = 0
+    for plane0, plane1 in zip(picture0.planes, picture1.planes, strict=True):
+        height, width = plane0.shape[:2]
+        if (height, width) not in sized:
+            sized[height, width] = (
+                _upsample_offsets(offset0, width, height),
+                _upsample_offsets(offset1, width, height),
+                _upsample_weight(error0, width, height),
+                _upsample_weight(error1, width, height),
+            )
+        full0, full1, weight0, weight1 = sized[height, width]
+        middle0 = _remap(plane0, full0, WARP_INTERPOLATION)
+        middle1 = _remap(plane1, full1, WARP_INTERPOLATION)
+        blended = cv2.blendLinear(middle0, middle1, weight0, weight1)
+        if len(picture0.planes) == 1:
+            return blended
+        middle.reshape(-1)[start : start + blended.size] = blended.reshape(-1)
+        start += blended.size
+    return middle
 
 
 def _usable_cpus() -> int:
@@ -230,11 +304,16 @@ def _opencv_threads(count: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _small_grey(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    if grey.shape[:2] == (height, width):
-        return grey
-    return cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+def _small_grey(picture: _Picture, width: int, height: int) -> np.ndarray:
+    """The picture's luma at (width, height), spanning 0..255 whichever range it came in."""
+    grey = picture.luma
+    if grey.shape[:2] != (height, width):
+        grey = cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.LUT(grey, _LIMITED_TO_FULL) if picture.limited_range else grey
+
+
+# Video luma 16..235 -> 0..255, so thresholds on grey differences hold for both inputs.
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
 
 
 def _remap(
@@ -366,8 +445,8 @@ class _Motion:
 
 
 def _fast_motions(
-    frame0: np.ndarray,
-    frame1: np.ndarray,
+    picture0: _Picture,
+    picture1: _Picture,
     grey0: np.ndarray,
     grey1: np.ndarray,
     flow01: np.ndarray,
@@ -385,7 +464,7 @@ def _fast_motions(
     failed1 = _flow_fails(grey1, grey0, flow10)
     if not failed0.any() or not failed1.any():
         return []
-    height, width = frame0.shape[:2]
+    height, width = picture0.luma.shape
     scale = min(1.0, MATCH_SIZE / max(height, width))
     size = (round(width * scale), round(height * scale))
     orb = cv2.ORB_create(
@@ -397,8 +476,8 @@ def _fast_motions(
         fastThreshold=10,
     )
     found = []
-    for frame, failed in ((frame0, failed0), (frame1, failed1)):
-        grey = _small_grey(frame, *size)
+    for picture, failed in ((picture0, failed0), (picture1, failed1)):
+        grey = _small_grey(picture, *size)
         keys, descriptors = orb.detectAndCompute(grey, _feature_mask(failed, size))
         found.append((keys, descriptors))
     (keys0, descriptors0), (keys1, descriptors1) = found
