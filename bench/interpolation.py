@@ -425,13 +425,7 @@ def score_method(
     cpu_seconds = _cpu_seconds() - cpu_started
     psnrs = [psnr(result, expected) for result, expected in zip(middles, truth, strict=True)]
     ssims = [ssim(result, expected) for result, expected in zip(middles, truth, strict=True)]
-    object_psnr = rest_psnr = None
-    if areas is not None:
-        pairs = list(zip(middles, truth, areas, strict=True))
-        inside = [region_psnr(result, expected, area) for result, expected, area in pairs]
-        outside = [region_psnr(result, expected, ~area) for result, expected, area in pairs]
-        object_psnr = _mean([value for value in inside if value is not None])
-        rest_psnr = _mean([value for value in outside if value is not None])
+    object_psnr, rest_psnr = split_psnr(middles, truth, areas)
     return Score(
         scene,
         method,
@@ -441,6 +435,21 @@ def score_method(
         float(np.mean(ssims)),
         seconds,
         cpu_seconds,
+    )
+
+
+def split_psnr(
+    middles: np.ndarray, truth: np.ndarray, areas: np.ndarray | None
+) -> tuple[float | None, float | None]:
+    """Mean per-frame PSNR over the objects' areas and over the rest (None, None: no areas)."""
+    if areas is None:
+        return None, None
+    pairs = list(zip(middles, truth, areas, strict=True))
+    inside = [region_psnr(result, expected, area) for result, expected, area in pairs]
+    outside = [region_psnr(result, expected, ~area) for result, expected, area in pairs]
+    return (
+        _mean([value for value in inside if value is not None]),
+        _mean([value for value in outside if value is not None]),
     )
 
 
@@ -499,13 +508,9 @@ def score_command_output(
     )
     middles = lumas[1 : 2 * count : 2]
     psnrs = [psnr(result, expected) for result, expected in zip(middles, truth_luma, strict=True)]
-    object_psnr = rest_psnr = None
-    if areas is not None:
-        pairs = list(zip(middles, truth_luma, areas[:count], strict=True))
-        inside = [region_psnr(result, expected, area) for result, expected, area in pairs]
-        outside = [region_psnr(result, expected, ~area) for result, expected, area in pairs]
-        object_psnr = _mean([value for value in inside if value is not None])
-        rest_psnr = _mean([value for value in outside if value is not None])
+    object_psnr, rest_psnr = split_psnr(
+        middles, truth_luma, None if areas is None else areas[:count]
+    )
     return replace(
         score,
         command_seconds=seconds,
