@@ -400,6 +400,7 @@ class Score:
     seconds: float
     cpu_seconds: float
     command_seconds: float | None = None
+    command_cpu_seconds: float | None = None
     command_psnr: float | None = None
     command_object_psnr: float | None = None
     command_rest_psnr: float | None = None
@@ -457,10 +458,10 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def run_command(method: str, source: Path, weights: str | None) -> tuple[float, np.ndarray]:
-    """Wall seconds of the whole command a user runs, 15 fps MP4 in, 30 fps H.264 MP4 out of
-    the quality the app writes (CRF 17, preset faster, yuv420p): a fresh process that
-    decodes, interpolates and encodes; and the luma (Y) of its output's frames."""
+def run_command(method: str, source: Path, weights: str | None) -> tuple[float, float, np.ndarray]:
+    """Wall and CPU seconds of the whole command a user runs, 15 fps MP4 in, 30 fps H.264
+    MP4 out of the quality the app writes (CRF 17, preset faster, yuv420p): a fresh process
+    that decodes, interpolates and encodes; and the luma (Y) of its output's frames."""
     destination = source.with_name(f"{method}.mp4")
     if method == MINTERPOLATE:
         import imageio_ffmpeg
@@ -474,12 +475,13 @@ def run_command(method: str, source: Path, weights: str | None) -> tuple[float, 
     else:
         command = [sys.executable, "-m", "allegro", "interpolate", str(source), str(destination)]
         command += ["--method", method] + (["--weights", weights] if weights else [])
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _children_cpu_seconds()
     subprocess.run(command, check=True, capture_output=True)
     seconds = time.perf_counter() - started
+    cpu_seconds = _children_cpu_seconds() - cpu_started
     lumas = decode_luma(destination)
     destination.unlink()
-    return seconds, lumas
+    return seconds, cpu_seconds, lumas
 
 
 def decode_luma(path: Path) -> np.ndarray:
@@ -496,16 +498,26 @@ def decode_luma(path: Path) -> np.ndarray:
 
 
 def score_command_output(
-    score: Score, seconds: float, lumas: np.ndarray, truth: np.ndarray, areas: np.ndarray | None
+    score: Score,
+    seconds: tuple[float, float],
+    lumas: np.ndarray,
+    inputs: np.ndarray,
+    truth: np.ndarray,
+    areas: np.ndarray | None,
 ) -> Score:
-    """``score`` with the command's time and its output's in-between frames scored on luma.
-    Output frame 2i + 1 lies between inputs i and i + 1 (checked: frame 2i must be input i
-    but for the H.264 round trips); minterpolate's last in-between frame may be missing, so
-    the frames every method made are scored."""
+    """``score`` with the command's (wall, CPU) seconds and its output's in-between frames
+    scored on luma. Output frame 2i + 1 lies between inputs i and i + 1 (checked: frame 2i
+    must be input i but for the H.264 round trips); minterpolate's last in-between frame may
+    be missing, so the frames every method made are scored."""
     count = min(len(truth), (len(lumas) - 1) // 2)
-    truth_luma = np.stack(
-        [cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420)[: frame.shape[0]] for frame in truth[:count]]
-    )
+
+    def luma(frames: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420)[: f.shape[0]] for f in frames])
+
+    for index, expected in enumerate(luma(inputs[: count + 1])):
+        if psnr(lumas[2 * index], expected) < 30.0:
+            raise RuntimeError(f"{score.method} output frame {2 * index} is not input {index}")
+    truth_luma = luma(truth[:count])
     middles = lumas[1 : 2 * count : 2]
     psnrs = [psnr(result, expected) for result, expected in zip(middles, truth_luma, strict=True)]
     object_psnr, rest_psnr = split_psnr(
@@ -513,18 +525,23 @@ def score_command_output(
     )
     return replace(
         score,
-        command_seconds=seconds,
+        command_seconds=seconds[0],
+        command_cpu_seconds=seconds[1],
         command_psnr=float(np.mean(psnrs)),
         command_object_psnr=object_psnr,
         command_rest_psnr=rest_psnr,
     )
 
 
+def _children_cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process (all threads) plus finished children (ffmpeg): on a shared
     machine wall time depends on the neighbours, CPU time much less."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    return time.process_time() + _children_cpu_seconds()
 
 
 def _decibels(value: float | None) -> str:
@@ -585,14 +602,15 @@ def main(argv: list[str] | None = None) -> None:
             # The whole commands one right after the other, so they share the machine's load.
             for score in scene_scores:
                 if not args.no_commands:
-                    seconds, lumas = run_command(score.method, source, args.weights)
-                    score = score_command_output(score, seconds, lumas, truth, areas)
+                    wall, cpu, lumas = run_command(score.method, source, args.weights)
+                    score = score_command_output(score, (wall, cpu), lumas, inputs, truth, areas)
                 scores.append(score)
                 print(
                     f"{scene:>11} {score.method:>13}: {score.psnr:6.2f} dB  object "
                     f"{_decibels(score.object_psnr):>5}  rest {_decibels(score.rest_psnr):>5}  "
                     f"SSIM {score.ssim:.4f}  {score.seconds:6.2f} s (CPU "
-                    f"{score.cpu_seconds:6.2f} s)  command {_seconds(score.command_seconds)} s, "
+                    f"{score.cpu_seconds:6.2f} s)  command {_seconds(score.command_seconds)} s "
+                    f"(CPU {_seconds(score.command_cpu_seconds)} s), "
                     f"luma object {_decibels(score.command_object_psnr)} "
                     f"rest {_decibels(score.command_rest_psnr)}",
                     file=sys.stderr,
@@ -607,22 +625,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| scene | method | PSNR (dB) | object area | rest | SSIM | interpolation s (CPU s) "
-        "| whole command s | x minterpolate's speed | command luma PSNR: all / object / rest |"
+        "| whole command s (CPU s) | x minterpolate's speed (CPU) "
+        "| command luma PSNR: all / object / rest |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    reference = {s.scene: s.command_seconds for s in scores if s.method == MINTERPOLATE}
+    reference = {s.scene: s for s in scores if s.method == MINTERPOLATE}
     for score in scores:
-        minterpolate_seconds = reference.get(score.scene)
-        speedup = (
-            f"{minterpolate_seconds / score.command_seconds:.1f}x"
-            if minterpolate_seconds and score.command_seconds
-            else "-"
-        )
+        speedup = "-"
+        minterpolate = reference.get(score.scene)
+        if minterpolate and minterpolate.command_seconds and score.command_seconds:
+            speedup = (
+                f"{minterpolate.command_seconds / score.command_seconds:.1f}x "
+                f"({minterpolate.command_cpu_seconds / score.command_cpu_seconds:.1f}x)"
+            )
         print(
             f"| {score.scene} | {score.method} | {score.psnr:.2f} "
             f"| {_decibels(score.object_psnr)} | {_decibels(score.rest_psnr)} "
             f"| {score.ssim:.4f} | {score.seconds:.2f} ({score.cpu_seconds:.2f}) "
-            f"| {_seconds(score.command_seconds)} | {speedup} "
+            f"| {_seconds(score.command_seconds)} ({_seconds(score.command_cpu_seconds)}) "
+            f"| {speedup} "
             f"| {_decibels(score.command_psnr)} / {_decibels(score.command_object_psnr)} / "
             f"{_decibels(score.command_rest_psnr)} |"
         )
