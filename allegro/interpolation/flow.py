@@ -29,8 +29,11 @@ For each pair (frame 0, frame 1):
    next to it. Each pixel may take the offsets of a neighbour a few pixels away instead when
    they line the two frames up better (mean absolute grey difference over 3x3), which snaps
    the motion edge back to the object's edge.
-6. Both neighbours are warped to the midpoint at full resolution (bicubic cv2.remap, border
-   replicate) and blended with those weights.
+6. Both neighbours are warped to the midpoint (bicubic cv2.remap, border replicate) and
+   blended with those weights: an RGB frame as one plane, a decoded video's I420 frame
+   (``midframes_yuv420p``) plane by plane, Y at full size and U, V at half size with the
+   offsets halved. That is half the warping of RGB and no colour conversion at all; the
+   flow is found on the luma either way (video Y mapped from 16..235 to 0..255).
 
 Failed motion estimates fall back to blending, never to smeared garbage: when most of the
 frame fails the forward-backward check both ways, or the two frames warped to the midpoint
