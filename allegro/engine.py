@@ -744,9 +744,12 @@ def interpolate_video(
 
     Pipelined: a thread decodes ahead, pairs are interpolated as their frames arrive, and a
     thread encodes each 30 fps frame as soon as it is made, so the command takes about as
-    long as its slowest stage rather than the sum of all three."""
+    long as its slowest stage rather than the sum of all three. Methods that take I420
+    frames get the decoder's yuv420p planes and hand theirs to the encoder: no colour
+    conversion anywhere, and the original frames reach the encoder bit for bit."""
     from allegro.errors import InterpolationError
     from allegro.interpolation import create_interpolator
+    from allegro.interpolation.base import PixelFormat, takes_yuv420p
     from allegro.interpolation.driver import interpolate_stream
     from allegro.video import PipelinedVideoWriter, read_settings, stream_frames
 
@@ -760,10 +763,17 @@ def interpolate_video(
         settings = VideoSettings.from_dict(read_settings(source))
     except AllegroError:
         settings = VideoSettings(extra={"source": source.name})
+    pixel_format: PixelFormat = "yuv420p" if takes_yuv420p(interpolator) else "rgb24"
     try:
-        frames = stream_frames(source)
+        frames = stream_frames(source, pixel_format=pixel_format)
     except AllegroError as error:
         raise InterpolationError(str(error)) from None
+    if frames.width % 2 or frames.height % 2:
+        frames.close()
+        raise InterpolationError(
+            f"{source.name} is {frames.width}x{frames.height}; H.264 in yuv420p, which every "
+            "browser plays, needs an even width and height."
+        )
     clock = _ProgressClock(on_progress, interpolate=True)
     on_pairs = _interpolation_progress(clock)
     total_pairs = frames.frame_count - 1 if frames.frame_count > 1 else None
@@ -772,11 +782,17 @@ def interpolate_video(
         with (
             frames,
             PipelinedVideoWriter(
-                destination, INTERPOLATED_FPS, poster_frame=frames.frame_count
+                destination, INTERPOLATED_FPS, frames.frame_count, pixel_format
             ) as writer,
         ):
             counts = interpolate_stream(
-                frames, interpolator, writer.put, on_pairs, cancel or CancelToken(), total_pairs
+                frames,
+                interpolator,
+                writer.put,
+                on_pairs,
+                cancel or CancelToken(),
+                total_pairs,
+                pixel_format,
             )
             interpolation = interpolation_settings(method, counts, 2 * (counts.pairs + 1))
             interpolation = dataclasses.replace(interpolation, source_fps=frames.fps)

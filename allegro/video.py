@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from allegro.errors import AllegroError
+from allegro.interpolation.base import PixelFormat
 
 SETTINGS_KEY = "allegro_studio"
 RESERVED_SUFFIX = ".reserved"  # an output name taken by a job still running (see reserve_path)
@@ -117,15 +118,22 @@ def _fsync(path: Path) -> None:
 
 
 def _encode_mp4(
-    path: Path, frames: Iterable[np.ndarray], fps: float, comment: str, title: str
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    comment: str,
+    title: str,
+    pixel_format: PixelFormat = "rgb24",
 ) -> None:
+    """H.264 of (H, W, 3) RGB frames, or of (3H/2, W) I420 ones (``pixel_format``
+    ``"yuv420p"``), which go to the encoder as they are: no conversion, bit for bit."""
     import av
 
     frames = iter(frames)
     first = next(frames, None)
     if first is None:
         raise ValueError("no frames to encode")
-    height, width, _ = first.shape
+    height, width = _frame_size(first, pixel_format)
     with av.open(str(path), mode="w", format="mp4") as container:
         container.metadata["comment"] = comment
         container.metadata["title"] = title
@@ -136,7 +144,7 @@ def _encode_mp4(
         stream.options = {"crf": "17", "preset": "faster", "movflags": "+faststart"}
         stream.thread_type = "AUTO"
         for frame in itertools.chain([first], frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format=pixel_format)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -207,10 +215,17 @@ class PipelinedVideoWriter:
     job's settings are complete only after its last frame; so the stream is encoded into
     a scratch file and ``finish`` copies it (stream copy, no re-encoding: milliseconds)
     into the final file with the settings, the way ``write_video`` leaves it.
-    ``poster_frame``: the index of the frame kept for the poster image.
+    ``poster_frame``: the index of the frame kept for the poster image. ``pixel_format``:
+    the frames' layout, (H, W, 3) RGB or (3H/2, W) I420 (``"yuv420p"``, encoded as is).
     """
 
-    def __init__(self, path: str | Path, fps: float, poster_frame: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        poster_frame: int = 0,
+        pixel_format: PixelFormat = "rgb24",
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, scratch = tempfile.mkstemp(
@@ -225,6 +240,7 @@ class PipelinedVideoWriter:
         self._count = 0
         self._poster_frame = poster_frame
         self._poster: np.ndarray | None = None
+        self._pixel_format = pixel_format
         self._thread = threading.Thread(target=self._encode, args=(fps,), daemon=True)
         self._thread.start()
 
@@ -238,7 +254,7 @@ class PipelinedVideoWriter:
             ended = True
 
         try:
-            _encode_mp4(self._scratch, frames(), fps, "", "")
+            _encode_mp4(self._scratch, frames(), fps, "", "", self._pixel_format)
         except BaseException as error:  # handed to the caller in put / finish
             self._error = error
             while not ended and self._frames.get() is not _DONE:  # unblock the producer
@@ -247,9 +263,8 @@ class PipelinedVideoWriter:
     def put(self, frame: np.ndarray) -> None:
         if self._error is not None:
             raise self._error
-        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 frames, got {frame.shape} {frame.dtype}")
-        if frame.shape[0] % 2 or frame.shape[1] % 2:
+        height, width = _frame_size(frame, self._pixel_format)
+        if height % 2 or width % 2:
             raise ValueError("yuv420p needs even frame sizes")
         if self._count == self._poster_frame or self._poster is None:
             self._poster = frame.copy()
@@ -269,11 +284,14 @@ class PipelinedVideoWriter:
                 raise self._error
             if self._poster is None:
                 raise ValueError("no frames were written")
+            poster = self._poster
+            if self._pixel_format == "yuv420p":
+                poster = i420_to_rgb(poster)
 
             def copy(temp: Path, comment: str, title: str) -> None:
                 _copy_with_metadata(self._scratch, temp, comment, title)
 
-            return _write_with_settings(self.path, settings, self._poster, copy)
+            return _write_with_settings(self.path, settings, poster, copy)
         finally:
             self._scratch.unlink(missing_ok=True)
 
@@ -288,6 +306,26 @@ class PipelinedVideoWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.abort()
+
+
+def _frame_size(frame: np.ndarray, pixel_format: PixelFormat) -> tuple[int, int]:
+    """(height, width) of one uint8 frame in ``pixel_format``; ValueError if it is not one."""
+    if pixel_format == "yuv420p":
+        if frame.ndim != 2 or frame.shape[0] % 3 or frame.dtype != np.uint8:
+            raise ValueError(
+                f"expected (3H/2, W) uint8 I420 frames, got {frame.shape} {frame.dtype}"
+            )
+        return frame.shape[0] * 2 // 3, frame.shape[1]
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected (H, W, 3) uint8 frames, got {frame.shape} {frame.dtype}")
+    return frame.shape[0], frame.shape[1]
+
+
+def i420_to_rgb(frame: np.ndarray) -> np.ndarray:
+    """A (3H/2, W) I420 frame as (H, W, 3) RGB, converted as the decoder would."""
+    import av
+
+    return av.VideoFrame.from_ndarray(frame, format="yuv420p").to_ndarray(format="rgb24")
 
 
 def _copy_with_metadata(source: Path, target: Path, comment: str, title: str) -> None:
@@ -340,11 +378,14 @@ def read_settings(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class FrameStream:
-    """A video being decoded on a background thread: iterate for (H, W, 3) uint8 RGB frames.
-    ``frame_count`` is what the file's header says (0 when it does not say)."""
+    """A video being decoded on a background thread: iterate for its frames, uint8 in the
+    ``pixel_format`` asked for. ``frame_count`` is what the file's header says (0 when it
+    does not say)."""
 
     fps: float
     frame_count: int
+    width: int
+    height: int
     frames: Iterator[np.ndarray]
     close: Callable[[], None]
 
@@ -358,10 +399,13 @@ class FrameStream:
         self.close()
 
 
-def stream_frames(path: str | Path, prefetch: int = 8) -> FrameStream:
+def stream_frames(
+    path: str | Path, prefetch: int = 8, pixel_format: PixelFormat = "rgb24"
+) -> FrameStream:
     """Open a video and decode it ahead of the reader, up to ``prefetch`` frames: decoding
-    runs while the caller works on earlier frames. Unreadable files raise AllegroError, on
-    opening or while iterating."""
+    runs while the caller works on earlier frames. Frames are (H, W, 3) RGB, or (3H/2, W)
+    I420 for ``"yuv420p"`` (a yuv420p video's own planes, untouched; only for even sizes).
+    Unreadable files raise AllegroError, on opening or while iterating."""
     import av
 
     path = Path(path)
@@ -384,7 +428,7 @@ def stream_frames(path: str | Path, prefetch: int = 8) -> FrameStream:
                 for frame in container.decode(stream):
                     if stop.is_set():
                         return
-                    ready.put(frame.to_ndarray(format="rgb24"))
+                    ready.put(frame.to_ndarray(format=pixel_format))
             ready.put(_DONE)
         except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
             ready.put(AllegroError(f"{path.name} is not a readable video ({error})."))
@@ -410,7 +454,8 @@ def stream_frames(path: str | Path, prefetch: int = 8) -> FrameStream:
         iterator.close()  # stops a running decoder
         container.close()
 
-    return FrameStream(fps, int(stream.frames or 0), iterator, close)
+    context = stream.codec_context
+    return FrameStream(fps, int(stream.frames or 0), context.width, context.height, iterator, close)
 
 
 def read_frames(path: str | Path) -> tuple[np.ndarray, float]:

@@ -386,7 +386,10 @@ class Score:
     """Mean per-frame figures of one method on one scene. ``object_psnr`` and ``rest_psnr``
     split each frame into the moving objects' area and everything else (None: the scene has
     no objects). ``seconds``: the interpolation stage alone, frames in memory, as inside the
-    app. ``command_seconds``: the whole command, MP4 in to H.264 MP4 out (None: not run)."""
+    app. ``command_seconds``: the whole command, MP4 in to H.264 MP4 out (None: not run);
+    ``command_object_psnr`` and ``command_rest_psnr``: luma PSNR of that command's own
+    output file, in-between frames only, against the truth's luma (the same H.264 encode
+    for every method, so this compares what people get from each command)."""
 
     scene: str
     method: str
@@ -397,6 +400,10 @@ class Score:
     seconds: float
     cpu_seconds: float
     command_seconds: float | None = None
+    command_cpu_seconds: float | None = None
+    command_psnr: float | None = None
+    command_object_psnr: float | None = None
+    command_rest_psnr: float | None = None
 
 
 def score_method(
@@ -419,13 +426,7 @@ def score_method(
     cpu_seconds = _cpu_seconds() - cpu_started
     psnrs = [psnr(result, expected) for result, expected in zip(middles, truth, strict=True)]
     ssims = [ssim(result, expected) for result, expected in zip(middles, truth, strict=True)]
-    object_psnr = rest_psnr = None
-    if areas is not None:
-        pairs = list(zip(middles, truth, areas, strict=True))
-        inside = [region_psnr(result, expected, area) for result, expected, area in pairs]
-        outside = [region_psnr(result, expected, ~area) for result, expected, area in pairs]
-        object_psnr = _mean([value for value in inside if value is not None])
-        rest_psnr = _mean([value for value in outside if value is not None])
+    object_psnr, rest_psnr = split_psnr(middles, truth, areas)
     return Score(
         scene,
         method,
@@ -438,14 +439,29 @@ def score_method(
     )
 
 
+def split_psnr(
+    middles: np.ndarray, truth: np.ndarray, areas: np.ndarray | None
+) -> tuple[float | None, float | None]:
+    """Mean per-frame PSNR over the objects' areas and over the rest (None, None: no areas)."""
+    if areas is None:
+        return None, None
+    pairs = list(zip(middles, truth, areas, strict=True))
+    inside = [region_psnr(result, expected, area) for result, expected, area in pairs]
+    outside = [region_psnr(result, expected, ~area) for result, expected, area in pairs]
+    return (
+        _mean([value for value in inside if value is not None]),
+        _mean([value for value in outside if value is not None]),
+    )
+
+
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def time_command(method: str, source: Path, weights: str | None) -> float:
-    """Wall seconds of the whole command a user runs, 15 fps MP4 in, 30 fps H.264 MP4 out of
-    the quality the app writes (CRF 17, preset faster, yuv420p): a fresh process that
-    decodes, interpolates and encodes."""
+def run_command(method: str, source: Path, weights: str | None) -> tuple[float, float, np.ndarray]:
+    """Wall and CPU seconds of the whole command a user runs, 15 fps MP4 in, 30 fps H.264
+    MP4 out of the quality the app writes (CRF 17, preset faster, yuv420p): a fresh process
+    that decodes, interpolates and encodes; and the luma (Y) of its output's frames."""
     destination = source.with_name(f"{method}.mp4")
     if method == MINTERPOLATE:
         import imageio_ffmpeg
@@ -459,18 +475,73 @@ def time_command(method: str, source: Path, weights: str | None) -> float:
     else:
         command = [sys.executable, "-m", "allegro", "interpolate", str(source), str(destination)]
         command += ["--method", method] + (["--weights", weights] if weights else [])
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _children_cpu_seconds()
     subprocess.run(command, check=True, capture_output=True)
     seconds = time.perf_counter() - started
+    cpu_seconds = _children_cpu_seconds() - cpu_started
+    lumas = decode_luma(destination)
     destination.unlink()
-    return seconds
+    return seconds, cpu_seconds, lumas
+
+
+def decode_luma(path: Path) -> np.ndarray:
+    """The Y plane of every frame of a video, (N, H, W) uint8."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        height = stream.codec_context.height
+        return np.stack(
+            [frame.to_ndarray(format="yuv420p")[:height] for frame in container.decode(stream)]
+        )
+
+
+def score_command_output(
+    score: Score,
+    seconds: tuple[float, float],
+    lumas: np.ndarray,
+    inputs: np.ndarray,
+    truth: np.ndarray,
+    areas: np.ndarray | None,
+) -> Score:
+    """``score`` with the command's (wall, CPU) seconds and its output's in-between frames
+    scored on luma. Output frame 2i + 1 lies between inputs i and i + 1 (checked: frame 2i
+    must be input i but for the H.264 round trips); minterpolate's last in-between frame may
+    be missing, so the frames every method made are scored."""
+    count = min(len(truth), (len(lumas) - 1) // 2)
+
+    def luma(frames: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420)[: f.shape[0]] for f in frames])
+
+    for index, expected in enumerate(luma(inputs[: count + 1])):
+        if psnr(lumas[2 * index], expected) < 30.0:
+            raise RuntimeError(f"{score.method} output frame {2 * index} is not input {index}")
+    truth_luma = luma(truth[:count])
+    middles = lumas[1 : 2 * count : 2]
+    psnrs = [psnr(result, expected) for result, expected in zip(middles, truth_luma, strict=True)]
+    object_psnr, rest_psnr = split_psnr(
+        middles, truth_luma, None if areas is None else areas[:count]
+    )
+    return replace(
+        score,
+        command_seconds=seconds[0],
+        command_cpu_seconds=seconds[1],
+        command_psnr=float(np.mean(psnrs)),
+        command_object_psnr=object_psnr,
+        command_rest_psnr=rest_psnr,
+    )
+
+
+def _children_cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
 
 
 def _cpu_seconds() -> float:
     """CPU time of this process (all threads) plus finished children (ffmpeg): on a shared
     machine wall time depends on the neighbours, CPU time much less."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    return time.process_time() + _children_cpu_seconds()
 
 
 def _decibels(value: float | None) -> str:
@@ -520,22 +591,28 @@ def main(argv: list[str] | None = None) -> None:
             source = Path(folder, "input.mp4")
             if not args.no_commands:
                 write_video(source, inputs, 15, {"source": f"bench scene {scene}"})
+            scene_scores: list[Score] = []
             for method in methods:
                 try:
-                    score = score_method(scene, method, inputs, truth, areas, args.weights)
+                    scene_scores.append(
+                        score_method(scene, method, inputs, truth, areas, args.weights)
+                    )
                 except InterpolationError as error:
                     print(f"Skipping {method} on {scene}: {error}", file=sys.stderr)
-                    continue
+            # The whole commands one right after the other, so they share the machine's load.
+            for score in scene_scores:
                 if not args.no_commands:
-                    command_seconds = time_command(method, source, args.weights)
-                    score = replace(score, command_seconds=command_seconds)
+                    wall, cpu, lumas = run_command(score.method, source, args.weights)
+                    score = score_command_output(score, (wall, cpu), lumas, inputs, truth, areas)
                 scores.append(score)
-                command = _seconds(score.command_seconds)
                 print(
-                    f"{scene:>11} {method:>13}: {score.psnr:6.2f} dB  object "
+                    f"{scene:>11} {score.method:>13}: {score.psnr:6.2f} dB  object "
                     f"{_decibels(score.object_psnr):>5}  rest {_decibels(score.rest_psnr):>5}  "
                     f"SSIM {score.ssim:.4f}  {score.seconds:6.2f} s (CPU "
-                    f"{score.cpu_seconds:6.2f} s)  command {command} s",
+                    f"{score.cpu_seconds:6.2f} s)  command {_seconds(score.command_seconds)} s "
+                    f"(CPU {_seconds(score.command_cpu_seconds)} s), "
+                    f"luma object {_decibels(score.command_object_psnr)} "
+                    f"rest {_decibels(score.command_rest_psnr)}",
                     file=sys.stderr,
                 )
             del clip, inputs, truth, areas
@@ -547,16 +624,28 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.getloadavg()[0]:.1f} after.\n"
     )
     print(
-        "| scene | method | PSNR (dB) | object area | rest | SSIM | interpolation (s) "
-        "| CPU (s) | whole command (s) |"
+        "| scene | method | PSNR (dB) | object area | rest | SSIM | interpolation s (CPU s) "
+        "| whole command s (CPU s) | x minterpolate's speed (CPU) "
+        "| command luma PSNR: all / object / rest |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    reference = {s.scene: s for s in scores if s.method == MINTERPOLATE}
     for score in scores:
+        speedup = "-"
+        minterpolate = reference.get(score.scene)
+        if minterpolate and minterpolate.command_seconds and score.command_seconds:
+            speedup = (
+                f"{minterpolate.command_seconds / score.command_seconds:.1f}x "
+                f"({minterpolate.command_cpu_seconds / score.command_cpu_seconds:.1f}x)"
+            )
         print(
             f"| {score.scene} | {score.method} | {score.psnr:.2f} "
             f"| {_decibels(score.object_psnr)} | {_decibels(score.rest_psnr)} "
-            f"| {score.ssim:.4f} | {score.seconds:.2f} | {score.cpu_seconds:.2f} "
-            f"| {_seconds(score.command_seconds)} |"
+            f"| {score.ssim:.4f} | {score.seconds:.2f} ({score.cpu_seconds:.2f}) "
+            f"| {_seconds(score.command_seconds)} ({_seconds(score.command_cpu_seconds)}) "
+            f"| {speedup} "
+            f"| {_decibels(score.command_psnr)} / {_decibels(score.command_object_psnr)} / "
+            f"{_decibels(score.command_rest_psnr)} |"
         )
 
 

@@ -217,6 +217,65 @@ def test_streaming_rejects_bad_frames_with_a_clear_error(
         interpolate_stream(iter(frames), RecordingInterpolator(), lambda frame: None)
 
 
+def i420(frames: np.ndarray) -> np.ndarray:
+    """RGB frames, (N, H, W, 3) or (H, W, 3), as I420: (N, 3H/2, W), a decoder's layout."""
+    if frames.ndim == 3:
+        return cv2.cvtColor(frames, cv2.COLOR_RGB2YUV_I420)
+    return np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420) for frame in frames])
+
+
+class RecordingI420Interpolator(RecordingInterpolator):
+    def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        raise AssertionError("I420 frames must go to midframes_yuv420p")
+
+    def midframes_yuv420p(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return super().midframes(before, after)
+
+
+def test_i420_frames_pass_through_and_scene_cuts_are_found_on_luma() -> None:
+    bright = np.clip(texture(1).astype(np.int16) // 2 + 128, 0, 255).astype(np.uint8)
+    frames = list(i420(np.stack([*panning_clip(3), bright])))
+    emitted: list[np.ndarray] = []
+
+    counts = interpolate_stream(
+        iter(frames), RecordingI420Interpolator(4), emitted.append, pixel_format="yuv420p"
+    )
+
+    assert counts.pairs == 3 and counts.scene_cuts == 1  # the pan is none, the jump is one
+    assert all(emitted[2 * i] is frame for i, frame in enumerate(frames))  # not even copied
+    assert np.array_equal(emitted[1], 255 - frames[0])
+    assert emitted[5] is frames[2]  # across the cut: the earlier frame repeated
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (np.zeros((95, 64), np.uint8), "I420"),  # 95 rows: not 3H/2 of an even H
+        (np.zeros((48, 63), np.uint8), "I420"),  # odd width
+        (np.zeros((48, 64, 3), np.uint8), "I420"),  # RGB
+        (np.zeros((48, 64), np.int16), "uint8"),
+    ],
+)
+def test_streaming_rejects_bad_i420_frames(frame: np.ndarray, message: str) -> None:
+    with pytest.raises(InterpolationError, match=message):
+        interpolate_stream(
+            iter([frame, frame]),
+            RecordingI420Interpolator(),
+            lambda f: None,
+            pixel_format="yuv420p",
+        )
+
+
+def test_a_method_without_i420_support_is_never_handed_i420() -> None:
+    with pytest.raises(ValueError, match="does not take yuv420p"):
+        interpolate_stream(
+            iter(i420(panning_clip(2))),
+            RecordingInterpolator(),
+            lambda f: None,
+            pixel_format="yuv420p",
+        )
+
+
 def test_a_fast_pan_is_not_a_scene_cut() -> None:
     result = interpolate_frames(panning_clip(4, step=12), RecordingInterpolator())
     assert result.scene_cuts == 0
@@ -248,6 +307,40 @@ def test_flow_recovers_a_subpixel_shift_far_better_than_blending() -> None:
 
     assert flow.blended_pairs == 0
     assert error(middle) < 0.5 * error(blended)
+
+
+def test_flow_on_i420_moves_luma_as_the_rgb_path_does_and_colour_with_it() -> None:
+    big = texture(3, HEIGHT * SUPERSAMPLE, (WIDTH + 8) * SUPERSAMPLE)
+    frame0, truth, frame1 = (i420(shifted_render(big, s)) for s in (0.0, 1.25, 2.5))
+    flow = FlowInterpolator(workers=1)
+
+    middle = flow.midframes_yuv420p(frame0[None], frame1[None])[0]
+    # The RGB path on the same video frames, decoded to RGB (chroma upsampled) and back.
+    decoded = [cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420) for frame in (frame0, frame1)]
+    via_rgb = i420(flow.midframes(decoded[0][None], decoded[1][None])[0])
+    blended = blend_pairs(frame0, frame1)
+
+    luma = (slice(4, HEIGHT - 4), slice(4, -4))  # inside the edge where new content enters
+    chroma = (slice(HEIGHT, None), slice(None))  # U and V, half size, after the luma rows
+
+    def error(image: np.ndarray, part: tuple[slice, slice]) -> float:
+        return float(np.mean(np.abs(image[part].astype(np.float32) - truth[part])))
+
+    assert flow.blended_pairs == 0 and middle.shape == truth.shape
+    assert error(middle, luma) < 0.25 * error(blended, luma)
+    # Same motion as the RGB path: their luma agrees to within the colour maths' rounding.
+    assert np.mean(np.abs(middle[luma].astype(np.float32) - via_rgb[luma])) < 1.0
+    # Half-size U and V moved by the half-size motion: no worse than through RGB.
+    assert error(middle, chroma) < min(0.8 * error(blended, chroma), error(via_rgb, chroma))
+
+
+def test_flow_on_i420_falls_back_to_the_blend_of_the_planes() -> None:
+    rng = np.random.default_rng(5)
+    frames = i420(rng.integers(0, 256, (2, HEIGHT, WIDTH, 3), dtype=np.uint8))
+    flow = FlowInterpolator(workers=1)
+    middle = flow.midframes_yuv420p(frames[:1], frames[1:])[0]
+    assert flow.blended_pairs == 1
+    assert np.array_equal(middle, blend_pairs(frames[0], frames[1]))
 
 
 def fast_object_pair(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -464,3 +557,63 @@ def test_stream_frames_decodes_what_read_frames_does(tmp_path: Path) -> None:
         assert np.array_equal(np.stack(list(stream)), decoded)
     with stream_frames(source) as stream:  # stopped early: the decoder thread ends
         next(iter(stream))
+
+
+def decode_i420(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)]
+
+
+def test_stream_frames_hands_over_the_decoders_own_i420_planes(tmp_path: Path) -> None:
+    source = tmp_path / "in.mp4"
+    decoded = write_source(source)
+    with stream_frames(source, pixel_format="yuv420p") as stream:
+        assert (stream.width, stream.height) == (96, 64)
+        frames = list(stream)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, decode_i420(source), strict=True))
+    assert np.mean(np.abs(allegro.video.i420_to_rgb(frames[0]).astype(int) - decoded[0])) < 1
+
+
+def test_interpolate_command_encodes_the_original_frames_bit_for_bit_in_i420(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "in.mp4"
+    write_source(source)
+    encoded: list[np.ndarray] = []
+    encode = allegro.video._encode_mp4
+
+    def recording_encode(path: Path, frames: Iterator[np.ndarray], *args: object) -> None:
+        def record() -> Iterator[np.ndarray]:
+            for frame in frames:
+                encoded.append(frame.copy())
+                yield frame
+
+        encode(path, record(), *args)
+
+    monkeypatch.setattr(allegro.video, "_encode_mp4", recording_encode)
+    output = interpolate_video(source, tmp_path / "out.mp4", "flow")
+
+    originals = decode_i420(source)
+    assert len(encoded) == 2 * len(originals)
+    assert all(np.array_equal(a, b) for a, b in zip(encoded[::2], originals, strict=True))
+    assert read_frames(output)[0].shape == (18, 64, 96, 3)
+    poster = cv2.imread(str(output.with_suffix(".jpg")))
+    assert poster.shape == (64, 96, 3) and poster.std() > 10  # a real RGB picture
+
+
+def test_interpolate_command_rejects_odd_sizes_clearly(tmp_path: Path) -> None:
+    import av
+
+    source = tmp_path / "odd.mkv"
+    with av.open(str(source), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 95, 63, "yuv444p"
+        for frame in panning_clip(3)[:, :63, :95]:
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            container.mux(stream.encode(image.reformat(format="yuv444p")))
+        container.mux(stream.encode())
+    with pytest.raises(InterpolationError, match=r"95x63.*even width and height"):
+        interpolate_video(source, tmp_path / "out.mp4", "flow")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.mkv"]

@@ -1,16 +1,21 @@
 """The one small interface every frame-interpolation method implements.
 
 A method gets batches of neighbouring frame pairs and returns the frame halfway between
-each pair. Frames are RGB uint8 arrays of shape (B, H, W, 3). Scene-cut detection,
-frame ordering, progress and cancel live in the driver, not in methods.
+each pair. Frames are RGB uint8 arrays of shape (B, H, W, 3). A method may also take
+frames as a video decoder hands them over, I420 (yuv420p: Y, then U and V at half size,
+(B, 3H/2, W)), with ``midframes_yuv420p``: the interpolate command then goes from decoder
+to encoder without colour conversions. Scene-cut detection, frame ordering, progress and
+cancel live in the driver, not in methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+
+PixelFormat = Literal["rgb24", "yuv420p"]
 
 
 @dataclass(frozen=True)
@@ -28,3 +33,8 @@ class Interpolator(Protocol):
     def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 RGB pairs -> (B, H, W, 3) uint8 RGB frames at t = 0.5."""
         ...
+
+
+def takes_yuv420p(interpolator: Interpolator) -> bool:
+    """Whether the method has ``midframes_yuv420p``: (B, 3H/2, W) I420 pairs -> I420 frames."""
+    return callable(getattr(interpolator, "midframes_yuv420p", None))

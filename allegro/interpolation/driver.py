@@ -13,7 +13,7 @@ import numpy as np
 
 from allegro.errors import InterpolationError
 from allegro.events import CancelToken
-from allegro.interpolation.base import Interpolator
+from allegro.interpolation.base import Interpolator, PixelFormat, takes_yuv420p
 
 # Scene-cut test. A cut needs BOTH a changed coarse layout (mean absolute difference of grey
 # thumbnails about CUT_THUMB_WIDTH cells wide, 0..1) and a changed grey histogram (half the
@@ -96,6 +96,7 @@ def interpolate_stream(
     on_progress: Callable[[int, int], None] | None = None,
     cancel: CancelToken | None = None,
     total_pairs: int | None = None,
+    pixel_format: PixelFormat = "rgb24",
 ) -> InterpolationCounts:
     """``interpolate_frames`` for frames that arrive one by one (a video being decoded):
     each 30 fps frame is handed to ``emit`` in order as soon as it is made (to an encoder
@@ -103,9 +104,18 @@ def interpolate_stream(
 
     ``total_pairs`` is the N - 1 that progress counts against; by default ``len(frames)``
     tells it, and when neither does, progress counts against the pairs done so far plus one.
+    ``pixel_format``: ``"rgb24"``, (H, W, 3) frames, or ``"yuv420p"``, (3H/2, W) I420
+    frames as a decoder hands them over, for methods that take them (``takes_yuv420p``):
+    the frames go from decoder to encoder with no colour conversion.
     """
     if total_pairs is None and isinstance(frames, Sized):
         total_pairs = len(frames) - 1
+    if pixel_format == "yuv420p":
+        if not takes_yuv420p(interpolator):
+            raise ValueError(f"the {interpolator.name} method does not take yuv420p frames")
+        make_midframes = interpolator.midframes_yuv420p  # type: ignore[attr-defined]
+    else:
+        make_midframes = interpolator.midframes
     batch_size = max(1, int(interpolator.batch_size))
     blended_before = _blended_pairs(interpolator)
     incoming = iter(frames)
@@ -117,9 +127,9 @@ def interpolate_stream(
             cancel.raise_if_cancelled()
         # The batch's frames plus the one after it; the last frame carries over.
         for frame in incoming:
-            _check_frame(frame, window[0] if window else None)
+            _check_frame(frame, window[0] if window else None, pixel_format)
             window.append(frame)
-            signatures.append(_cut_signature(frame))
+            signatures.append(_cut_signature(frame, pixel_format))
             if len(window) > batch_size:
                 break
         if len(window) < 2:
@@ -132,7 +142,7 @@ def interpolate_stream(
         if moving:
             before = np.stack([window[i] for i in moving])
             after = np.stack([window[i + 1] for i in moving])
-            made = interpolator.midframes(before, after)
+            made = make_midframes(before, after)
             if made.shape != before.shape or made.dtype != np.uint8:
                 raise InterpolationError(
                     f"The {interpolator.name} method returned frames of the wrong shape "
@@ -158,11 +168,19 @@ def interpolate_stream(
     return InterpolationCounts(pairs, scene_cuts, blended)
 
 
-def _check_frame(frame: np.ndarray, first: np.ndarray | None) -> None:
+def _check_frame(
+    frame: np.ndarray, first: np.ndarray | None, pixel_format: PixelFormat = "rgb24"
+) -> None:
     """One frame of a stream: what ``_check_frames`` checks, and the first frame's size."""
     if not isinstance(frame, np.ndarray):
         raise InterpolationError(f"Expected video frames as arrays, got {type(frame)}.")
-    if frame.ndim != 3 or frame.shape[-1] != 3:
+    if pixel_format == "yuv420p":
+        if frame.ndim != 2 or frame.shape[0] % 3 or frame.shape[1] % 2:  # H = 2 rows / 3
+            raise InterpolationError(
+                "Expected I420 video frames shaped (3 * height / 2, width) with an even height "
+                f"and width, got one shaped {frame.shape}."
+            )
+    elif frame.ndim != 3 or frame.shape[-1] != 3:
         raise InterpolationError(
             f"Expected RGB video frames shaped (height, width, 3), got one shaped {frame.shape}."
         )
@@ -206,13 +224,17 @@ class _CutSignature:
     histogram: np.ndarray
 
 
-def _cut_signature(frame: np.ndarray) -> _CutSignature:
-    """Cheap to compute from a strided sample; the block-averaged thumbnail (about
-    CUT_THUMB_WIDTH cells wide) is blind to fine motion."""
+def _cut_signature(frame: np.ndarray, pixel_format: PixelFormat = "rgb24") -> _CutSignature:
+    """Cheap to compute from a strided sample of the frame's grey levels (0..1); the
+    block-averaged thumbnail (about CUT_THUMB_WIDTH cells wide) is blind to fine motion."""
     width = frame.shape[1]
     step = max(1, width // (CUT_THUMB_WIDTH * CUT_SAMPLES_PER_CELL))
-    sample = frame[::step, ::step].astype(np.float32)
-    grey = sample @ np.float32([0.299 / 255, 0.587 / 255, 0.114 / 255])
+    if pixel_format == "yuv420p":
+        luma = frame[: frame.shape[0] * 2 // 3, ::step][::step].astype(np.float32)
+        grey = np.clip((luma - 16.0) / 219.0, 0.0, 1.0)  # video luma spans 16..235
+    else:
+        sample = frame[::step, ::step].astype(np.float32)
+        grey = sample @ np.float32([0.299 / 255, 0.587 / 255, 0.114 / 255])
     cell = max(1, min(grey.shape[1] // CUT_THUMB_WIDTH, grey.shape[0]))
     rows, columns = grey.shape[0] // cell, grey.shape[1] // cell
     blocks = grey[: rows * cell, : columns * cell].reshape(rows, cell, columns, cell)

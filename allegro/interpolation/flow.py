@@ -29,8 +29,11 @@ For each pair (frame 0, frame 1):
    next to it. Each pixel may take the offsets of a neighbour a few pixels away instead when
    they line the two frames up better (mean absolute grey difference over 3x3), which snaps
    the motion edge back to the object's edge.
-6. Both neighbours are warped to the midpoint at full resolution (bicubic cv2.remap, border
-   replicate) and blended with those weights.
+6. Both neighbours are warped to the midpoint (bicubic cv2.remap, border replicate) and
+   blended with those weights: an RGB frame as one plane, a decoded video's I420 frame
+   (``midframes_yuv420p``) plane by plane, Y at full size and U, V at half size with the
+   offsets halved. That is half the warping of RGB and no colour conversion at all; the
+   flow is found on the luma either way (video Y mapped from 16..235 to 0..255).
 
 Failed motion estimates fall back to blending, never to smeared garbage: when most of the
 frame fails the forward-backward check both ways, or the two frames warped to the midpoint
@@ -42,7 +45,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,27 +130,47 @@ class FlowInterpolator:
         self.batch_size = 2 * self.workers
         self.blended_pairs = 0
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
         self._count_lock = threading.Lock()
 
     def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        return self._midframes(before, after, _rgb_picture)
+
+    def midframes_yuv420p(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """``midframes`` for (B, 3H/2, W) I420 frames (a decoded video's own layout): flow
+        on Y, Y warped at full size and U, V at half size with the same motion, so neither
+        colour conversions nor full-size chroma are paid for."""
+        return self._midframes(before, after, _i420_picture)
+
+    def _midframes(
+        self, before: np.ndarray, after: np.ndarray, picture: Callable[[np.ndarray], _Picture]
+    ) -> np.ndarray:
+        def one(frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
+            return self._midframe(frame0, frame1, picture)
+
         if len(before) == 1 or self.workers == 1:
-            results = [self._midframe(a, b) for a, b in zip(before, after, strict=True)]
+            results = [one(a, b) for a, b in zip(before, after, strict=True)]
         else:
             threads_per_worker = max(1, _usable_cpus() // self.workers)
-            with _opencv_threads(threads_per_worker), ThreadPoolExecutor(self.workers) as pool:
-                results = list(pool.map(self._midframe, before, after))
+            if self._pool is None:  # kept: its threads keep their DIS and scratch arrays
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="flow")
+            with _opencv_threads(threads_per_worker):
+                results = list(self._pool.map(one, before, after))
         return np.stack(results)
 
-    def _midframe(self, frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
-        middle = _flow_midframe(frame0, frame1, self._dis())
+    def _midframe(
+        self, frame0: np.ndarray, frame1: np.ndarray, picture: Callable[[np.ndarray], _Picture]
+    ) -> np.ndarray:
+        middle = _flow_midframe(picture(frame0), picture(frame1), *self._thread_state())
         if middle is None:
             with self._count_lock:
                 self.blended_pairs += 1
             return blend_pairs(frame0, frame1)
         return middle
 
-    def _dis(self) -> cv2.DISOpticalFlow:
-        # A DIS instance keeps per-call buffers, so each worker thread gets its own.
+    def _thread_state(self) -> tuple[cv2.DISOpticalFlow, _Scratch]:
+        # A DIS instance keeps per-call buffers, so each worker thread gets its own, and
+        # its own scratch arrays.
         dis = getattr(self._local, "dis", None)
         if dis is None:
             dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -157,24 +180,55 @@ class FlowInterpolator:
             dis.setVariationalRefinementIterations(DIS_REFINEMENT_ITERATIONS)
             dis.setVariationalRefinementAlpha(DIS_REFINEMENT_ALPHA)
             self._local.dis = dis
-        return dis
+            self._local.scratch = _Scratch()
+        return dis, self._local.scratch
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """A frame as the flow method sees it: its luma at full size, for motion, and the
+    planes that are warped, each (h, w) or (h, w, c) and views into ``frame``: one RGB
+    plane, or Y, U and V (U and V at half size). ``limited_range``: luma spans 16..235
+    (video Y), not 0..255 (grey from RGB)."""
+
+    frame: np.ndarray
+    luma: np.ndarray
+    planes: tuple[np.ndarray, ...]
+    limited_range: bool
+
+
+def _rgb_picture(frame: np.ndarray) -> _Picture:
+    return _Picture(frame, cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), (frame,), False)
+
+
+def _i420_picture(frame: np.ndarray) -> _Picture:
+    """(3H/2, W) I420, as PyAV lays out yuv420p: all of Y, then all of U, then all of V."""
+    height, width = frame.shape[0] * 2 // 3, frame.shape[1]
+    flat = frame.reshape(-1)
+    luma_size, chroma_size = height * width, height * width // 4
+    luma = flat[:luma_size].reshape(height, width)
+    chroma = (height // 2, width // 2)
+    u = flat[luma_size : luma_size + chroma_size].reshape(chroma)
+    v = flat[luma_size + chroma_size :].reshape(chroma)
+    return _Picture(frame, luma, (luma, u, v), True)
 
 
 def _flow_midframe(
-    frame0: np.ndarray, frame1: np.ndarray, dis: cv2.DISOpticalFlow
+    picture0: _Picture, picture1: _Picture, dis: cv2.DISOpticalFlow, scratch: _Scratch
 ) -> np.ndarray | None:
-    """The (H, W, 3) uint8 frame at t = 0.5, or None when the motion estimate failed."""
-    height, width = frame0.shape[:2]
+    """The frame at t = 0.5, laid out as the pictures' frames, or None when the motion
+    estimate failed."""
+    height, width = picture0.luma.shape
     scale = min(1.0, FLOW_SIZE / max(height, width))
     flow_w, flow_h = round(width * scale), round(height * scale)
     if min(flow_w, flow_h) < MIN_FLOW_SIDE:
         return None
-    grey0 = _small_grey(frame0, flow_w, flow_h)
-    grey1 = _small_grey(frame1, flow_w, flow_h)
+    grey0 = _small_grey(picture0, flow_w, flow_h)
+    grey1 = _small_grey(picture1, flow_w, flow_h)
     flow01 = dis.calc(grey0, grey1, None)
     flow10 = dis.calc(grey1, grey0, None)
     # Fast objects DIS lost: matched as whole objects and written into both flows.
-    motions = _fast_motions(frame0, frame1, grey0, grey1, flow01, flow10)
+    motions = _fast_motions(picture0, picture1, grey0, grey1, flow01, flow10)
     owner0 = _fuse_motions(grey0, grey1, flow01, [(m.forward, m.region0) for m in motions])
     owner1 = _fuse_motions(grey1, grey0, flow10, [(m.backward, m.region1) for m in motions])
 
@@ -206,12 +260,58 @@ def _flow_midframe(
     warped_difference = np.mean(cv2.absdiff(_remap(grey0, offset0), _remap(grey1, offset1)))
     if warped_difference >= WARPED_DIFFERENCE_RATIO * np.mean(cv2.absdiff(grey0, grey1)):
         return None
+    return _warp_and_blend(picture0, picture1, offset0, offset1, error0, error1, scratch)
 
-    middle0 = _remap(frame0, _upsample_offsets(offset0, width, height), WARP_INTERPOLATION)
-    middle1 = _remap(frame1, _upsample_offsets(offset1, width, height), WARP_INTERPOLATION)
-    weight0 = _upsample_weight(error0, width, height)
-    weight1 = _upsample_weight(error1, width, height)
-    return cv2.blendLinear(middle0, middle1, weight0, weight1)
+
+def _warp_and_blend(
+    picture0: _Picture,
+    picture1: _Picture,
+    offset0: np.ndarray,
+    offset1: np.ndarray,
+    error0: np.ndarray,
+    error1: np.ndarray,
+    scratch: _Scratch,
+) -> np.ndarray:
+    """Each plane of both neighbours warped to the midpoint and blended, into a new frame
+    laid out as theirs. Offsets and weights are resized once per plane size (U and V
+    share theirs); full-size intermediates live in ``scratch``, reused pair after pair."""
+    middle = np.empty_like(picture0.frame)
+    outputs = _i420_picture(middle).planes if len(picture0.planes) == 3 else (middle,)
+    maps: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+    for plane0, plane1, output in zip(picture0.planes, picture1.planes, outputs, strict=True):
+        height, width = size = plane0.shape[:2]
+        if size not in maps:
+            maps[size] = tuple(
+                upsample(field, width, height, scratch.array(f"{name} {size}", upsampled_shape))
+                for name, upsample, field, upsampled_shape in (
+                    ("offset0", _upsample_offsets, offset0, (*size, 2)),
+                    ("offset1", _upsample_offsets, offset1, (*size, 2)),
+                    ("weight0", _upsample_weight, error0, size),
+                    ("weight1", _upsample_weight, error1, size),
+                )
+            )
+        full0, full1, weight0, weight1 = maps[size]
+        middle0 = _remap(plane0, full0, WARP_INTERPOLATION, scratch.like("warp0", plane0))
+        middle1 = _remap(plane1, full1, WARP_INTERPOLATION, scratch.like("warp1", plane1))
+        cv2.blendLinear(middle0, middle1, weight0, weight1, dst=output)
+    return middle
+
+
+class _Scratch:
+    """One thread's full-size work arrays, kept from pair to pair: allocating them anew for
+    every pair costs page faults and cache misses worth about a tenth of the warp."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, tuple[int, ...], str], np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        key = (name, shape, np.dtype(dtype).str)
+        if key not in self._arrays:
+            self._arrays[key] = np.empty(shape, dtype)
+        return self._arrays[key]
+
+    def like(self, name: str, array: np.ndarray) -> np.ndarray:
+        return self.array(name, array.shape, array.dtype.type)
 
 
 def _usable_cpus() -> int:
@@ -230,22 +330,32 @@ def _opencv_threads(count: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _small_grey(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    if grey.shape[:2] == (height, width):
-        return grey
-    return cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+def _small_grey(picture: _Picture, width: int, height: int) -> np.ndarray:
+    """The picture's luma at (width, height), spanning 0..255 whichever range it came in."""
+    grey = picture.luma
+    if grey.shape[:2] != (height, width):
+        grey = cv2.resize(grey, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.LUT(grey, _LIMITED_TO_FULL) if picture.limited_range else grey
+
+
+# Video luma 16..235 -> 0..255, so thresholds on grey differences hold for both inputs.
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
 
 
 def _remap(
-    image: np.ndarray, offsets: np.ndarray, interpolation: int = cv2.INTER_LINEAR
+    image: np.ndarray,
+    offsets: np.ndarray,
+    interpolation: int = cv2.INTER_LINEAR,
+    dst: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Sample ``image`` at each pixel's position plus ``offsets`` (H, W, 2)."""
+    """Sample ``image`` at each pixel's position plus ``offsets`` (H, W, 2); into ``dst``
+    when given (of the right shape and type)."""
     return cv2.remap(
         image,
         offsets,
         None,
         interpolation | cv2.WARP_RELATIVE_MAP,
+        dst=dst,
         borderMode=cv2.BORDER_REPLICATE,
     )
 
@@ -334,21 +444,26 @@ def _snap_to_edges(
     return offsets[..., :2], offsets[..., 2:], errors[..., 0], errors[..., 1]
 
 
-def _upsample_offsets(offsets: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Offsets at flow resolution -> full-resolution offsets, in full-resolution pixels."""
+def _upsample_offsets(
+    offsets: np.ndarray, width: int, height: int, dst: np.ndarray | None = None
+) -> np.ndarray:
+    """Offsets at flow resolution -> (height, width) offsets, in those pixels (into ``dst``
+    when given)."""
     flow_h, flow_w = offsets.shape[:2]
     if (flow_h, flow_w) == (height, width):
         return offsets
     # Rescaled before upsampling, where it is 16x cheaper (the two steps commute).
     rescaled = cv2.multiply(offsets, (width / flow_w, height / flow_h, 0.0, 0.0))
-    return cv2.resize(rescaled, (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(rescaled, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
-def _upsample_weight(error: np.ndarray, width: int, height: int) -> np.ndarray:
+def _upsample_weight(
+    error: np.ndarray, width: int, height: int, dst: np.ndarray | None = None
+) -> np.ndarray:
     weight = 1.0 / (1.0 + error * error) + WEIGHT_FLOOR
     if weight.shape[:2] == (height, width):
         return weight
-    return cv2.resize(weight, (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(weight, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
 # --- fast objects ------------------------------------------------------------------------
@@ -366,8 +481,8 @@ class _Motion:
 
 
 def _fast_motions(
-    frame0: np.ndarray,
-    frame1: np.ndarray,
+    picture0: _Picture,
+    picture1: _Picture,
     grey0: np.ndarray,
     grey1: np.ndarray,
     flow01: np.ndarray,
@@ -385,7 +500,7 @@ def _fast_motions(
     failed1 = _flow_fails(grey1, grey0, flow10)
     if not failed0.any() or not failed1.any():
         return []
-    height, width = frame0.shape[:2]
+    height, width = picture0.luma.shape
     scale = min(1.0, MATCH_SIZE / max(height, width))
     size = (round(width * scale), round(height * scale))
     orb = cv2.ORB_create(
@@ -397,8 +512,8 @@ def _fast_motions(
         fastThreshold=10,
     )
     found = []
-    for frame, failed in ((frame0, failed0), (frame1, failed1)):
-        grey = _small_grey(frame, *size)
+    for picture, failed in ((picture0, failed0), (picture1, failed1)):
+        grey = _small_grey(picture, *size)
         keys, descriptors = orb.detectAndCompute(grey, _feature_mask(failed, size))
         found.append((keys, descriptors))
     (keys0, descriptors0), (keys1, descriptors1) = found
