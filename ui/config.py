@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allegro.costs import MEMORY_PROFILES
+from allegro.devices import ALL_DEVICES, DEVICES_HELP, parse_devices
 from allegro.errors import AllegroError
 from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS, check_memory_profile
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
@@ -71,6 +72,8 @@ class AppConfig:
     trusted_proxies: str | None = None  # addresses whose X-Forwarded-For is believed
     memory_profile: str = "off"  # costs.MEMORY_PROFILES
     jobs_db: Path | None = None  # None: a hidden file in the output folder
+    devices: str = ALL_DEVICES  # allegro.devices.parse_devices: one job worker per device
+    ray_address: str | None = None  # make videos on this Ray cluster (allegro.jobs.ray)
 
     @property
     def jobs_db_path(self) -> Path:
@@ -304,6 +307,22 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="on a ZeroGPU Space, refuse requests estimated to take longer than this. "
         f"Default: {DEFAULT_ZERO_GPU_MAX_SECONDS}. [ALLEGRO_ZERO_GPU_MAX_SECONDS]",
     )
+    parser.add_argument(
+        "--devices",
+        default=_env_text(environ, "ALLEGRO_DEVICES") or ALL_DEVICES,
+        help=f"where jobs run, one worker per device: {DEVICES_HELP}. Each device loads its "
+        "own copy of the model, its offload chosen from its own free memory. Default: all. "
+        "[ALLEGRO_DEVICES]",
+    )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=_env_text(environ, "ALLEGRO_RAY_ADDRESS"),
+        help="make videos on a Ray cluster (pip install -r requirements-ray.txt): 'auto' joins "
+        "the cluster started on this machine with `ray start`, or give the head's address "
+        "(host:6379). This app keeps the page, the queue and the gallery; one worker per GPU of "
+        "the cluster loads the model. [ALLEGRO_RAY_ADDRESS]",
+    )
     return parser
 
 
@@ -333,8 +352,11 @@ def parse_config(
         offload = "none"  # what auto must pick there, whatever the emulated free memory says
     try:
         check_memory_profile(args.memory_profile, offload, args.compile, zero_gpu)
+        devices = ",".join(parse_devices(args.devices))
     except AllegroError as error:
         parser.error(str(error))
+    if zero_gpu and (devices != ALL_DEVICES or args.ray):
+        parser.error("ZeroGPU lends one GPU per call: --devices and --ray do not apply there.")
     return AppConfig(
         model=args.model,
         transformer=args.transformer,
@@ -361,4 +383,6 @@ def parse_config(
         trusted_proxies=args.trusted_proxies,
         memory_profile=args.memory_profile,
         jobs_db=Path(args.jobs_db).expanduser().resolve() if args.jobs_db else None,
+        devices=devices,
+        ray_address=args.ray,
     )

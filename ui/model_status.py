@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from allegro.events import Stage
 from allegro.models import (
+    DeviceStatus,
     ModelChoice,
     ModelManager,
     ModelSettings,
@@ -63,6 +64,8 @@ class ModelStatus:
     offload_reason: str | None = None
     interpolation: tuple[MethodChoice, ...] | None = None  # None until the loader checked
     error: str | None = None
+    devices: tuple[DeviceStatus, ...] = ()  # one per job worker
+    host_ram_bytes: int | None = None  # what the workers need in RAM
 
     @property
     def ready(self) -> bool:
@@ -101,10 +104,34 @@ def banner_markdown(status: ModelStatus) -> str:
             "app works on any machine. " + PREVIEW_MODEL_NOTE
         )
     name = choice.label if choice else "The model"
+    if len(status.devices) > 1:
+        return f"**{name}** ready on {len(status.devices)} devices. " + devices_markdown(status)
     if status.hardware is None or status.hardware.gpu_name is None:
         return f"**{name}** ready on the CPU: slow, real videos need an NVIDIA GPU."
     offload = f" · offload: {status.offload_reason}" if status.offload_reason else ""
     return f"**{name}** ready on {status.hardware.gpu_label}{offload}"
+
+
+def devices_markdown(status: ModelStatus) -> str:
+    """One line per job worker: its device, and the offload and precision chosen for it
+    from its own free memory; then the host RAM they need together."""
+    lines = []
+    for device in status.devices:
+        if not device.ready:
+            lines.append(f"- {device.device}: loading …")
+            continue
+        gpu = f" ({device.gpu_name})" if device.gpu_name else ""
+        lines.append(
+            f"- {device.device}{gpu}: {device.precision}, offload {device.offload} "
+            f"({device.reason})"
+        )
+    if status.host_ram_bytes:
+        lines.append(
+            f"- host RAM for {len(status.devices)} workers: about "
+            f"{status.host_ram_bytes / 1e9:.0f} GB (each offloading worker keeps a CPU copy "
+            "of the weights)"
+        )
+    return "\n" + "\n".join(lines)
 
 
 def generate_button(status: ModelStatus) -> tuple[str, bool]:
@@ -125,7 +152,7 @@ def _interpolation_methods(weights: str | None, device: str) -> tuple[MethodChoi
     for name in METHODS:
         availability = method_availability(name, weights)
         reason = availability.reason
-        if availability.available and name == "ema-vfi" and device != "cuda":
+        if availability.available and name == "ema-vfi" and not device.startswith("cuda"):
             reason = "slow without a GPU: seconds per frame"
         choices.append(MethodChoice(name, availability.available, reason))
     return tuple(choices)
@@ -143,6 +170,7 @@ def model_settings(config: AppConfig) -> ModelSettings:
         compile=config.compile,
         memory_profile=config.memory_profile,
         ema_vfi_weights=config.ema_vfi_weights,
+        devices=config.devices,
     )
 
 
@@ -191,6 +219,8 @@ class ModelLoader:
             download_total=progress.total if downloading else 0,
             started=state.started,
             error=state.error,
+            devices=state.devices,
+            host_ram_bytes=state.host_ram_bytes,
         )
 
     def _ready_status(self, state: ModelState) -> ModelStatus:
@@ -205,6 +235,8 @@ class ModelLoader:
             hardware=_hardware(loaded),
             offload_reason=None if loaded.device == "cpu" else loaded.offload.reason,
             interpolation=_interpolation_methods(self.config.ema_vfi_weights, loaded.device),
+            devices=state.devices,
+            host_ram_bytes=state.host_ram_bytes,
         )
 
 
