@@ -153,6 +153,21 @@ def test_two_cpu_workers_each_load_their_own_pipeline_and_make_videos(tiny_model
     assert all(s["device"] == "cpu" and s["offload_reason"] for s in sidecars)
     runner.stop(timeout=10)
 
+    # The same seeds on one worker with the same thread count: the same frames.
+    import numpy as np
+    import torch
+
+    from allegro.video import read_frames
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(runner.workers[0].threads)
+    try:
+        for final in finals:
+            again = first.generate(final.request)
+            assert np.array_equal(read_frames(again.video_path)[0], read_frames(final.video)[0])
+    finally:
+        torch.set_num_threads(threads)
+
 
 def test_cancel_reaches_the_worker_running_that_job(store, tmp_path):
     workers = [FakeWorker(tmp_path), FakeWorker(tmp_path)]
