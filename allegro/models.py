@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING
 from allegro.devices import ALL_DEVICES, Device
 from allegro.errors import AllegroError, ModelUnavailableError, UnsupportedSetupError
 from allegro.events import ProgressCallback, ProgressEvent, Stage, ignore_progress
-from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
+from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, NativeSize
 
 if TYPE_CHECKING:
     from allegro.engine import Engine
-    from allegro.loading import LoadedPipeline
+    from allegro.jobs import Worker
+    from allegro.jobs.remote import RayWorker
+    from allegro.loading import LoadedPipeline, PipelineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class ModelSettings:
     memory_profile: str = "off"  # costs.MEMORY_PROFILES
     ema_vfi_weights: str | None = None
     devices: str = ALL_DEVICES  # allegro.devices.parse_devices
+    ray_address: str | None = None  # workers on this Ray cluster instead (allegro.jobs.remote)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class ModelState:
     error: str | None = None
     devices: tuple[DeviceStatus, ...] = ()  # one per worker, once the devices are known
     host_ram_bytes: int | None = None  # what the workers need in RAM (costs model)
+    cluster: str | None = None  # the Ray cluster's address when the workers run there
+    native: NativeSize | None = None  # what the model makes by default, once ready
 
     @property
     def ready(self) -> bool:
@@ -191,7 +196,8 @@ class ModelManager:
         self._state = ModelState()
         self._engines: list[Engine] = []  # one per device
         self._devices: tuple[Device | None, ...] = ()  # None: this process's default device
-        self._device_listeners: list[Callable[[int], None]] = []
+        self._remote: list[RayWorker] = []  # the Ray cluster's workers (--ray)
+        self._device_listeners: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._listeners: list[ProgressCallback] = []
 
@@ -241,16 +247,36 @@ class ModelManager:
         also means no request can fork the GPU worker while the cache's lock is held."""
         self._run()
 
-    def when_devices_known(self, on_devices: Callable[[int], None]) -> None:
-        """Call ``on_devices(count)`` once the devices are resolved (at once if they are):
-        the job runner adds one worker per device then (``ready_engine(slot=i)``). Resolving
-        needs torch, which the page does not wait for. Called once per manager."""
+    def when_devices_known(self, on_devices: Callable[[], None]) -> None:
+        """Call ``on_devices()`` once the devices are resolved (at once if they are): the job
+        runner adds ``job_workers()`` then. Resolving needs torch (or the Ray cluster), which
+        the page does not wait for. Called once per manager."""
         with self._changed:
-            count = len(self._devices)
-            if not count:
+            if not self._devices and not self._remote:
                 self._device_listeners.append(on_devices)
                 return
-        on_devices(count)
+        on_devices()
+
+    def job_workers(self, output_dir: str | Path) -> list[Worker]:
+        """One job worker per device: an EngineWorker on each local device, or the Ray
+        cluster's workers."""
+        from functools import partial
+
+        from allegro.jobs import EngineWorker
+
+        with self._changed:
+            if self._remote:
+                return list(self._remote)
+            devices = self._devices
+        return [
+            EngineWorker(
+                partial(self.ready_engine, slot=slot),
+                output_dir,
+                name=f"{device.name} {slot}" if device is not None else "device 0",
+                threads=device.threads if device is not None else None,
+            )
+            for slot, device in enumerate(devices)
+        ]
 
     def devices(self) -> tuple[Device | None, ...]:
         with self._changed:
@@ -296,6 +322,59 @@ class ModelManager:
             raise AllegroError("The model is still loading; try again in a moment.")
         return self._engines[slot]
 
+    def _run_on_ray(self, address: str) -> None:
+        """Join the cluster and start one worker per GPU there, each loading the model; this
+        process loads nothing. ``--devices cpu,cpu`` asks for CPU workers instead (tests)."""
+        from allegro.devices import CPU, parse_devices
+        from allegro.jobs.remote import connect, start_actors
+
+        settings = self.settings
+        cpu_workers = sum(entry == CPU for entry in parse_devices(settings.devices))
+        choice = choose_model(
+            settings.model, settings.transformer, settings.preview, has_cuda=not cpu_workers
+        )
+        self._update(choice=choice, cluster=address, message=f"Joining Ray at {address} …")
+        connect(address)
+        if not self._remote:
+            self._update(message="Starting the cluster's workers (each loads the model) …")
+            # The preview model is made by each worker where it runs: model "" says so.
+            workers = start_actors(self._spec(choice.model), settings.output_dir, cpu_workers)
+            with self._changed:
+                self._remote = workers
+                listeners, self._device_listeners = self._device_listeners, []
+            for listener in listeners:
+                listener()
+        statuses = []
+        for worker in self._remote:
+            where = worker.description
+            statuses.append(
+                DeviceStatus(
+                    device=f"{where['node']} {where['device']}",
+                    ready=True,
+                    offload=where["offload"],
+                    reason=where["reason"],
+                    precision=where["precision"],
+                    gpu_name=where["gpu"],
+                )
+            )
+        native = NativeSize(*self._remote[0].description["native"])
+        self._update(phase=Phase.READY, message="Ready", devices=tuple(statuses), native=native)
+        logger.info("Model ready: %s on %d Ray workers", choice.label, len(statuses))
+
+    def _spec(self, model: str) -> PipelineSpec:
+        from allegro.loading import PipelineSpec
+
+        settings = self.settings
+        return PipelineSpec(
+            model=model,
+            transformer=None if not model else self.state().choice.transformer,
+            precision=settings.precision,
+            vae_precision=settings.vae_precision,
+            offload=settings.offload,
+            compile=settings.compile,
+            memory_profile=settings.memory_profile,
+        )
+
     def _settle_devices(self, has_cuda: bool) -> tuple[Device | None, ...]:
         """The workers' devices (first time only: they stay for the process's life). One
         device of 'all' is None: the process's default device and pipeline cache, as
@@ -326,7 +405,7 @@ class ModelManager:
             )
             self._changed.notify_all()
         for listener in listeners:
-            listener(len(devices))
+            listener()
 
     def _check_host_memory(self, devices: tuple[Device | None, ...], spec) -> None:
         """Refuse, before loading, workers whose weights cannot fit in host RAM together."""
@@ -395,7 +474,7 @@ class ModelManager:
             self._update(devices=tuple(statuses))
             logger.info("Loaded on %s: %s", loaded.device, loaded.offload.reason)
         choice = self.state().choice
-        self._update(phase=Phase.READY, message="Ready", loaded=first)
+        self._update(phase=Phase.READY, message="Ready", loaded=first, native=first.native)
         logger.info("Model ready: %s on %s", choice.label if choice else "?", first.device)
 
     def _on_progress(self, event: ProgressEvent) -> None:
@@ -409,6 +488,9 @@ class ModelManager:
     def _run(self) -> None:
         settings = self.settings
         try:
+            if settings.ray_address:
+                self._run_on_ray(settings.ray_address)
+                return
             self._update(message="Looking for a GPU …")
             has_cuda = self._has_cuda()
             if not has_cuda and not settings.preview and (devices := self._visible_gpus()):
@@ -422,17 +504,7 @@ class ModelManager:
             if choice.preview:
                 self._update(message="Preparing the preview model …")
                 model = str(ensure_preview_model(preview_model_dir(self.environ)))
-            from allegro.loading import PipelineSpec
-
-            spec = PipelineSpec(
-                model=model,
-                transformer=choice.transformer,
-                precision=settings.precision,
-                vae_precision=settings.vae_precision,
-                offload=settings.offload,
-                compile=settings.compile,
-                memory_profile=settings.memory_profile,
-            )
+            spec = self._spec(model)
             devices = self._settle_devices(has_cuda)
             if not choice.preview:
                 self._check_host_memory(devices, spec)

@@ -15,7 +15,7 @@ import pytest
 from allegro import costs
 from allegro.devices import Device, check_host_memory, parse_devices, resolve_devices
 from allegro.errors import UnsupportedSetupError
-from allegro.jobs import JobRunner, JobState, JobStore, WorkerLost, add_engine_workers
+from allegro.jobs import JobRunner, JobState, JobStore, WorkerLost, add_device_workers
 from allegro.models import ModelManager, ModelSettings, Phase
 from allegro.request import GenerationRequest
 from tests.test_jobs import FakeWorker, request
@@ -118,7 +118,7 @@ def test_two_cpu_workers_each_load_their_own_pipeline_and_make_videos(tiny_model
     settings = ModelSettings(output_dir=tmp_path / "out", model=str(tiny_model), devices="cpu,cpu")
     manager = ModelManager(settings, dict(os.environ), has_cuda=lambda: False)
     runner = JobRunner(JobStore(tmp_path / "jobs.sqlite"), [])
-    add_engine_workers(runner, manager, settings.output_dir)
+    add_device_workers(runner, manager, settings.output_dir)
     manager.start()
     first, second = (manager.ready_engine(timeout=300, slot=slot) for slot in (0, 1))
     assert first.cache is not second.cache

@@ -14,30 +14,38 @@ import pytest
 from allegro.errors import Cancelled
 from allegro.events import Stage
 from allegro.jobs import JobRunner, JobState, JobStore
-from allegro.loading import PipelineSpec
-from allegro.request import GenerationRequest
+from allegro.models import ModelManager, ModelSettings, Phase
+from allegro.request import GenerationRequest, NativeSize
 
 ray = pytest.importorskip("ray")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def actors(tiny_model, tmp_path_factory):
-    """A local cluster with two CPU actors that have loaded the tiny model; the app's
-    output folder they send their videos to."""
-    from allegro.jobs.remote import connect, start_actors
+    """A local cluster with two CPU actors that have loaded the tiny model, started as the
+    app starts them (ModelManager with --ray and --devices cpu,cpu); the app's output folder
+    they send their videos to."""
+    from allegro.jobs.remote import connect
 
     connect(
         "local",
         num_cpus=2,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}},
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
     )
     output = tmp_path_factory.mktemp("ray-app-out")
-    workers = start_actors(PipelineSpec(model=str(tiny_model)), output, cpu_workers=2)
-    yield workers, output
+    settings = ModelSettings(
+        output_dir=output, model=str(tiny_model), devices="cpu,cpu", ray_address="auto"
+    )
+    manager = ModelManager(settings, dict(os.environ))
+    manager.load()
+    state = manager.state()
+    assert state.phase == Phase.READY, state.error
+    assert state.cluster == "auto" and len(state.devices) == 2 and state.loaded is None
+    assert all(device.ready and device.reason for device in state.devices)
+    assert state.native == NativeSize(24, 160, 160)  # the tiny model's, from a worker
+    yield manager.job_workers(output), output
     ray.shutdown()
 
 

@@ -66,6 +66,7 @@ class ModelStatus:
     error: str | None = None
     devices: tuple[DeviceStatus, ...] = ()  # one per job worker
     host_ram_bytes: int | None = None  # what the workers need in RAM
+    cluster: str | None = None  # the Ray cluster's address when the workers run there
 
     @property
     def ready(self) -> bool:
@@ -104,6 +105,12 @@ def banner_markdown(status: ModelStatus) -> str:
             "app works on any machine. " + PREVIEW_MODEL_NOTE
         )
     name = choice.label if choice else "The model"
+    if status.cluster is not None:
+        count = len(status.devices)
+        return (
+            f"**{name}** ready on the Ray cluster at {status.cluster}: {count} workers. "
+            + devices_markdown(status)
+        )
     if len(status.devices) > 1:
         return f"**{name}** ready on {len(status.devices)} devices. " + devices_markdown(status)
     if status.hardware is None or status.hardware.gpu_name is None:
@@ -171,6 +178,7 @@ def model_settings(config: AppConfig) -> ModelSettings:
         memory_profile=config.memory_profile,
         ema_vfi_weights=config.ema_vfi_weights,
         devices=config.devices,
+        ray_address=config.ray_address,
     )
 
 
@@ -205,6 +213,16 @@ class ModelLoader:
 
     def status(self) -> ModelStatus:
         state = self.manager.state()
+        if state.ready and state.cluster is not None:  # nothing loaded here: the cluster's
+            return ModelStatus(
+                phase=Phase.READY,
+                message=state.message,
+                choice=state.choice,
+                started=state.started,
+                native=state.native,
+                devices=state.devices,
+                cluster=state.cluster,
+            )
         if state.ready and state.loaded is not None:
             if self._ready is None or self._ready[0] is not state.loaded:
                 self._ready = (state.loaded, self._ready_status(state))
@@ -221,6 +239,7 @@ class ModelLoader:
             error=state.error,
             devices=state.devices,
             host_ram_bytes=state.host_ram_bytes,
+            cluster=state.cluster,
         )
 
     def _ready_status(self, state: ModelState) -> ModelStatus:

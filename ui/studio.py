@@ -159,11 +159,11 @@ class Studio:
         # of a spaces.GPU function, not to a background worker thread.
         self.runner: JobRunner | None = None
         if jobs_db is not None and not config.zero_gpu:
-            from allegro.jobs import JobStore, add_engine_workers
+            from allegro.jobs import JobStore, add_device_workers
 
             # One worker per device (--devices), added once the loader has found them.
             self.runner = JobRunner(JobStore(jobs_db), [], prepare=self.prepare_job)
-            add_engine_workers(self.runner, loader.manager, config.output_dir)
+            add_device_workers(self.runner, loader.manager, config.output_dir)
 
     # ---- who may see what -------------------------------------------------------------
 

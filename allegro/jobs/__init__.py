@@ -16,7 +16,7 @@ from allegro.jobs.runner import (
     JobLimits,
     JobRunner,
     Worker,
-    add_engine_workers,
+    add_device_workers,
 )
 from allegro.jobs.store import JobStore, JobStoreError
 
@@ -35,6 +35,6 @@ __all__ = [
     "JobStoreError",
     "Worker",
     "WorkerLost",
-    "add_engine_workers",
+    "add_device_workers",
     "prepare_request",
 ]

@@ -21,6 +21,7 @@ to the queue (``WorkerLost``) for another actor, and Ray restarts the dead one
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -73,6 +74,11 @@ class VideoActor:
     def __init__(self, spec: PipelineSpec, threads: int | None = None) -> None:
         from allegro.engine import Engine
 
+        if not spec.model:  # the preview model, made on this node (it is not sent over)
+            from allegro.models import ensure_preview_model, preview_model_dir
+
+            preview = ensure_preview_model(preview_model_dir(os.environ))
+            spec = dataclasses.replace(spec, model=str(preview))
         if threads is not None:
             import torch
 
@@ -94,6 +100,8 @@ class VideoActor:
             "gpu": self.loaded.device_name,
             "offload": self.loaded.offload.mode,
             "reason": self.loaded.offload.reason,
+            "precision": self.loaded.spec.precision,
+            "native": dataclasses.astuple(self.loaded.native),  # frames, height, width
         }
 
     def cancel(self, job_id: str) -> None:
@@ -183,10 +191,13 @@ class RayWorker(Worker):
     """The app's side of one actor: runs a job on it, streams its events into the runner,
     forwards a cancel, and writes the video it sends back."""
 
-    def __init__(self, actor: Any, output_dir: str | Path, name: str) -> None:
+    def __init__(
+        self, actor: Any, output_dir: str | Path, name: str, description: dict[str, Any]
+    ) -> None:
         self.actor = actor
         self.output_dir = Path(output_dir)
         self.name = name
+        self.description = description  # VideoActor.describe() at start
         self.running: str | None = None  # the job on it now
 
     def run(self, job: Job, on_progress: ProgressCallback, cancel: CancelToken) -> GenerationResult:
@@ -258,15 +269,25 @@ class RayWorker(Worker):
 
 
 def connect(address: str, **init: Any) -> None:
-    """Join the cluster at ``address`` (``auto``: the one started on this machine)."""
+    """Join the cluster at ``address`` (``auto``: the one started on this machine). This
+    package travels with the job (Ray's ``py_modules`` runtime environment), so the nodes
+    need the requirements installed but not this repository."""
     try:
         import ray
     except ImportError:
         raise UnsupportedSetupError(RAY_MISSING) from None
     if ray.is_initialized():
         return
+    import allegro
+
+    package = str(Path(allegro.__file__).parent)
+    runtime_env = {
+        "py_modules": [package],
+        "excludes": ["__pycache__"],
+        **init.pop("runtime_env", {}),
+    }
     try:
-        ray.init(address=address, **init)
+        ray.init(address=address, runtime_env=runtime_env, **init)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise UnsupportedSetupError(
             f"Could not join the Ray cluster at {address!r}: {error}. Start one with "
@@ -304,5 +325,5 @@ def start_actors(
     for slot, actor in enumerate(actors):
         where = ray.get(actor.describe.remote())
         logger.info("Ray worker %d on %s: %s", slot, where["node"], where["reason"])
-        workers.append(RayWorker(actor, output_dir, f"ray {slot} ({where['node']})"))
+        workers.append(RayWorker(actor, output_dir, f"ray {slot} ({where['node']})", where))
     return workers

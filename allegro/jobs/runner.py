@@ -112,16 +112,14 @@ class EngineWorker(Worker):
             logger.info("Removed %s, left by an interrupted save", path.name)
 
 
-def add_engine_workers(runner: JobRunner, manager: ModelManager, output_dir: str | Path) -> None:
-    """One EngineWorker per device of ``manager``, added to ``runner`` as soon as the
-    manager knows its devices (it resolves them in the background, with torch)."""
+def add_device_workers(runner: JobRunner, manager: ModelManager, output_dir: str | Path) -> None:
+    """One job worker per device of ``manager`` (local devices or a Ray cluster's GPUs),
+    added to ``runner`` as soon as the manager knows them (it finds them in the
+    background, with torch or Ray)."""
 
-    def on_devices(count: int) -> None:
-        for slot, device in enumerate(manager.devices()):
-            name = f"{device.name} {slot}" if device is not None else "device 0"
-            engine = partial(manager.ready_engine, slot=slot)
-            threads = device.threads if device is not None else None
-            runner.add_worker(EngineWorker(engine, output_dir, name=name, threads=threads))
+    def on_devices() -> None:
+        for worker in manager.job_workers(output_dir):
+            runner.add_worker(worker)
 
     manager.when_devices_known(on_devices)
 
