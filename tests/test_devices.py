@@ -231,9 +231,19 @@ def test_waits_count_every_worker(store, tmp_path):
     # 2 running; job 2 starts after 1 finishes, job 3 after 2, job 4 after 3 (two rounds).
     waits = [runner.estimated_wait(job.id, 100.0) for job in jobs]
     assert waits == [0.0, 0.0, 100.0, 100.0, 200.0]
+    assert runner.estimated_wait(jobs[4].id) is None  # no video timed yet
     for worker in workers:
         worker.gate.set()
     assert all(runner.wait(job.id).state == JobState.DONE for job in jobs)
+    for worker in workers:
+        worker.gate.clear()
+        worker.at_first_step.clear()
+    later = [runner.submit(request(f"q{i}"), owner="ann") for i in range(4)]
+    assert all(worker.at_first_step.wait(5) for worker in workers)
+    typical = runner._typical_seconds()  # the median of the 5 runs above
+    assert typical is not None and runner.estimated_wait(later[3].id) == typical
+    for worker in workers:
+        worker.gate.set()
     runner.stop(timeout=5)
 
 

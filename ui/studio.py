@@ -646,6 +646,10 @@ class Studio:
             "queue_position": (
                 runner.queue_position(job.id) if job.state == JobState.QUEUED else None
             ),
+            # Until it starts, counting every worker (None until a video has been timed).
+            "wait_seconds": (
+                runner.estimated_wait(job.id) if job.state == JobState.QUEUED else None
+            ),
             "prompt": job.request.prompt,
             "seed": job.seed,
             "created": _iso(job.created),

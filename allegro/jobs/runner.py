@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -282,18 +283,31 @@ class JobRunner:
                 or (other.state == JobState.QUEUED and other.position < job.position)
             )
 
-    def estimated_wait(self, job_id: str, seconds_per_job: float) -> float:
+    def estimated_wait(self, job_id: str, seconds_per_job: float | None = None) -> float | None:
         """Seconds until a queued job starts, with every worker taking jobs in parallel:
         it starts once (running + queued ahead - workers + 1) jobs have finished, and the
-        workers finish about ``workers`` jobs per ``seconds_per_job``. 0 when it would start
-        now (or runs)."""
+        workers finish about ``workers`` jobs per ``seconds_per_job`` (None: the median run
+        of the last finished videos; None back when there are none yet). 0 when it would
+        start now (or runs)."""
         with self._changed:
             workers = max(len(self.workers), 1)
             ahead = self.queue_position(job_id)
         to_finish = ahead - workers + 1
         if to_finish <= 0:
             return 0.0
+        if seconds_per_job is None:
+            seconds_per_job = self._typical_seconds()
+            if seconds_per_job is None:
+                return None
         return -(-to_finish // workers) * seconds_per_job  # whole rounds of the workers
+
+    def _typical_seconds(self, recent: int = 9) -> float | None:
+        runs = [
+            job.finished - job.started
+            for job in self.store.list(states=[JobState.DONE], limit=recent, newest_first=True)
+            if job.started is not None and job.finished is not None
+        ]
+        return statistics.median(runs) if runs else None
 
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel a queued job (it leaves the queue at once) or a running one (it stops
