@@ -169,14 +169,21 @@ def test_two_cpu_workers_each_load_their_own_pipeline_and_make_videos(tiny_model
         torch.set_num_threads(threads)
 
 
-def test_cancel_reaches_the_worker_running_that_job(store, tmp_path):
-    workers = [FakeWorker(tmp_path), FakeWorker(tmp_path)]
+def _two_busy_workers(store, tmp_path, count: int):
+    """A runner with two fake workers, each held at the first step of one of ``count``
+    queued jobs."""
+    workers = [FakeWorker(tmp_path) for _ in range(2)]
     for worker in workers:
         worker.gate.clear()
     runner = JobRunner(store, workers)
-    jobs = [runner.submit(request(f"p{i}"), owner="ann") for i in range(2)]
+    jobs = [runner.submit(request(f"p{i}"), owner="ann") for i in range(count)]
     runner.start()
     assert all(worker.at_first_step.wait(5) for worker in workers)
+    return runner, workers, jobs
+
+
+def test_cancel_reaches_the_worker_running_that_job(store, tmp_path):
+    runner, workers, jobs = _two_busy_workers(store, tmp_path, 2)
     running_on = {job_id: worker for worker in workers for job_id in worker.ran}
     runner.cancel(jobs[1].id, owner="ann")
     assert runner.wait(jobs[1].id).state == JobState.CANCELLED
@@ -211,23 +218,17 @@ def test_a_job_whose_worker_is_lost_runs_again_on_another(store, tmp_path):
     assert lost.at_first_step.wait(5)
     runner.add_worker(healthy)  # a second worker, free when the first is lost
     assert healthy.at_first_step.wait(5)
-    back_in_queue = store.get(job.id)
+    rerun = store.get(job.id)  # back in the queue, then taken by the other worker
     healthy.gate.set()
     final = runner.wait(job.id)
     assert final.state == JobState.DONE and "worker was lost" in final.note
-    assert back_in_queue.attempts == 2 and healthy.ran == [job.id] and lost.ran == [job.id]
+    assert rerun.attempts == 2 and healthy.ran == [job.id] and lost.ran == [job.id]
     lost.back.set()
     runner.stop(timeout=5)
 
 
 def test_waits_count_every_worker(store, tmp_path):
-    workers = [FakeWorker(tmp_path) for _ in range(2)]
-    for worker in workers:
-        worker.gate.clear()
-    runner = JobRunner(store, workers)
-    jobs = [runner.submit(request(f"p{i}"), owner="ann") for i in range(5)]
-    runner.start()
-    assert all(worker.at_first_step.wait(5) for worker in workers)
+    runner, workers, jobs = _two_busy_workers(store, tmp_path, 5)
     # 2 running; job 2 starts after 1 finishes, job 3 after 2, job 4 after 3 (two rounds).
     waits = [runner.estimated_wait(job.id, 100.0) for job in jobs]
     assert waits == [0.0, 0.0, 100.0, 100.0, 200.0]

@@ -213,16 +213,6 @@ class ModelLoader:
 
     def status(self) -> ModelStatus:
         state = self.manager.state()
-        if state.ready and state.cluster is not None:  # nothing loaded here: the cluster's
-            return ModelStatus(
-                phase=Phase.READY,
-                message=state.message,
-                choice=state.choice,
-                started=state.started,
-                native=state.native,
-                devices=state.devices,
-                cluster=state.cluster,
-            )
         if state.ready and state.loaded is not None:
             if self._ready is None or self._ready[0] is not state.loaded:
                 self._ready = (state.loaded, self._ready_status(state))
@@ -237,6 +227,7 @@ class ModelLoader:
             download_total=progress.total if downloading else 0,
             started=state.started,
             error=state.error,
+            native=state.native,  # on a Ray cluster, ready with nothing loaded here
             devices=state.devices,
             host_ram_bytes=state.host_ram_bytes,
             cluster=state.cluster,
