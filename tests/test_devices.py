@@ -253,3 +253,23 @@ def store(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite")
     yield store
     store.close()
+
+
+def test_the_page_status_lists_each_device_with_its_choice_and_the_ram_needed():
+    from allegro.models import DeviceStatus, ModelChoice
+    from ui.model_status import ModelStatus, Phase, banner_markdown
+
+    devices = (
+        DeviceStatus("cuda:0", True, "none", "auto: no offload — needs ~27 GB, 79 GB free", "bf16"),
+        DeviceStatus("cuda:1", True, "model", "auto: model offload — 20 GB free", "bf16", "L4"),
+    )
+    choice = ModelChoice("rhymes-ai/Allegro", None, preview=False)
+    status = ModelStatus(Phase.READY, choice=choice, devices=devices, host_ram_bytes=32 * GB)
+    banner = banner_markdown(status)
+    assert "ready on 2 devices" in banner
+    assert "- cuda:1 (L4): bf16, offload model (auto: model offload — 20 GB free)" in banner
+    assert "host RAM for 2 workers: about 32 GB" in banner
+    on_ray = banner_markdown(
+        ModelStatus(Phase.READY, choice=choice, devices=devices[:1], cluster="auto")
+    )
+    assert "ready on the Ray cluster at auto: 1 workers" in on_ray and "cuda:0" in on_ray

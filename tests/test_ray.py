@@ -1,7 +1,8 @@
 """Workers on a Ray cluster, started by this module on 127.0.0.1 (one cluster for every test
-here: Ray's start-up is slow on 2 cores). Two CPU actors play the GPUs (each asks for one
-CPU instead of one GPU) and run the real tiny model; the app's side is the job runner with
-its store, as in the app. Skipped where the optional extra is not installed."""
+here: Ray's start-up is slow on 2 cores). CPU actors play the GPUs (each asks for one CPU
+instead of one GPU) and run the real tiny model. The app's side is first the job runner with
+its store in this process, then ``python app.py --ray`` itself, driven through its HTTP API.
+Skipped where the optional extra is not installed."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def actors(tiny_model, tmp_path_factory):
 
     connect(
         "local",
-        num_cpus=2,
+        num_cpus=3,  # two workers here, one for the app's own test below
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
@@ -114,3 +115,36 @@ def test_a_killed_worker_s_job_is_made_by_the_other(actors, tmp_path):
     stem = Path(final.video).stem
     assert new == {f"{stem}.mp4", f"{stem}.json", f"{stem}.jpg"}  # one video, no half file
     runner.stop(timeout=10)
+
+
+def test_the_app_as_a_front_end_to_the_cluster(actors, tiny_model, tmp_path):
+    """``python app.py --ray ADDRESS``: it loads nothing itself; its worker on the cluster
+    makes the video, which arrives in the app's output folder; /submit, /job and /cancel
+    work as on one machine."""
+    from tests.test_app_api import ALICE, start_studio
+
+    address = ray.get_runtime_context().gcs_address
+    server = start_studio(
+        tiny_model, tmp_path / "outputs", tmp_path / "app.log", "--ray", address, "--devices", "cpu"
+    )
+    try:
+        alice = server.client(ALICE)
+        params = {"prompt": "a lantern on a lake", "frames": 24, "height": 128, "width": 128}
+        slow = alice.predict(api_name="/submit", **params, steps=400)
+        made = alice.predict(api_name="/submit", **params, steps=2)
+        job = slow
+        while not (job["progress"] and job["progress"]["step"] >= 2):
+            assert job["state"] in ("queued", "running"), job
+            job = alice.predict(slow["id"], api_name="/job")
+        alice.predict(slow["id"], api_name="/cancel")
+        for _ in range(600):
+            job = alice.predict(made["id"], api_name="/job")
+            if job["state"] not in ("queued", "running"):
+                break
+        assert job["state"] == "done", job
+        assert alice.predict(slow["id"], api_name="/job")["state"] == "cancelled"
+        assert job["video"] in server.videos() and job["video_url"].endswith(".mp4")
+        log = server.log_text()
+        assert "Model ready: " in log and "on 1 Ray workers" in log
+    finally:
+        server.stop()

@@ -69,7 +69,10 @@ class Failed:
 
 class VideoActor:
     """One per GPU of the cluster (made a Ray actor by ``start_actors``). Loads the model at
-    start, then makes whole videos into a private folder and sends them back as bytes."""
+    start, then makes whole videos into a private folder and sends them back as bytes. Ray
+    shows an actor with ``num_gpus=1`` only its own GPU (it sets CUDA_VISIBLE_DEVICES, ray
+    2.60 _private/accelerators/nvidia_gpu.py:109-117), so the engine's default device
+    ("cuda") is that GPU, and its offload is chosen from that GPU's free memory."""
 
     def __init__(self, spec: PipelineSpec, threads: int | None = None) -> None:
         from allegro.engine import Engine
