@@ -384,11 +384,7 @@ class ModelManager:
                 return self._devices
         from allegro.devices import detect_devices
 
-        try:
-            found = detect_devices(self.settings.devices)
-        except AllegroError:
-            self._publish_devices((None,))  # one worker, to fail its jobs with the reason
-            raise
+        found = detect_devices(self.settings.devices)
         devices: tuple[Device | None, ...] = found
         if self.settings.devices == ALL_DEVICES and len(found) == 1:
             devices = (None,)
@@ -519,6 +515,11 @@ class ModelManager:
                 phase=Phase.FAILED,
                 error=f"Unexpected {type(error).__name__}: {error} (see the server log).",
             )
+        if self.state().phase == Phase.FAILED and not settings.ray_address:
+            with self._changed:
+                found = bool(self._devices)
+            if not found:  # failed before the devices were known: one worker tells the jobs
+                self._publish_devices((None,))
 
 
 def _device_name(device: Device | None) -> str:

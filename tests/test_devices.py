@@ -273,3 +273,18 @@ def test_the_page_status_lists_each_device_with_its_choice_and_the_ram_needed():
         ModelStatus(Phase.READY, choice=choice, devices=devices[:1], cluster="auto")
     )
     assert "ready on the Ray cluster at auto: 1 workers" in on_ray and "cuda:0" in on_ray
+
+
+def test_devices_that_do_not_exist_fail_the_model_and_its_jobs_say_why(tiny_model, tmp_path):
+    settings = ModelSettings(output_dir=tmp_path / "out", model=str(tiny_model), devices="5")
+    manager = ModelManager(settings, dict(os.environ), has_cuda=lambda: False)
+    runner = JobRunner(JobStore(tmp_path / "jobs.sqlite"), [])
+    add_device_workers(runner, manager, settings.output_dir)
+    manager.load()
+    assert manager.state().phase == Phase.FAILED and "PyTorch sees none" in manager.state().error
+    assert len(runner.workers) == 1  # so that queued jobs end with the reason, not wait
+    job = runner.submit(request("p"), owner="ann")
+    runner.start()
+    final = runner.wait(job.id)
+    assert final.state == JobState.FAILED and "PyTorch sees none" in final.error
+    runner.stop(timeout=5)
