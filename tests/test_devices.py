@@ -288,3 +288,18 @@ def test_devices_that_do_not_exist_fail_the_model_and_its_jobs_say_why(tiny_mode
     final = runner.wait(job.id)
     assert final.state == JobState.FAILED and "PyTorch sees none" in final.error
     runner.stop(timeout=5)
+
+
+def test_a_worker_thread_makes_its_gpu_the_current_device():
+    """torch.cuda.device only records the index until entered, so no GPU is needed here;
+    group offload's stream and empty_cache act on the current device (see device_context)."""
+    import contextlib
+
+    import torch
+
+    from allegro.loading import device_context
+
+    context = device_context("cuda:1")
+    assert isinstance(context, torch.cuda.device) and context.idx == 1
+    for device in ("cpu", "cuda", None):  # the CPU; this process's one GPU as it is
+        assert isinstance(device_context(device), contextlib.nullcontext)

@@ -171,12 +171,12 @@ class JobRunner:
 
     def add_worker(self, worker: Worker) -> None:
         """One more device (e.g. once the model manager knows how many there are); it takes
-        jobs at once if the runner has started."""
+        jobs at once if the runner has started. Its ``recover`` is not called then: other
+        workers may be saving into the same folder (the app clears it before starting)."""
         with self._changed:
             self.workers = (*self.workers, worker)
             started = self._started
         if started:
-            worker.recover()
             self._start_thread(worker)
 
     def _start_thread(self, worker: Worker) -> None:
