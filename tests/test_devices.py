@@ -303,3 +303,28 @@ def test_a_worker_thread_makes_its_gpu_the_current_device():
     assert isinstance(context, torch.cuda.device) and context.idx == 1
     for device in ("cpu", "cuda", None):  # the CPU; this process's one GPU as it is
         assert isinstance(device_context(device), contextlib.nullcontext)
+
+
+def test_after_a_crash_two_workers_run_the_left_queue_again(store, tmp_path):
+    """The jobs issue's restart, with 2 workers on both sides of the crash: both jobs that
+    were running run again (with their seeds), then the waiting one."""
+    _crashed, workers, jobs = _two_busy_workers(store, tmp_path, 3)
+    crashed_store = JobStore(store.path)  # what a crash leaves: the store as it is
+    assert [crashed_store.get(job.id).state for job in jobs] == [
+        JobState.RUNNING,
+        JobState.RUNNING,
+        JobState.QUEUED,
+    ]
+    again = [FakeWorker(tmp_path), FakeWorker(tmp_path)]
+    restarted = JobRunner(crashed_store, again)
+    restarted.start()
+    finals = [restarted.wait(job.id) for job in jobs]
+    assert [final.state for final in finals] == [JobState.DONE] * 3
+    assert [final.attempts for final in finals] == [2, 2, 1]
+    assert all("Interrupted while running" in final.note for final in finals[:2])
+    assert [final.seed for final in finals] == [job.seed for job in jobs]
+    assert sorted(again[0].ran + again[1].ran) == sorted(job.id for job in jobs)
+    restarted.stop(timeout=5)
+    for worker in workers:  # the "crashed" runner's threads end without writing
+        worker.fail = SystemExit()
+        worker.gate.set()
