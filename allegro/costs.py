@@ -1080,6 +1080,49 @@ def pinned_host_bytes(tensor_bytes: Iterable[int]) -> int:
     return sum(1 << max(size - 1, 0).bit_length() for size in tensor_bytes if size)
 
 
+def weight_bytes(
+    precision: str,
+    vae_precision: str = "fp32",
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+    profile: str = "off",
+) -> int:
+    """All of one pipeline's weights as loaded (transformer, T5, VAE) under ``profile``."""
+    weights = memory_profile(profile)
+    return (
+        transformer_weight_bytes(config, precision, weights.fp8_transformer)
+        + text_encoder_weight_bytes(precision, weights.int8_text_encoder)
+        + VAE_PARAMETERS * PRECISION_BYTES[vae_precision]
+    )
+
+
+def workers_host_bytes(
+    offload_modes: Iterable[str],
+    precision: str,
+    vae_precision: str = "fp32",
+    config: Mapping[str, Any] = ALLEGRO_TRANSFORMER_CONFIG,
+    profile: str = "off",
+    weights: tuple[int, int] | None = None,
+) -> int:
+    """Host RAM for one worker per device with these offload modes. Each offloading worker
+    keeps a CPU copy of every weight for as long as it runs (group offload also a pinned
+    copy of the transformer: at least its size, pinned_host_bytes rounds each tensor up); a
+    worker without offload holds its weights in RAM only while loading them. Workers load
+    one after another (allegro.models), so those add one copy on top of the resident ones.
+    ``weights``: (all weights, the transformer's) in bytes where known otherwise (a local
+    checkpoint's files); else Allegro's from ``config``."""
+    modes = list(offload_modes)
+    if weights is None:
+        weights = (
+            weight_bytes(precision, vae_precision, config, profile),
+            transformer_weight_bytes(config, precision, memory_profile(profile).fp8_transformer),
+        )
+    total, transformer = weights
+    resident = sum(
+        total + (transformer if mode == "group" else 0) for mode in modes if mode != "none"
+    )
+    return resident + (total if "none" in modes else 0)
+
+
 def fast_mode_blocker(
     gpu_memory_bytes: int | None,
     compiled: bool,

@@ -29,6 +29,7 @@ from allegro.loading import (
     LoadedPipeline,
     PipelineCache,
     PipelineSpec,
+    device_context,
     free_accelerator_memory,
 )
 from allegro.request import (
@@ -355,6 +356,17 @@ class Engine:
     ) -> GenerationResult:
         """Make one video. Raises AllegroError subclasses with readable messages; on
         cancel or error no file is left behind."""
+        with device_context(self.cache.device):  # this engine's GPU, for this thread
+            return self._generate(request, on_progress, cancel, output_path, labels)
+
+    def _generate(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback,
+        cancel: CancelToken | None,
+        output_path: str | Path | None,
+        labels: Mapping[str, str] | None,
+    ) -> GenerationResult:
         cancel = cancel or CancelToken()
         clock = _ProgressClock(
             on_progress,
@@ -470,7 +482,8 @@ class Engine:
 
         key = (request.interpolation_method or DEFAULT_METHOD, self.ema_vfi_weights)
         if key not in loaded.interpolators:
-            loaded.interpolators[key] = create_interpolator(key[0], weights=key[1])
+            device = loaded.device if loaded.device != "cpu" else None  # EMA-VFI: beside it
+            loaded.interpolators[key] = create_interpolator(key[0], weights=key[1], device=device)
         return loaded.interpolators[key]
 
     def _make_frames(

@@ -157,6 +157,27 @@ def execution_device() -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+def device_kind(device: str) -> str:
+    """``cuda`` for ``cuda`` or ``cuda:1``, ``cpu`` for ``cpu``."""
+    return device.partition(":")[0]
+
+
+def device_context(device: str | None):
+    """Make ``device`` the calling thread's current CUDA device for the block (a no-op on
+    the CPU or for plain ``cuda``). Needed beyond ``.to(device)``: diffusers' group offload
+    makes its prefetch stream on the current device (hooks/group_offloading.py:677
+    ``backend.Stream()``) and syncs the current device's stream (:282, :297), and
+    ``torch.cuda.empty_cache`` frees the current device's cache. The current device is per
+    thread in the CUDA runtime, so workers on different GPUs do not disturb each other."""
+    import contextlib
+
+    if device is None or device_kind(device) != "cuda" or ":" not in device:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.cuda.device(torch.device(device))
+
+
 # What PyPI's torch==2.13.0 (requirements.txt) is built for on Linux x86_64, and the oldest
 # NVIDIA driver that runs it; the Dockerfile's base image and the README say the same.
 TORCH_CUDA = "13.0"
@@ -192,7 +213,7 @@ def cuda_unusable_message(devices: list[str]) -> str:
 
 def resolve_precision(precision: str | None, device: str) -> str:
     if precision is None:
-        return "bf16" if device == "cuda" else "fp32"
+        return "bf16" if device_kind(device) == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise UnsupportedSetupError(
             f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}."
@@ -211,7 +232,7 @@ def check_offload_mode(requested: str, device: str) -> None:
         raise UnsupportedSetupError(
             f"Unknown offload mode {requested!r}; choose one of {', '.join(OFFLOAD_MODES)}."
         )
-    if device != "cuda" and requested in GPU_OFFLOAD_MODES:
+    if device_kind(device) != "cuda" and requested in GPU_OFFLOAD_MODES:
         raise UnsupportedSetupError(
             f"Offload mode '{requested}' moves weights between the CPU and a GPU, but this "
             "machine has no CUDA GPU. Use --offload none (or auto) to run on the CPU."
@@ -276,7 +297,7 @@ def choose_offload(
     """Apply the user's offload choice; ``auto`` decides from the free GPU memory and, for
     group offload's pinned copies (``group_host_bytes``), the available host RAM."""
     check_offload_mode(requested, device)
-    if device != "cuda":
+    if device_kind(device) != "cuda":
         return AppliedOffload("none", "no GPU: everything runs on the CPU")
     if requested != "auto":
         return AppliedOffload(requested, "chosen by the user")
@@ -285,7 +306,8 @@ def choose_offload(
 
     from allegro import costs
 
-    free_bytes, _total = torch.cuda.mem_get_info()
+    # This device's free memory (torch/cuda/memory.py:846; plain "cuda": the current one).
+    free_bytes, _total = torch.cuda.mem_get_info(torch.device(device))
     choice = costs.choose_offload(
         free_bytes,
         precision,
@@ -312,7 +334,10 @@ def group_offload_host_bytes(pipe) -> int:
 
 
 def apply_offload(pipe, mode: str, device: str) -> None:
-    """Place the pipeline with diffusers' own offload mechanisms."""
+    """Place the pipeline with diffusers' own offload mechanisms, on ``device`` (``cuda:1``
+    included: model and sequential offload take the index from ``device``, diffusers
+    0.42.1 pipelines/pipeline_utils.py:1215-1228 and :1328-1341; the caller holds
+    device_context for group offload's stream)."""
     if mode == "none":
         pipe.to(device)
     elif mode == "model":
@@ -521,12 +546,14 @@ def load_pipeline(
     spec: PipelineSpec,
     on_progress: ProgressCallback = ignore_progress,
     reusable: dict[str, ReusableComponent] | None = None,
+    device: str | None = None,
 ):
     """Load, place and configure an AllegroPipeline (or, for an Allegro-TI2V checkpoint, an
-    AllegroTI2VPipeline); returns a LoadedPipeline. ``reusable`` components of the previous
-    pipeline are used instead of loading when their weights are the same."""
+    AllegroTI2VPipeline) on ``device`` (None: this process's GPU, or the CPU); returns a
+    LoadedPipeline. ``reusable`` components of the previous pipeline are used instead of
+    loading when their weights are the same."""
     started = time.monotonic()
-    device = execution_device()
+    device = device or execution_device()
     precision = resolve_precision(spec.precision, device)
     vae_precision = resolve_precision(spec.vae_precision, device)
     check_offload_mode(spec.offload, device)  # before a 25 GB download, not after
@@ -630,8 +657,9 @@ def load_pipeline(
             offload,
             reason=f"{offload.reason}; --compile skipped: it works with offload none or model",
         )
-    apply_offload(pipe, offload.mode, device)
-    logger.info("Offload: %s (%s)", offload.mode, offload.reason)
+    with device_context(device):
+        apply_offload(pipe, offload.mode, device)
+    logger.info("Offload on %s: %s (%s)", device, offload.mode, offload.reason)
     if compiled:
         compile_transformer_blocks(pipe.transformer)
     # Fitted on the first run (engine._fit_preview_map), or kept: a fit of the very same VAE.
@@ -642,10 +670,12 @@ def load_pipeline(
 
     # On ZeroGPU these are spaces' emulated answers for the slice lent per call
     # (spaces 0.51.3 zero/torch/patching.py:321-322, zero/torch/static.py:18-29).
-    properties = torch.cuda.get_device_properties() if device == "cuda" else None
+    on_gpu = device_kind(device) == "cuda"
+    gpu = torch.device(device) if on_gpu else None
+    properties = torch.cuda.get_device_properties(gpu) if on_gpu else None
     return LoadedPipeline(
         pipe=pipe,
-        device_name=torch.cuda.get_device_name() if device == "cuda" else None,
+        device_name=torch.cuda.get_device_name(gpu) if on_gpu else None,
         spec=replace(spec, precision=precision, vae_precision=vae_precision),
         offload=offload,
         device=device,
@@ -697,20 +727,21 @@ def free_accelerator_memory() -> None:
 
 
 class PipelineCache:
-    """One pipeline per process, keyed by (source, transformer, precision, offload).
+    """One pipeline per device, keyed by (source, transformer, precision, offload).
 
     The same key never reloads; a new key releases the old pipeline first (one model per
-    GPU); concurrent callers wait for a single load."""
+    GPU); concurrent callers wait for a single load. ``device`` None: this process's GPU
+    (or the CPU); a worker per device (allegro.devices) has a cache of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._loaded: LoadedPipeline | None = None
         self.load_count = 0
 
-    @staticmethod
-    def key(spec: PipelineSpec) -> tuple:
-        device = execution_device()
+    def key(self, spec: PipelineSpec) -> tuple:
+        device = self.device or execution_device()
         return (
             spec.model,
             spec.transformer,
@@ -732,7 +763,7 @@ class PipelineCache:
                 return self._loaded
             reusable = self._reusable_locked()
             self.release_locked()
-            self._loaded = load_pipeline(spec, on_progress, reusable)
+            self._loaded = load_pipeline(spec, on_progress, reusable, self.device)
             self._key = key
             self.load_count += 1
             return self._loaded
@@ -766,5 +797,6 @@ class PipelineCache:
             free_accelerator_memory()
 
 
-# The process's one pipeline cache: the only module-level mutable state in the engine.
+# The process's one pipeline cache (for the one-device case): the only module-level mutable
+# state in the engine. Workers on named devices each own a PipelineCache(device).
 PIPELINE_CACHE = PipelineCache()

@@ -5,6 +5,11 @@ stream the jobs use.
 A failed load stays failed, with its reason, until ``start()`` is called again; jobs get
 the engine only once the model is ready (``ready_engine``), so a job never starts a load,
 let alone a silent re-download.
+
+Several devices (``--devices``): one engine per device, each with its own pipeline cache
+(so its own prompt-embedding cache and preview map, which live on the loaded pipeline),
+loaded one after another so that loading holds one extra copy of the weights in RAM at a
+time. Host RAM for all of them is checked before the first load.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from allegro.devices import ALL_DEVICES, Device
 from allegro.errors import AllegroError, ModelUnavailableError, UnsupportedSetupError
 from allegro.events import ProgressCallback, ProgressEvent, Stage, ignore_progress
-from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, TI2V_MODEL
+from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, TI2V_MODEL, NativeSize
 
 if TYPE_CHECKING:
     from allegro.engine import Engine
-    from allegro.loading import LoadedPipeline
+    from allegro.jobs import Worker
+    from allegro.jobs.remote import RayWorker
+    from allegro.loading import LoadedPipeline, PipelineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +88,20 @@ class ModelSettings:
     # preview model's image-to-video twin without one; "none": no image to video.
     ti2v_model: str | None = None
     zero_gpu: bool = False  # weights load only before launch there: no second model
+    devices: str = ALL_DEVICES  # allegro.devices.parse_devices
+    ray_address: str | None = None  # workers on this Ray cluster instead (allegro.jobs.remote)
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    """One worker's device and what was decided for it (shown per device on the page)."""
+
+    device: str
+    ready: bool = False
+    offload: str | None = None
+    reason: str | None = None  # why that offload (from this device's free memory)
+    precision: str | None = None
+    gpu_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,9 +111,13 @@ class ModelState:
     choice: ModelChoice | None = None
     progress: ProgressEvent | None = None  # the latest downloading or loading event
     started: float = field(default_factory=time.monotonic)
-    loaded: LoadedPipeline | None = None  # once ready
+    loaded: LoadedPipeline | None = None  # the first device's, once ready
     image_to_video: bool = False  # once ready: image requests are served
     error: str | None = None
+    devices: tuple[DeviceStatus, ...] = ()  # one per worker, once the devices are known
+    host_ram_bytes: int | None = None  # what the workers need in RAM (costs model)
+    cluster: str | None = None  # the Ray cluster's address when the workers run there
+    native: NativeSize | None = None  # what the model makes by default, once ready
 
     @property
     def ready(self) -> bool:
@@ -207,7 +233,10 @@ class ModelManager:
         self._visible_gpus = visible_gpus
         self._changed = threading.Condition()
         self._state = ModelState()
-        self._engine: Engine | None = None
+        self._engines: list[Engine] = []  # one per device
+        self._devices: tuple[Device | None, ...] = ()  # None: this process's default device
+        self._remote: list[RayWorker] = []  # the Ray cluster's workers (--ray)
+        self._device_listeners: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._listeners: list[ProgressCallback] = []
 
@@ -257,26 +286,65 @@ class ModelManager:
         also means no request can fork the GPU worker while the cache's lock is held."""
         self._run()
 
-    def engine(self, timeout: float = 600.0) -> Engine:
-        """The engine once the model is chosen (loading may still be under way). Raises
-        AllegroError if loading failed or nothing was chosen in ``timeout`` seconds."""
+    def when_devices_known(self, on_devices: Callable[[], None]) -> None:
+        """Call ``on_devices()`` once the devices are resolved (at once if they are): the job
+        runner adds ``job_workers()`` then. Resolving needs torch (or the Ray cluster), which
+        the page does not wait for. Called once per manager."""
+        with self._changed:
+            if not self._devices and not self._remote:
+                self._device_listeners.append(on_devices)
+                return
+        on_devices()
+
+    def job_workers(self, output_dir: str | Path) -> list[Worker]:
+        """One job worker per device: an EngineWorker on each local device, or the Ray
+        cluster's workers."""
+        from functools import partial
+
+        from allegro.jobs import EngineWorker
+
+        with self._changed:
+            if self._remote:
+                return list(self._remote)
+            devices = self._devices
+        return [
+            EngineWorker(
+                partial(self.ready_engine, slot=slot),
+                output_dir,
+                name=f"{device.name} {slot}" if device is not None else "device 0",
+                threads=device.threads if device is not None else None,
+            )
+            for slot, device in enumerate(devices)
+        ]
+
+    def devices(self) -> tuple[Device | None, ...]:
+        with self._changed:
+            return self._devices
+
+    def engine(self, timeout: float = 600.0, slot: int = 0) -> Engine:
+        """The engine of device ``slot`` once the model is chosen (loading may still be under
+        way). Raises AllegroError if loading failed or nothing was chosen in ``timeout``
+        seconds."""
         with self._changed:
             chosen = self._changed.wait_for(
-                lambda: self._engine is not None or self._state.phase == Phase.FAILED, timeout
+                lambda: len(self._engines) > slot or self._state.phase == Phase.FAILED, timeout
             )
             if self._state.phase == Phase.FAILED:
                 raise ModelUnavailableError(f"The model could not be loaded: {self._state.error}")
-            if not chosen or self._engine is None:
+            if not chosen or len(self._engines) <= slot:
                 raise AllegroError("The model is still being prepared; try again in a moment.")
-            return self._engine
+            return self._engines[slot]
 
     def ready_engine(
-        self, on_progress: ProgressCallback = ignore_progress, timeout: float | None = None
+        self,
+        on_progress: ProgressCallback = ignore_progress,
+        timeout: float | None = None,
+        slot: int = 0,
     ) -> Engine:
-        """The engine once the model is loaded, passing loading events on meanwhile. A job
-        calls this, never a load: a failed model stays failed (ModelUnavailableError with
-        its reason) until someone retries, and no job re-downloads weights behind the
-        page's back."""
+        """The engine of device ``slot`` once the model is loaded, passing loading events
+        on meanwhile. A job calls this, never a load: a failed model stays failed
+        (ModelUnavailableError with its reason) until someone retries, and no job
+        re-downloads weights behind the page's back."""
         self.add_listener(on_progress)
         try:
             with self._changed:
@@ -289,19 +357,52 @@ class ModelManager:
                 f"The model could not be loaded: {state.error} Retry loading, then run the job "
                 "again."
             )
-        if not state.ready or self._engine is None:
+        if not state.ready or len(self._engines) <= slot:
             raise AllegroError("The model is still loading; try again in a moment.")
-        return self._engine
+        return self._engines[slot]
 
-    def _on_progress(self, event: ProgressEvent) -> None:
-        phase = Phase.DOWNLOADING if event.stage == Stage.DOWNLOADING else Phase.LOADING
-        self._update(phase=phase, message=event.message or "Loading …", progress=event)
-        with self._changed:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(event)
+    def _run_on_ray(self, address: str) -> None:
+        """Join the cluster and start one worker per GPU there, each loading the model; this
+        process loads nothing. ``--devices cpu,cpu`` asks for CPU workers instead (tests)."""
+        from allegro.devices import CPU, parse_devices
+        from allegro.jobs.remote import connect, start_actors
 
-    def _spec(self, model: str, transformer: str | None):
+        settings = self.settings
+        cpu_workers = sum(entry == CPU for entry in parse_devices(settings.devices))
+        choice = choose_model(
+            settings.model, settings.transformer, settings.preview, has_cuda=not cpu_workers
+        )
+        self._update(choice=choice, cluster=address, message=f"Joining Ray at {address} …")
+        connect(address)
+        if not self._remote:
+            self._update(message="Starting the cluster's workers (each loads the model) …")
+            # The preview model is made by each worker where it runs: model "" says so.
+            # Image to video is not served there: its input images are this machine's files.
+            spec = self._spec(choice.model, choice.transformer if choice.model else None)
+            workers = start_actors(spec, settings.output_dir, cpu_workers)
+            with self._changed:
+                self._remote = workers
+                listeners, self._device_listeners = self._device_listeners, []
+            for listener in listeners:
+                listener()
+        statuses = []
+        for worker in self._remote:
+            where = worker.description
+            statuses.append(
+                DeviceStatus(
+                    device=f"{where['node']} {where['device']}",
+                    ready=True,
+                    offload=where["offload"],
+                    reason=where["reason"],
+                    precision=where["precision"],
+                    gpu_name=where["gpu"],
+                )
+            )
+        native = NativeSize(*self._remote[0].description["native"])
+        self._update(phase=Phase.READY, message="Ready", devices=tuple(statuses), native=native)
+        logger.info("Model ready: %s on %d Ray workers", choice.label, len(statuses))
+
+    def _spec(self, model: str, transformer: str | None) -> PipelineSpec:
         from allegro.loading import PipelineSpec
 
         settings = self.settings
@@ -315,9 +416,125 @@ class ModelManager:
             memory_profile=settings.memory_profile,
         )
 
+    def _settle_devices(self, has_cuda: bool) -> tuple[Device | None, ...]:
+        """The workers' devices (first time only: they stay for the process's life). One
+        device of 'all' is None: the process's default device and pipeline cache, as
+        before several devices existed (and what ZeroGPU's one emulated GPU needs)."""
+        with self._changed:
+            if self._devices:
+                return self._devices
+        from allegro.devices import detect_devices
+
+        found = detect_devices(self.settings.devices)
+        devices: tuple[Device | None, ...] = found
+        if self.settings.devices == ALL_DEVICES and len(found) == 1:
+            devices = (None,)
+        self._publish_devices(devices)
+        return devices
+
+    def _publish_devices(self, devices: tuple[Device | None, ...]) -> None:
+        with self._changed:
+            self._devices = devices
+            listeners, self._device_listeners = self._device_listeners, []
+            self._state = replace(
+                self._state,
+                devices=tuple(DeviceStatus(_device_name(device)) for device in devices),
+            )
+            self._changed.notify_all()
+        for listener in listeners:
+            listener()
+
+    def _check_host_memory(self, devices: tuple[Device | None, ...], spec) -> None:
+        """Refuse, before loading, workers whose weights cannot fit in host RAM together."""
+        if devices == (None,):
+            return  # one worker: choose_offload already weighs host RAM for group offload
+        import psutil
+
+        from allegro.devices import check_host_memory, checkpoint_weight_bytes, predicted_offload
+        from allegro.loading import resolve_precision
+
+        local = Path(spec.model).expanduser()
+        # A local checkpoint's files say its size; a hub model is taken to be Allegro-sized.
+        weights = checkpoint_weight_bytes(local) if local.is_dir() else None
+
+        named = [device for device in devices if device is not None]
+        precision = resolve_precision(spec.precision, named[0].kind)
+        vae_precision = resolve_precision(spec.vae_precision, named[0].kind)
+        modes = [
+            predicted_offload(device, spec.offload, precision, vae_precision, spec.memory_profile)
+            for device in named
+        ]
+        need = check_host_memory(
+            named,
+            modes,
+            precision,
+            vae_precision,
+            spec.memory_profile,
+            psutil.virtual_memory().available,
+            weights,
+        )
+        self._update(host_ram_bytes=need)
+
+    def _make_engines(self, spec, devices: tuple[Device | None, ...], ti2v_spec=None) -> None:
+        from allegro.engine import Engine
+        from allegro.loading import PIPELINE_CACHE, PipelineCache
+
+        settings = self.settings
+        engines = [
+            Engine(
+                spec,
+                settings.output_dir,
+                settings.ema_vfi_weights,
+                cache=PIPELINE_CACHE if device is None else PipelineCache(device.name),
+                ti2v_spec=ti2v_spec,
+            )
+            for device in devices
+        ]
+        with self._changed:
+            self._engines = engines
+            self._changed.notify_all()
+
+    def _load_engines(self) -> None:
+        """Load every device's pipeline, one after another."""
+        statuses = list(self.state().devices)
+        first = None
+        for slot, engine in enumerate(self._engines):
+            loaded = engine.load(self._on_progress)
+            first = first or loaded
+            statuses[slot] = DeviceStatus(
+                device=loaded.device,
+                ready=True,
+                offload=loaded.offload.mode,
+                reason=loaded.offload.reason,
+                precision=loaded.spec.precision,
+                gpu_name=loaded.device_name,
+            )
+            self._update(devices=tuple(statuses))
+            logger.info("Loaded on %s: %s", loaded.device, loaded.offload.reason)
+        choice = self.state().choice
+        self._update(
+            phase=Phase.READY,
+            message="Ready",
+            loaded=first,
+            native=first.native,
+            image_to_video=self._engines[0].ti2v_spec is not None or first.ti2v,
+        )
+        logger.info("Model ready: %s on %s", choice.label if choice else "?", first.device)
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        phase = Phase.DOWNLOADING if event.stage == Stage.DOWNLOADING else Phase.LOADING
+        self._update(phase=phase, message=event.message or "Loading …", progress=event)
+        with self._changed:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(event)
+
     def _run(self) -> None:
         settings = self.settings
         try:
+            if settings.ray_address:
+                self._run_on_ray(settings.ray_address)
+                return
             self._update(message="Looking for a GPU …")
             has_cuda = self._has_cuda()
             if not has_cuda and not settings.preview and (devices := self._visible_gpus()):
@@ -344,26 +561,15 @@ class ModelManager:
                 if ti2v_model == PREVIEW_TI2V:
                     twin = ensure_preview_model(preview_ti2v_dir(self.environ), ti2v=True)
                     ti2v_model = str(twin)
-            from allegro.engine import Engine
-
             spec = self._spec(model, choice.transformer)
             # Loaded on the first image request; the text encoder and VAE are shared
             # (allegro/loading.py, SHAREABLE_COMPONENTS).
             ti2v_spec = self._spec(ti2v_model, None) if ti2v_model else None
-            engine = Engine(
-                spec, settings.output_dir, settings.ema_vfi_weights, ti2v_spec=ti2v_spec
-            )
-            with self._changed:
-                self._engine = engine
-                self._changed.notify_all()
-            loaded = engine.load(self._on_progress)
-            self._update(
-                phase=Phase.READY,
-                message="Ready",
-                loaded=loaded,
-                image_to_video=ti2v_spec is not None or loaded.ti2v,
-            )
-            logger.info("Model ready: %s on %s", choice.label, loaded.device)
+            devices = self._settle_devices(has_cuda)
+            if not choice.preview:
+                self._check_host_memory(devices, spec)
+            self._make_engines(spec, devices, ti2v_spec)
+            self._load_engines()
         except AllegroError as error:
             self._update(phase=Phase.FAILED, error=str(error))
             logger.error("Model loading failed: %s", error)
@@ -373,3 +579,14 @@ class ModelManager:
                 phase=Phase.FAILED,
                 error=f"Unexpected {type(error).__name__}: {error} (see the server log).",
             )
+        if self.state().phase == Phase.FAILED and not settings.ray_address:
+            with self._changed:
+                found = bool(self._devices)
+            if not found:  # failed before the devices were known: one worker tells the jobs
+                self._publish_devices((None,))
+
+
+def _device_name(device: Device | None) -> str:
+    from allegro.loading import execution_device
+
+    return execution_device() if device is None else device.name

@@ -324,7 +324,7 @@ def test_engine_worker_makes_the_video_with_the_submitted_seed(tiny_model, tmp_p
     settings = read_settings(final.video)
     assert settings["seed"] == job.seed and "labels" not in settings  # never in the MP4
     sidecar = json.loads(Path(final.video).with_suffix(".json").read_text())
-    assert sidecar["labels"] == {"owner": "ann", "job": job.id}
+    assert sidecar["labels"] == {"owner": "ann", "job": job.id, "worker": "device 0"}
     assert any(event.stage == Stage.DENOISING for event in events)
     runner.stop(timeout=5)
 

@@ -28,6 +28,7 @@ def test_loads_in_the_background_reporting_progress_events(tiny_model, tmp_path,
         return real_fetch(source, patterns, on_progress)
 
     monkeypatch.setattr(allegro.loading, "fetch_source", fetch_with_a_download)
+    allegro.loading.PIPELINE_CACHE.release()  # another test's load of the same model: none
     manager = _manager(tmp_path, str(tiny_model))
     events: list[ProgressEvent] = []
     manager.add_listener(events.append)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from allegro.costs import MEMORY_PROFILES
+from allegro.devices import ALL_DEVICES, DEVICES_HELP, parse_devices
 from allegro.errors import AllegroError
 from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS, check_memory_profile
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
@@ -74,6 +75,8 @@ class AppConfig:
     # preview model's image-to-video twin without one; "none": no image-to-video.
     ti2v_model: str | None = None
     jobs_db: Path | None = None  # None: a hidden file in the output folder
+    devices: str = ALL_DEVICES  # allegro.devices.parse_devices: one job worker per device
+    ray_address: str | None = None  # make videos on this Ray cluster (allegro.jobs.ray)
 
     @property
     def jobs_db_path(self) -> Path:
@@ -314,6 +317,22 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="on a ZeroGPU Space, refuse requests estimated to take longer than this. "
         f"Default: {DEFAULT_ZERO_GPU_MAX_SECONDS}. [ALLEGRO_ZERO_GPU_MAX_SECONDS]",
     )
+    parser.add_argument(
+        "--devices",
+        default=_env_text(environ, "ALLEGRO_DEVICES") or ALL_DEVICES,
+        help=f"where jobs run, one worker per device: {DEVICES_HELP}. Each device loads its "
+        "own copy of the model, its offload chosen from its own free memory. Default: all. "
+        "[ALLEGRO_DEVICES]",
+    )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=_env_text(environ, "ALLEGRO_RAY_ADDRESS"),
+        help="make videos on a Ray cluster (pip install -r requirements-ray.txt): 'auto' joins "
+        "the cluster started on this machine with `ray start`, or give the head's address "
+        "(host:6379). This app keeps the page, the queue and the gallery; one worker per GPU of "
+        "the cluster loads the model. [ALLEGRO_RAY_ADDRESS]",
+    )
     return parser
 
 
@@ -343,8 +362,11 @@ def parse_config(
         offload = "none"  # what auto must pick there, whatever the emulated free memory says
     try:
         check_memory_profile(args.memory_profile, offload, args.compile, zero_gpu)
+        devices = ",".join(parse_devices(args.devices))
     except AllegroError as error:
         parser.error(str(error))
+    if zero_gpu and (devices != ALL_DEVICES or args.ray):
+        parser.error("ZeroGPU lends one GPU per call: --devices and --ray do not apply there.")
     return AppConfig(
         model=args.model,
         transformer=args.transformer,
@@ -372,4 +394,6 @@ def parse_config(
         memory_profile=args.memory_profile,
         ti2v_model=args.ti2v_model,
         jobs_db=Path(args.jobs_db).expanduser().resolve() if args.jobs_db else None,
+        devices=devices,
+        ray_address=args.ray,
     )

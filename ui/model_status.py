@@ -15,6 +15,7 @@ from allegro.events import Stage
 from allegro.models import (
     NO_TI2V,
     PREVIEW_TI2V,
+    DeviceStatus,
     ModelChoice,
     ModelManager,
     ModelSettings,
@@ -68,6 +69,9 @@ class ModelStatus:
     interpolation: tuple[MethodChoice, ...] | None = None  # None until the loader checked
     image_to_video: bool = False  # image requests are served (by the TI2V model)
     error: str | None = None
+    devices: tuple[DeviceStatus, ...] = ()  # one per job worker
+    host_ram_bytes: int | None = None  # what the workers need in RAM
+    cluster: str | None = None  # the Ray cluster's address when the workers run there
 
     @property
     def ready(self) -> bool:
@@ -108,10 +112,40 @@ def banner_markdown(status: ModelStatus) -> str:
             "app works on any machine. " + PREVIEW_MODEL_NOTE
         )
     name = choice.label if choice else "The model"
+    if status.cluster is not None:
+        count = len(status.devices)
+        return (
+            f"**{name}** ready on the Ray cluster at {status.cluster}: {count} workers. "
+            + devices_markdown(status)
+        )
+    if len(status.devices) > 1:
+        return f"**{name}** ready on {len(status.devices)} devices. " + devices_markdown(status)
     if status.hardware is None or status.hardware.gpu_name is None:
         return f"**{name}** ready on the CPU: slow, real videos need an NVIDIA GPU."
     offload = f" · offload: {status.offload_reason}" if status.offload_reason else ""
     return f"**{name}** ready on {status.hardware.gpu_label}{offload}"
+
+
+def devices_markdown(status: ModelStatus) -> str:
+    """One line per job worker: its device, and the offload and precision chosen for it
+    from its own free memory; then the host RAM they need together."""
+    lines = []
+    for device in status.devices:
+        if not device.ready:
+            lines.append(f"- {device.device}: loading …")
+            continue
+        gpu = f" ({device.gpu_name})" if device.gpu_name else ""
+        lines.append(
+            f"- {device.device}{gpu}: {device.precision}, offload {device.offload} "
+            f"({device.reason})"
+        )
+    if status.host_ram_bytes:
+        lines.append(
+            f"- host RAM for {len(status.devices)} workers: about "
+            f"{status.host_ram_bytes / 1e9:.0f} GB (each offloading worker keeps a CPU copy "
+            "of the weights)"
+        )
+    return "\n" + "\n".join(lines)
 
 
 def generate_button(status: ModelStatus) -> tuple[str, bool]:
@@ -132,7 +166,7 @@ def _interpolation_methods(weights: str | None, device: str) -> tuple[MethodChoi
     for name in METHODS:
         availability = method_availability(name, weights)
         reason = availability.reason
-        if availability.available and name == "ema-vfi" and device != "cuda":
+        if availability.available and name == "ema-vfi" and not device.startswith("cuda"):
             reason = "slow without a GPU: seconds per frame"
         choices.append(MethodChoice(name, availability.available, reason))
     return tuple(choices)
@@ -152,6 +186,8 @@ def model_settings(config: AppConfig) -> ModelSettings:
         ema_vfi_weights=config.ema_vfi_weights,
         ti2v_model=config.ti2v_model,
         zero_gpu=config.zero_gpu,
+        devices=config.devices,
+        ray_address=config.ray_address,
     )
 
 
@@ -200,6 +236,10 @@ class ModelLoader:
             download_total=progress.total if downloading else 0,
             started=state.started,
             error=state.error,
+            native=state.native,  # on a Ray cluster, ready with nothing loaded here
+            devices=state.devices,
+            host_ram_bytes=state.host_ram_bytes,
+            cluster=state.cluster,
         )
 
     def _ready_status(self, state: ModelState) -> ModelStatus:
@@ -215,6 +255,8 @@ class ModelLoader:
             offload_reason=None if loaded.device == "cpu" else loaded.offload.reason,
             interpolation=_interpolation_methods(self.config.ema_vfi_weights, loaded.device),
             image_to_video=state.image_to_video,
+            devices=state.devices,
+            host_ram_bytes=state.host_ram_bytes,
         )
 
 

@@ -175,10 +175,11 @@ class Studio:
         # of a spaces.GPU function, not to a background worker thread.
         self.runner: JobRunner | None = None
         if jobs_db is not None and not config.zero_gpu:
-            from allegro.jobs import EngineWorker, JobStore
+            from allegro.jobs import JobStore, add_device_workers
 
-            worker = EngineWorker(loader.manager.ready_engine, config.output_dir)
-            self.runner = JobRunner(JobStore(jobs_db), [worker], prepare=self.prepare_job)
+            # One worker per device (--devices), added once the loader has found them.
+            self.runner = JobRunner(JobStore(jobs_db), [], prepare=self.prepare_job)
+            add_device_workers(self.runner, loader.manager, config.output_dir)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -817,6 +818,10 @@ class Studio:
             "state": job.state.value,
             "queue_position": (
                 runner.queue_position(job.id) if job.state == JobState.QUEUED else None
+            ),
+            # Until it starts, counting every worker (None until a video has been timed).
+            "wait_seconds": (
+                runner.estimated_wait(job.id) if job.state == JobState.QUEUED else None
             ),
             "prompt": job.request.prompt,
             "seed": job.seed,

@@ -7,9 +7,17 @@ from allegro.jobs.job import (
     JobLimitError,
     JobNotFoundError,
     JobState,
+    WorkerLost,
     prepare_request,
 )
-from allegro.jobs.runner import JOB_LABEL, EngineWorker, JobLimits, JobRunner, Worker
+from allegro.jobs.runner import (
+    JOB_LABEL,
+    EngineWorker,
+    JobLimits,
+    JobRunner,
+    Worker,
+    add_device_workers,
+)
 from allegro.jobs.store import JobStore, JobStoreError
 
 __all__ = [
@@ -26,5 +34,7 @@ __all__ = [
     "JobStore",
     "JobStoreError",
     "Worker",
+    "WorkerLost",
+    "add_device_workers",
     "prepare_request",
 ]

@@ -46,6 +46,11 @@ class JobNotFoundError(JobError):
     """No such job for this caller (someone else's job reads the same: ids are not leaked)."""
 
 
+class WorkerLost(AllegroError):
+    """A worker's device or process went away mid-job (a node lost, a process killed): the
+    job is not at fault and runs again on another worker."""
+
+
 class JobLimitError(JobError):
     """Submitting would pass a per-person or a server-wide limit; the message names it."""
 

@@ -6,14 +6,18 @@ call that made it returns. On start, the queue left by the last process runs on:
 jobs in their order, and a job that was running when the process died runs again (its
 record says so).
 
-Several devices are a configuration: pass one ``Worker`` per device; each takes the next
-job when it is free.
+Several devices are a configuration: one ``Worker`` per device (given at construction or
+added once the devices are known, ``add_worker``); each takes the first queued job when it
+is free. A worker that loses its device or process mid-job raises ``WorkerLost``: the job
+goes back to the front of the queue for another worker, and the lost one waits until it is
+ready again before it takes another.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +36,7 @@ from allegro.jobs.job import (
     JobLimitError,
     JobNotFoundError,
     JobState,
+    WorkerLost,
     new_job_id,
     prepare_request,
 )
@@ -40,10 +45,12 @@ from allegro.request import GenerationRequest
 
 if TYPE_CHECKING:
     from allegro.engine import Engine, GenerationResult
+    from allegro.models import ModelManager
 
 logger = logging.getLogger(__name__)
 
 JOB_LABEL = "job"  # the label that ties a video's settings to its job
+WORKER_LABEL = "worker"  # the worker (device) that made it
 
 
 @dataclass(frozen=True)
@@ -65,23 +72,38 @@ class Worker:
     def recover(self) -> None:
         """Called once at start, before any job runs: clear what a crash left behind."""
 
+    def wait_ready(self) -> None:
+        """After a ``WorkerLost``: block until this worker can take a job again (e.g. its
+        process restarted), so that another worker takes the lost job meanwhile."""
+
 
 class EngineWorker(Worker):
-    """The engine on this process's device. ``engine`` may be a function returning it, for
-    an app that chooses its model in the background."""
+    """The engine on one device of this process. ``engine`` may be a function returning it,
+    for an app that chooses its model in the background. ``threads``: torch's CPU threads
+    for this worker's thread (CPU workers sharing the cores; set per thread: with OpenMP,
+    torch.set_num_threads sets the calling thread's team size, aten ParallelOpenMP.cpp)."""
 
     def __init__(
-        self, engine: Engine | Callable[[], Engine], output_dir: str | Path, name: str = "device 0"
+        self,
+        engine: Engine | Callable[[], Engine],
+        output_dir: str | Path,
+        name: str = "device 0",
+        threads: int | None = None,
     ) -> None:
         self._engine = engine
         self.output_dir = Path(output_dir)
         self.name = name
+        self.threads = threads
 
     def engine(self) -> Engine:
         return self._engine() if callable(self._engine) else self._engine
 
     def run(self, job: Job, on_progress: ProgressCallback, cancel: CancelToken) -> GenerationResult:
-        labels = {**job.labels, JOB_LABEL: job.id}
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        labels = {**job.labels, JOB_LABEL: job.id, WORKER_LABEL: self.name}
         return self.engine().generate(job.request, on_progress, cancel, labels=labels)
 
     def recover(self) -> None:
@@ -89,6 +111,18 @@ class EngineWorker(Worker):
 
         for path in remove_leftovers(self.output_dir):
             logger.info("Removed %s, left by an interrupted save", path.name)
+
+
+def add_device_workers(runner: JobRunner, manager: ModelManager, output_dir: str | Path) -> None:
+    """One job worker per device of ``manager`` (local devices or a Ray cluster's GPUs),
+    added to ``runner`` as soon as the manager knows them (it finds them in the
+    background, with torch or Ray)."""
+
+    def on_devices() -> None:
+        for worker in manager.job_workers(output_dir):
+            runner.add_worker(worker)
+
+    manager.when_devices_known(on_devices)
 
 
 def _interrupted_note(when: float) -> str:
@@ -107,10 +141,8 @@ class JobRunner:
         limits: JobLimits = JobLimits(),
         prepare: Callable[[GenerationRequest], GenerationRequest] = prepare_request,
     ) -> None:
-        if not workers:
-            raise ValueError("a job runner needs at least one worker")
         self.store = store
-        self.workers = tuple(workers)
+        self.workers: tuple[Worker, ...] = tuple(workers)  # more may come: add_worker
         self.limits = limits
         self._prepare = prepare
         self._changed = threading.Condition()
@@ -121,6 +153,7 @@ class JobRunner:
         self._version = 0
         self._tokens: dict[str, CancelToken] = {}
         self._stopping = False
+        self._started = False
         self._threads: list[threading.Thread] = []
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -128,14 +161,30 @@ class JobRunner:
     def start(self) -> None:
         """Recover the last process's queue, then start one thread per worker."""
         self._recover()
-        for worker in self.workers:
+        with self._changed:
+            self._started = True
+            workers = self.workers
+        for worker in workers:
             worker.recover()
-        for worker in self.workers:
-            thread = threading.Thread(
-                target=self._work, args=(worker,), name=f"allegro-jobs-{worker.name}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        for worker in workers:
+            self._start_thread(worker)
+
+    def add_worker(self, worker: Worker) -> None:
+        """One more device (e.g. once the model manager knows how many there are); it takes
+        jobs at once if the runner has started. Its ``recover`` is not called then: other
+        workers may be saving into the same folder (the app clears it before starting)."""
+        with self._changed:
+            self.workers = (*self.workers, worker)
+            started = self._started
+        if started:
+            self._start_thread(worker)
+
+    def _start_thread(self, worker: Worker) -> None:
+        thread = threading.Thread(
+            target=self._work, args=(worker,), name=f"allegro-jobs-{worker.name}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the workers. A running job is cancelled and queued again: it runs from the
@@ -233,6 +282,32 @@ class JobRunner:
                 if other.state == JobState.RUNNING
                 or (other.state == JobState.QUEUED and other.position < job.position)
             )
+
+    def estimated_wait(self, job_id: str, seconds_per_job: float | None = None) -> float | None:
+        """Seconds until a queued job starts, with every worker taking jobs in parallel:
+        it starts once (running + queued ahead - workers + 1) jobs have finished, and the
+        workers finish about ``workers`` jobs per ``seconds_per_job`` (None: the median run
+        of the last finished videos; None back when there are none yet). 0 when it would
+        start now (or runs)."""
+        with self._changed:
+            workers = max(len(self.workers), 1)
+            ahead = self.queue_position(job_id)
+        to_finish = ahead - workers + 1
+        if to_finish <= 0:
+            return 0.0
+        if seconds_per_job is None:
+            seconds_per_job = self._typical_seconds()
+            if seconds_per_job is None:
+                return None
+        return -(-to_finish // workers) * seconds_per_job  # whole rounds of the workers
+
+    def _typical_seconds(self, recent: int = 9) -> float | None:
+        runs = [
+            job.finished - job.started
+            for job in self.store.list(states=[JobState.DONE], limit=recent, newest_first=True)
+            if job.started is not None and job.finished is not None
+        ]
+        return statistics.median(runs) if runs else None
 
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel a queued job (it leaves the queue at once) or a running one (it stops
@@ -375,6 +450,22 @@ class JobRunner:
                 preview = job.preview if event.preview is None else event.preview
                 self._remember(dataclasses.replace(job, progress=event, preview=preview))
 
+    def _requeue(self, job_id: str, note: str) -> None:
+        """Back to the queue at its old place (its position is kept), unless it was being
+        cancelled: then it is cancelled."""
+        with self._changed:
+            job = self._live.get(job_id)
+            if job is not None and job.cancel_requested:
+                self.store.update(job_id, state=JobState.CANCELLED, finished=time.time(), note=note)
+                self._forget(job_id)
+                return
+            self.store.update(job_id, state=JobState.QUEUED, note=note)
+            self._tokens.pop(job_id, None)
+            if job is not None:
+                self._remember(
+                    dataclasses.replace(job, state=JobState.QUEUED, progress=None, preview=None)
+                )
+
     def _finish(self, job_id: str, state: JobState, **changes) -> None:
         with self._changed:
             self.store.update(job_id, state=state, finished=time.time(), **changes)
@@ -385,6 +476,11 @@ class JobRunner:
             job, token = claimed
             try:
                 result = worker.run(job, partial(self._on_progress, job.id), token)
+            except WorkerLost as lost:
+                logger.warning("Worker %s lost job %s: %s", worker.name, job.id, lost)
+                self._requeue(job.id, f"Run again: its worker was lost mid-job ({lost}).")
+                worker.wait_ready()
+                continue
             except Cancelled as cancelled:
                 with self._changed:
                     requested = self._live[job.id].cancel_requested
