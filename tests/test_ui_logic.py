@@ -583,11 +583,18 @@ def test_preview_mode_serves_image_to_video(tmp_path, monkeypatch):
         (Path(directory) / "model_index.json").write_text("{}")
 
     class FakeEngine:
-        def __init__(self, spec, output_dir, weights, ti2v_spec=None):
+        def __init__(self, spec, output_dir, weights, cache=None, ti2v_spec=None):
             self.spec, self.ti2v_spec = spec, ti2v_spec
 
-        def load(self, on_progress):
-            return SimpleNamespace(ti2v=False, device="cpu")  # nothing really loaded
+        def load(self, on_progress):  # nothing really loaded
+            return SimpleNamespace(
+                ti2v=False,
+                device="cpu",
+                device_name="cpu",
+                native=None,
+                spec=self.spec,
+                offload=SimpleNamespace(mode="none", reason="a test"),
+            )
 
     monkeypatch.setattr("allegro.tiny.make_tiny", fake_make_tiny)
     monkeypatch.setattr("allegro.engine.Engine", FakeEngine)
