@@ -17,7 +17,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.gradio_http import PageSession
-from tests.test_app_api import ALICE, BOB, StudioServer, start_studio
+from tests.studio_server import StudioServer, start_studio
+from tests.test_app_api import ALICE, BOB
 
 
 @pytest.fixture(scope="module")

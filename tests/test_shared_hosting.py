@@ -20,7 +20,7 @@ from gradio_client import Client
 from gradio_client.utils import Status
 
 from tests.gradio_http import PageSession
-from tests.test_app_api import StudioServer, start_studio
+from tests.studio_server import StudioServer, start_studio
 
 BOB_KEY = "bob-" + "b0b" * 12  # 40 characters
 NATIVE_SIZE = ("default", "default")

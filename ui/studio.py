@@ -41,7 +41,7 @@ from allegro.request import (
     resolve_request,
 )
 from ui import gallery
-from ui.config import AppConfig
+from ui.config import AppConfig, job_inputs_dir
 from ui.estimates import (
     cost_hint,
     estimate_memory_bytes,
@@ -53,6 +53,7 @@ from ui.formatting import entry_markdown, progress_description, result_markdown
 from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
+from ui.page_jobs import PageJobs
 from ui.presets import (
     IMAGE_TO_VIDEO,
     MODEL_DEFAULT,
@@ -174,11 +175,19 @@ class Studio:
         # Jobs that outlive the page. Not on ZeroGPU yet: there the GPU is lent to one call
         # of a spaces.GPU function, not to a background worker thread.
         self.runner: JobRunner | None = None
+        self.page_jobs: PageJobs | None = None  # the page's handlers when jobs are on
         if jobs_db is not None and not config.zero_gpu:
-            from allegro.jobs import EngineWorker, JobStore
+            from allegro.jobs import EngineWorker, JobLimits, JobStore
 
             worker = EngineWorker(loader.manager.ready_engine, config.output_dir)
-            self.runner = JobRunner(JobStore(jobs_db), [worker], prepare=self.prepare_job)
+            self.runner = JobRunner(
+                JobStore(jobs_db),
+                [worker],
+                JobLimits(per_owner=config.jobs_per_person, total=config.jobs_total),
+                prepare=self.prepare_job,
+                inputs_dir=job_inputs_dir(jobs_db),
+            )
+            self.page_jobs = PageJobs(self, self.runner)
 
     # ---- who may see what -------------------------------------------------------------
 

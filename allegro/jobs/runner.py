@@ -211,7 +211,7 @@ class JobRunner:
         prepared = [self._prepare(request) for request in requests]
         jobs: list[Job] = []
         with self._changed:
-            self._check_limits(owner, len(prepared))
+            self.check_limits(owner, len(prepared))
             try:
                 for request in prepared:
                     job_id = new_job_id()
@@ -358,7 +358,9 @@ class JobRunner:
             raise JobNotFoundError(f"There is no job {job_id!r} of yours on this server.")
         return job
 
-    def _check_limits(self, owner: str, adding: int = 1) -> None:
+    def check_limits(self, owner: str, adding: int = 1) -> None:
+        """JobLimitError, naming the limit, if ``adding`` more jobs of ``owner`` would pass
+        one (what submit checks; a page checks it before queueing its request)."""
         asked = "" if adding == 1 else f"These are {adding} videos. "
         mine = self.store.count(ACTIVE_STATES, owner=owner)
         if mine + adding > self.limits.per_owner:
