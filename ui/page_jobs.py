@@ -61,8 +61,15 @@ NOTIFY_JS = """
   try { job = JSON.parse(text); } catch (error) { return; }
   if (!document.hidden) return;
   const word = job.state === "done" ? "ready" : job.state;
+  if (!window.allegroEnded) {  // back on the tab, the title is the app's again
+    window.allegroTitle = document.title;
+    document.addEventListener("visibilitychange", () => {
+      window.allegroEnded = 0;
+      document.title = window.allegroTitle;
+    }, { once: true });
+  }
   window.allegroEnded = (window.allegroEnded || 0) + 1;
-  document.title = `(${window.allegroEnded}) Video ${word} · Allegro Studio`;
+  document.title = `(${window.allegroEnded}) Video ${word} · ${window.allegroTitle}`;
   if ("Notification" in window && Notification.permission === "granted") {
     new Notification(`Allegro Studio: video ${word}`, { body: job.prompt, tag: job.id });
   }
@@ -76,24 +83,12 @@ ASK_PERMISSION_JS = """
   }
 }
 """
-# In <head>: back on the tab, the title is the app's again.
-HEAD = """
-<script>
-document.addEventListener("visibilitychange", () => {
-  if (!document.hidden && window.allegroEnded) {
-    window.allegroEnded = 0;
-    document.title = "Allegro Studio";
-  }
-});
-</script>
-"""
-
-
 def batch_requests(
     controls: ControlValues, each_line: bool, variations: Any
 ) -> list[GenerationRequest]:
     """The jobs one click asks for: one per prompt line (if ``each_line``), each in
-    ``variations`` seeds s, s+1, ... (s: the seed asked for, or one random seed)."""
+    ``variations`` seeds s, s+1, ... (s: the seed asked for, or one random seed for the
+    whole batch, so its prompts can be compared)."""
     try:
         count = int(variations or 1)
     except (TypeError, ValueError):
@@ -109,7 +104,7 @@ def batch_requests(
         if not prompts:
             raise InvalidRequestError("The prompt is empty: write one prompt per line.")
     seed = parse_seed(controls.seed)
-    if seed is None and count > 1:
+    if seed is None and len(prompts) * count > 1:  # one seed for the batch: comparable
         seed = secrets.randbelow(MAX_SEED + 1)
     requests = []
     for prompt in prompts:
@@ -204,15 +199,17 @@ def choice_label(job: Job) -> str:
     return f"{job.request.prompt[:40]} · seed {job.seed} · {job.id[:6]}"
 
 
-def status_line(running: Job | None, waiting: int) -> str:
-    waiting_note = f"{waiting} more waiting." if waiting else ""
-    if running is None:
-        return waiting_note
-    event = running.progress
-    line = progress_description(event) if event is not None else "Starting …"
-    if event is not None:
-        line = f"**{event.fraction:.0%}** · {line}"
-    return f"{line}  \n{waiting_note}" if waiting_note else line
+def status_line(running: Job | None, waiting: int, note: str = "") -> str:
+    """The running job's progress (percent, stage, elapsed, ETA), what became of the last
+    job that ended without a video, and how many wait."""
+    lines = [note, f"{waiting} more waiting." if waiting else ""]
+    if running is not None:
+        event = running.progress
+        line = progress_description(event) if event is not None else "Starting …"
+        if event is not None:
+            line = f"**{event.fraction:.0%}** · {line}"
+        lines.insert(0, line)
+    return "  \n".join(line for line in lines if line)
 
 
 class PageJobs:
@@ -390,7 +387,7 @@ class PageJobs:
 
         if running is not None:
             if running.id != shown.preview_of:
-                shown.preview_of, shown.preview, shown.note = running.id, None, ""
+                shown.preview_of, shown.preview = running.id, None
                 updates[result.preview] = gr.update(value=None, visible=True)
             if running.preview is not None and running.preview is not shown.preview:
                 shown.preview = running.preview
@@ -413,9 +410,7 @@ class PageJobs:
             updates[queue.ended] = json.dumps(
                 {"id": last.id, "state": last.state.value, "prompt": last.request.prompt[:200]}
             )
-        status = status_line(running, len(active) - (running is not None))
-        if running is None and shown.note:
-            status = f"{shown.note}  \n{status}" if status else shown.note
+        status = status_line(running, len(active) - (running is not None), shown.note)
         if status != shown.status:
             updates[result.run_status] = shown.status = status
         return updates

@@ -755,7 +755,7 @@ class Studio:
         negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
         seed: int | str | None = None,
         steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        guidance_scale: float | str | None = None,
         frames: int | str | None = None,
         height: int | str | None = None,
         width: int | str | None = None,
@@ -763,27 +763,20 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        step_cache: bool = False,
+        image: FileData | None = None,
+        last_image: FileData | None = None,
         request: gr.Request = None,
     ) -> dict:
         """Queue one video and return at once with its job (id, state, seed fixed now). The
-        job goes on if you disconnect and after a server restart; poll /job with its id.
-        Same parameters (and X-Allegro-Key header) as /generate."""
-        generation = self.api_request(
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance_scale,
-            frames,
-            height,
-            width,
-            use_template,
-            interpolate,
-            interpolation_method,
-            fast_mode,
-        )
+        job goes on if you disconnect and after a server restart (its images are kept with
+        it); poll /job with its id. Same parameters (and X-Allegro-Key header) as
+        /generate."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
+        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
         try:
             self._runner()
+            generation = self.api_request(*fields, *options, image=image, last_image=last_image)
             owner = self.api_owner(request)
             job = await asyncio.to_thread(self._submit, generation, owner)
             return self.job_record(job)
