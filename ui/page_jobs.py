@@ -83,6 +83,8 @@ ASK_PERMISSION_JS = """
   }
 }
 """
+
+
 def batch_requests(
     controls: ControlValues, each_line: bool, variations: Any
 ) -> list[GenerationRequest]:
