@@ -490,10 +490,10 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.api_history, api_name="history", queue=False)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
-            # /submit takes /generate's parameters: the same validator checks the key and
-            # every field before the call is queued.
+            # /submit takes /generate's parameters: its validator checks the key, every field
+            # and the job limits before the call is queued.
             submit_api = gr.api(studio.api_submit, api_name="submit", concurrency_limit=None)
-            demo.fns[submit_api["id"]].validator = studio.check_api
+            demo.fns[submit_api["id"]].validator = studio.check_submit_api
             for handler, name in (
                 (studio.api_job, "job"),
                 (studio.api_cancel, "cancel"),
@@ -534,17 +534,21 @@ def wire_jobs(
     # video never holds it (the runner's worker makes videos, not a Gradio slot).
     queueing = {"concurrency_limit": None, "concurrency_id": "queueing", **LIGHT, "queue": True}
     generate.click(
-        jobs.submit, [*controls, *batch, owner], None, validator=jobs.check_submit, **queueing
+        jobs.submit_page, [*controls, *batch, owner], None, validator=jobs.check_submit, **queueing
     )
     generate.click(None, None, None, js=ASK_PERMISSION_JS)
     extend.click(
-        jobs.submit_extension, extend_inputs, None, validator=studio.check_extend_page, **queueing
+        jobs.submit_page_extension,
+        extend_inputs,
+        None,
+        validator=studio.check_extend_page,
+        **queueing,
     )
     cancel.click(jobs.cancel_running, owner, None, **LIGHT)
     picked = [queue.choice, owner]
-    queue.cancel.click(jobs.cancel, picked, None, **LIGHT)
-    queue.up.click(jobs.move(-1), picked, None, **LIGHT)
-    queue.down.click(jobs.move(+1), picked, None, **LIGHT)
+    queue.cancel.click(jobs.cancel_picked, picked, None, **LIGHT)
+    queue.up.click(jobs.move(-1), picked, None, api_name="move_up", **LIGHT)
+    queue.down.click(jobs.move(+1), picked, None, api_name="move_down", **LIGHT)
     page_loaded.then(
         jobs.follower(result, queue, gallery_outputs),
         owner,

@@ -238,7 +238,7 @@ class PageJobs:
         requests = batch_requests(controls, bool(form["each_line"]), form["variations"])
         return owner.tag, requests, self.studio.labels(owner)
 
-    def check_submit(self, *values: Any, request: gr.Request = None) -> list[dict]:
+    def check_submit(self, *values: Any) -> list[dict]:
         """Generate's validator: the caller, every request of the batch and the limits, at
         once, before anything is queued (it waits for nothing: no GPU, no other job)."""
         from ui.studio import _validations
@@ -255,7 +255,7 @@ class PageJobs:
             logger.error("Unexpected error in a validator", exc_info=error)
         return _validations(SUBMIT_INPUTS, problem)
 
-    async def submit(self, *values: Any) -> None:
+    async def submit_page(self, *values: Any) -> None:
         """Queue the batch and return at once; the page's follower shows the jobs."""
         from ui.studio import user_error
 
@@ -267,7 +267,7 @@ class PageJobs:
             raise user_error(error) from None
         gr.Info(f"Queued {len(jobs)} video{'s' if len(jobs) > 1 else ''}.")
 
-    async def submit_extension(self, name: Any, *fields: Any) -> None:
+    async def submit_page_extension(self, name: Any, *fields: Any) -> None:
         """Extend on a gallery video: the continuation is queued like any job."""
         from ui.studio import user_error
 
@@ -293,7 +293,7 @@ class PageJobs:
         except Exception as error:
             raise user_error(error) from None
 
-    def cancel(self, job_id: str | None, owner_id: Any) -> None:
+    def cancel_picked(self, job_id: str | None, owner_id: Any) -> None:
         """Cancel / remove the picked job (the owner's own: others read as unknown)."""
         if not job_id:
             raise gr.Error("Pick a video in the queue first.", print_exception=False)

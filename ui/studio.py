@@ -314,16 +314,33 @@ class Studio:
         request: gr.Request = None,
     ) -> list[dict]:
         """/generate's validator (same parameters): the key, every field and the images,
-        before the request is queued."""
-        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
-        problem = self._problem(
-            lambda: (
-                self.api_owner(request),
-                self.api_request(*fields, *options, image=image, last_image=last_image),
-            ),
-            request,
-        )
+        and room among the callers waiting for the GPU (--max-queue), before the call is
+        queued."""
+        values = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
+        values += (use_template, interpolate, interpolation_method, fast_mode, step_cache)
+        return self._check_api_values((*values, image, last_image), request, waiting=True)
+
+    def check_submit_api(self, request: gr.Request, *values: Any) -> list[dict]:
+        """/submit's validator (/generate's parameters): the same checks, but a job waits in
+        the runner's queue, not among the callers waiting for the GPU: its limits are the
+        job limits (per person and in all), checked here too. ``request`` comes first:
+        Gradio inserts it at its parameter's place (gradio/helpers.py special_args)."""
+        return self._check_api_values(values, request, waiting=False)
+
+    def _check_api_values(
+        self, values: tuple, request: gr.Request | None, waiting: bool
+    ) -> list[dict]:
+        *fields, image, last_image = values
+
+        def build():
+            owner = self.api_owner(request)
+            generation = self.api_request(*fields, image=image, last_image=last_image)
+            if not waiting:
+                key = owner.tag if owner is not None else LOCAL_OWNER
+                self._runner_or_refuse().check_limits(key)
+            return owner, generation
+
+        problem = self._problem(build, request if waiting else None)
         return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
 
     def check_extend(
@@ -353,7 +370,8 @@ class Studio:
 
     def _problem(self, build, request: gr.Request | None) -> str | None:
         """What is wrong with a caller, their request or the queue, or None. ``build``
-        returns (owner, request) or raises."""
+        returns (owner, request) or raises. Without ``request``, waiting callers are not
+        counted."""
         try:
             _owner, generation = build()
             self.prepare(generation)
@@ -705,10 +723,15 @@ class Studio:
     # ---- jobs (API) ----------------------------------------------------------------------
 
     def _runner(self) -> JobRunner:
+        try:
+            return self._runner_or_refuse()
+        except AllegroError as error:
+            raise user_error(error) from None
+
+    def _runner_or_refuse(self) -> JobRunner:
         if self.runner is None:
-            raise gr.Error(
-                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate.",
-                print_exception=False,
+            raise InvalidRequestError(
+                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate."
             )
         return self.runner
 
