@@ -92,7 +92,7 @@ def batch_requests(
     ``variations`` seeds s, s+1, ... (s: the seed asked for, or one random seed for the
     whole batch, so its prompts can be compared)."""
     try:
-        count = int(variations or 1)
+        count = 1 if variations in (None, "") else int(variations)
     except (TypeError, ValueError):
         message = f"Variations must be a whole number, not {variations!r}."
         raise InvalidRequestError(message) from None
