@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,6 +238,35 @@ def test_a_full_queue_refuses_only_new_generations(server, alice):
         bob.predict(queued["id"], api_name="/cancel")
         waiting.cancel()
         running.cancel()
+
+
+def test_queue_events_reach_only_the_callers_own_jobs(server, alice):
+    """Mallory knows the id of Alice's job (the worst case): her page's queue events, with
+    her own token or a made-up one, neither cancel nor move it."""
+    queued = alice["page"].call(
+        "submit_page", *generation_inputs("Alice's long one", alice["token"], steps=300)
+    )
+    assert queued.error is None, queued.error
+    job_id = _job_row(server, "Alice's long one")[0]
+    mallory = PageSession(server.url)
+    token = mallory.call("on_page_load", "").data[0]
+    refused = mallory.call("cancel_picked", job_id, token)
+    assert "There is no job" in refused.error
+    assert "waiting job" in mallory.call("move_up", job_id, token).error
+    made_up = mallory.call("cancel_picked", job_id, "p1.made-up.0000")
+    assert "not issued by this server" in made_up.error
+    assert _job_row(server, "Alice's long one")[1] in ("queued", "running")
+    assert alice["page"].call("cancel_picked", job_id, alice["token"]).error is None
+    _wait_for(lambda: _job_row(server, "Alice's long one")[1] == "cancelled")
+
+
+def _job_row(server: StudioServer, prompt: str) -> tuple[str, str]:
+    """(id, state) of the job with this prompt, read from the jobs database."""
+    with sqlite3.connect(server.output_dir / ".allegro-jobs.sqlite") as database:
+        for job_id, request, state in database.execute("SELECT id, request, state FROM jobs"):
+            if json.loads(request)["prompt"] == prompt:
+                return job_id, state
+    raise AssertionError(f"no job {prompt!r}")
 
 
 def test_delete_also_removes_the_served_copies(server, alice):
