@@ -68,8 +68,8 @@ def wait_for_video_file(studio: StudioServer, prompt: str, timeout: float = 180)
     """The job's video is saved (no page is open to say so)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for sidecar in studio.output_dir.glob("*.json"):
-            if prompt in sidecar.read_text():
+        for sidecar in studio.output_dir.glob("[!.]*.json"):  # not a save under way
+            if prompt in sidecar.read_text() and sidecar.with_suffix(".mp4").is_file():
                 return
         time.sleep(0.2)
     pytest.fail(f"no video for {prompt!r} within {timeout} s:\n{studio.log_text()[-3000:]}")

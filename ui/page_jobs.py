@@ -224,7 +224,13 @@ class PageJobs:
     # ---- queueing ------------------------------------------------------------------------
 
     def _owner_tag(self, owner_id: Any) -> str:
-        return self.studio.page_owner(owner_id).tag
+        """The job owner behind a page's token (gr.Error if this server did not issue it)."""
+        from ui.studio import user_error
+
+        try:
+            return self.studio.page_owner(owner_id).tag
+        except AllegroError as error:
+            raise user_error(error) from None
 
     def _batch(self, values: Sequence[Any]) -> tuple[str, list[GenerationRequest], dict]:
         """(job owner, requests, labels) from Generate's inputs (SUBMIT_INPUTS)."""
