@@ -140,7 +140,7 @@ def test_a_path_on_the_server_is_not_an_upload(server):
         {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}},
         str(server.output_dir),
     ):
-        fields = ["a cat", None, 1, 2, None, None, None, None, True, False, None, False]
+        fields = ["a cat", None, 1, 2, None, None, None, None, True, False, None, False, False]
         outcome = api.call("generate", *fields, image, None)
         assert outcome.error is not None and "upload" in outcome.error, outcome.error
     assert "root:" not in server.log_text()

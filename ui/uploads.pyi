@@ -1,0 +1,58 @@
+"""Files a caller sends: only what they uploaded, never a path on the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from allegro.errors import InvalidRequestError
+
+
+def uploaded_file(value: Any, what: str) -> str | None:
+    """The path of a file an API caller uploaded (gradio_client's handle_file); None for none.
+    Gradio moves uploads into its upload folder before any handler runs, refusing paths
+    outside it (gradio/blocks.py:2157-2162, processing_utils.py:576-597) for values marked
+    as files; a value sent without the mark is not checked by Gradio, so it is refused here
+    unless it too lies in that folder: a caller names only files they uploaded."""
+    if value is None or value == "":
+        return None
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, str) or not path:
+        raise InvalidRequestError(f"The {what} must be an uploaded file (handle_file).")
+    if Path(path).is_symlink() or not is_in_or_equal(path, get_upload_folder()):
+        raise InvalidRequestError(
+            f"The {what} must be a file you upload with the request (gradio_client's "
+            "handle_file), not a path on the server."
+        )
+    return path
+
+from gradio.events import Dependency
+
+class UploadedImage(gr.Image):
+    """``gr.Image`` that opens only files uploaded to Gradio's upload folder.
+
+    Gradio refuses other paths for values marked as files (gradio 6.31 blocks.py:2157-2162,
+    processing_utils.py:576-597), but gr.Image's data model (ImageData) carries no mark:
+    a raw request could name any image on the server, and ``Image.preprocess`` would open it
+    and copy it into the cache (components/image.py:197-212) before any handler or
+    validator runs. Drawn by gr.Image's own frontend (``is_template``, blocks.py:248-258).
+    """
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is not None and getattr(payload, "path", None):
+            try:
+                uploaded_file(payload.path, str(self.label or "image").lower())
+            except InvalidRequestError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+        return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
