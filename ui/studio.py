@@ -172,8 +172,14 @@ class Studio:
             self.identities = identities
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
         self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
-        # Jobs that outlive the page. Not on ZeroGPU yet: there the GPU is lent to one call
-        # of a spaces.GPU function, not to a background worker thread.
+        # Jobs that outlive the page. Not on ZeroGPU: there the page runs the generation in
+        # its own event (the direct path). spaces.GPU could be called from the runner's
+        # thread, but it takes the caller's quota from the gr.Request of the event it runs
+        # in (spaces 0.51.3 zero/wrappers.py:189 and 321, LocalContext.request): from a
+        # worker there is none, so no X-IP-Token (zero/client.py:131-132) and every job
+        # would be billed to the Space's own limit (client.py:174-177), not the visitor's;
+        # the token is short-lived, so it cannot be kept with a queued job either. And the
+        # GPU process's queue messages need the event's Blocks (zero/gradio.py:70-74).
         self.runner: JobRunner | None = None
         self.page_jobs: PageJobs | None = None  # the page's handlers when jobs are on
         if jobs_db is not None and not config.zero_gpu:
