@@ -92,8 +92,9 @@ def screenshot(page, name: str) -> None:
 
 
 def set_steps(page, steps: int) -> None:
-    page.get_by_text("Advanced settings").click()
     field = page.locator("#steps input[type=number]")
+    if not field.is_visible():  # the accordion is closed
+        page.get_by_text("Advanced settings").click()
     field.fill(str(steps))
     field.press("Enter")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.studio_server import StudioServer, start_studio
-from tests.test_browser import DESKTOP, browser, screenshot  # noqa: F401
+from tests.test_browser import DESKTOP, browser, generate, screenshot  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -42,20 +42,6 @@ def open_page(context, studio: StudioServer):
     return page
 
 
-def set_steps(page, steps: int) -> None:
-    field = page.locator("#steps input[type=number]")
-    if not field.is_visible():
-        page.get_by_text("Advanced settings").click()
-    field.fill(str(steps))
-    field.press("Enter")
-
-
-def queue(page, prompt: str, steps: int) -> None:
-    page.locator("#prompt textarea").fill(prompt)
-    set_steps(page, steps)
-    page.locator("#generate").click()
-
-
 def row(page, prompt: str, state: str) -> str:
     return f"#queue-table tr[data-state='{state}']:has-text({prompt!r})"
 
@@ -77,7 +63,7 @@ def wait_for_video_file(studio: StudioServer, prompt: str, timeout: float = 180)
 
 def test_reload_reattaches_to_the_running_job_and_its_video_arrives(context, studio):
     page = open_page(context, studio)
-    queue(page, "A lighthouse in a storm", LONG_STEPS)
+    generate(page, "A lighthouse in a storm", LONG_STEPS)
     page.wait_for_selector(row(page, "A lighthouse in a storm", "running"))
 
     page.reload()  # the job is not the page's: it goes on
@@ -94,7 +80,7 @@ def test_reload_reattaches_to_the_running_job_and_its_video_arrives(context, stu
 
 def test_close_the_page_and_come_back_after_the_job_ended(context, studio):
     page = open_page(context, studio)
-    queue(page, "A paper boat on a river", 4)
+    generate(page, "A paper boat on a river", 4)
     page.wait_for_selector(row(page, "A paper boat on a river", "queued") + ", "
                            + row(page, "A paper boat on a river", "running"))  # fmt: skip
     page.close()
@@ -109,7 +95,7 @@ def test_a_batch_of_three_prompts_makes_three_videos(context, studio):
     page = open_page(context, studio)
     prompts = ["A red kite over a beach", "A snail on a leaf", "A neon city at night"]
     page.locator("#each-line input").check()
-    queue(page, "\n".join(prompts), 2)
+    generate(page, "\n".join(prompts), 2)
     for prompt in prompts:
         page.wait_for_selector(in_gallery(page, prompt), timeout=240_000)
     seeds = page.locator("#queue-table tr[data-state='done'] td:nth-child(4)").all_inner_texts()
@@ -120,7 +106,7 @@ def test_while_a_video_runs_bad_requests_are_refused_at_once_and_the_queue_can_b
     context, studio
 ):
     page = open_page(context, studio)
-    queue(page, "A slow sunrise", LONG_STEPS * 2)
+    generate(page, "A slow sunrise", LONG_STEPS * 2)
     page.wait_for_selector(row(page, "A slow sunrise", "running"))
 
     page.locator("#prompt textarea").fill("   ")
@@ -131,7 +117,7 @@ def test_while_a_video_runs_bad_requests_are_refused_at_once_and_the_queue_can_b
     assert refused_in < 1.0, f"refused after {refused_in:.2f} s"
 
     page.locator("#each-line input").check()
-    queue(page, "First waiting\nSecond waiting", 2)
+    generate(page, "First waiting\nSecond waiting", 2)
     page.wait_for_selector(row(page, "Second waiting", "queued"))
     places = page.locator("#queue-table tr[data-state='queued'] td:nth-child(3)")
     assert places.all_inner_texts() == ["First waiting", "Second waiting"]
@@ -167,7 +153,7 @@ Object.defineProperty(document, "hidden", { get: () => window.__hidden === true 
 def test_a_job_that_ends_in_a_background_tab_notifies(context, studio):
     context.add_init_script(NOTIFICATION_STUB)
     page = open_page(context, studio)
-    queue(page, "A hummingbird at a flower", 2)
+    generate(page, "A hummingbird at a flower", 2)
     page.evaluate("window.__hidden = true")  # the person switched tabs
     page.wait_for_function("window.__notifications.length > 0", timeout=240_000)
     note = page.evaluate("window.__notifications[0]")
