@@ -274,10 +274,12 @@ class PageJobs:
         gr.Info(f"Queued {len(jobs)} video{'s' if len(jobs) > 1 else ''}.")
 
     async def submit_page_extension(self, name: Any, *fields: Any) -> None:
-        """Extend on a gallery video: the continuation is queued like any job."""
+        """Extend on a gallery video: the continuation is queued like any job. Its inputs are
+        check_extend_page's (the validator): the selected name, the settings, the page's
+        token, then the direct path's job slot (unused here)."""
         from ui.studio import user_error
 
-        *settings, owner_id = fields
+        *settings, owner_id, _slot = fields
         try:
             owner = self.studio.page_owner(owner_id)
             extension = self.studio._page_extension(name, owner, *settings)
