@@ -66,7 +66,10 @@ def launch(config: AppConfig) -> None:
         _app=studio_app(config.allowed_origins),
         # The jobs database may sit in the output folder: never serve it (nor its WAL), even
         # if a path there were allowed. Blocked paths win (gradio/blocks.py:3125).
-        blocked_paths=[f"{config.jobs_db_path}{suffix}" for suffix in ("", "-wal", "-shm")],
+        blocked_paths=[
+            *(f"{config.jobs_db_path}{suffix}" for suffix in ("", "-wal", "-shm")),
+            str(config.job_inputs_dir),
+        ],
         mcp_server=config.mcp,
         theme=theme(),
         css_paths=[STYLE],

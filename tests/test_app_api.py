@@ -7,13 +7,10 @@ header; on a shared server a call without one is refused.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,76 +18,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.utils import Status
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.studio_server import REPO_ROOT, StudioServer, start_studio
+
 ALICE, BOB = "alice-" + "a1" * 16, "bob-" + "b2" * 16  # keys of 32+ characters
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class StudioServer:
-    process: subprocess.Popen
-    url: str
-    output_dir: Path
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def client(self, owner: str | None = None, downloads: Path | None = None) -> Client:
-        headers = {"X-Allegro-Key": owner} if owner else None
-        return Client(
-            self.url,
-            headers=headers,
-            verbose=False,
-            download_files=str(downloads or self.output_dir.parent / "downloads"),
-        )
-
-    def videos(self) -> set[str]:
-        return {path.name for path in self.output_dir.glob("*.mp4")}
-
-
-def wait_for_page(process: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"the page did not answer within {timeout} s:\n{log.read_text()}")
-
-
-def start_studio(model: Path, output_dir: Path, log: Path, *flags: str) -> StudioServer:
-    """Launch ``python app.py`` on a free port and wait for the page to answer."""
-    port = free_port()
-    command = [sys.executable, "app.py", "--model", str(model), "--port", str(port)]
-    command += ["--output-dir", str(output_dir), *flags]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env
-        )
-    url = f"http://127.0.0.1:{port}/"
-    wait_for_page(process, url, log)
-    return StudioServer(process, url, output_dir, log)
 
 
 @pytest.fixture(scope="module")

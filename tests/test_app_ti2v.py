@@ -17,7 +17,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.gradio_http import PageSession
-from tests.test_app_api import ALICE, BOB, StudioServer, start_studio
+from tests.studio_server import StudioServer, start_studio
+from tests.test_app_api import ALICE, BOB
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,28 @@ def test_a_path_on_the_server_is_not_an_upload(server):
         outcome = api.call("generate", *fields, image, None)
         assert outcome.error is not None and "upload" in outcome.error, outcome.error
     assert "root:" not in server.log_text()
+
+
+def test_submit_with_images_keeps_its_own_copies_until_the_job_ends(server, images):
+    """/submit takes the images like /generate; the queued job keeps copies beside the jobs
+    database (a restart finds them there), removed once the video is made."""
+    import time
+
+    alice = server.client(ALICE)
+    job = alice.predict(
+        prompt="a kite over dunes",
+        steps=2,
+        image=handle_file(images["first"]),
+        api_name="/submit",
+    )
+    kept = server.output_dir / ".allegro-jobs-inputs" / job["id"]
+    assert [path.name for path in kept.iterdir()] == ["first_image.png"]  # seconds to go
+    while job["state"] in ("queued", "running"):
+        time.sleep(0.2)
+        job = alice.predict(job["id"], api_name="/job")
+    assert job["state"] == "done", job["error"]
+    assert not kept.exists()
+    stem = Path(job["video"]).stem
+    assert (server.output_dir / f"{stem}.first.png").is_file()  # the video keeps its input
+    with pytest.raises(Exception, match="no job"):
+        server.client(BOB).predict(job["id"], api_name="/job")

@@ -7,21 +7,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.browser
+from tests.studio_server import REPO_ROOT, StudioServer, start_studio
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -57,57 +53,15 @@ def browser():
         chromium.close()
 
 
-class Studio:
-    """``python app.py`` on a free port (with the tiny checkpoint unless told otherwise)."""
-
-    def __init__(self, model: Path | None, workdir: Path, env: dict[str, str] | None = None):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/"
-        self.output_dir = workdir / "outputs"
-        self.log = workdir / "app.log"
-        command = [sys.executable, "app.py", "--port", str(port)]
-        command += ["--model", str(model)] if model else []  # None: what `python app.py` picks
-        command += ["--output-dir", str(self.output_dir)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-        with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env
-            )
-
-    def wait_for_page(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the app exited:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        pytest.fail(f"the page did not answer within {timeout} s:\n{self.log.read_text()}")
-
-    def videos(self) -> set[str]:
-        return {path.name for path in self.output_dir.glob("*.mp4")}
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
 @pytest.fixture(scope="module")
-def studio(tiny_model, tmp_path_factory) -> Iterator[Studio]:
-    server = Studio(tiny_model, tmp_path_factory.mktemp("studio-browser"))
-    server.wait_for_page()
+def studio(tiny_model, tmp_path_factory) -> Iterator[StudioServer]:
+    workdir = tmp_path_factory.mktemp("studio-browser")
+    server = start_studio(tiny_model, workdir / "outputs", workdir / "app.log")
     yield server
     server.stop()
 
 
-def make_video(studio: Studio, prompt: str) -> Path:
+def make_video(studio: StudioServer, prompt: str) -> Path:
     """A video in the gallery, made through the API."""
     from gradio_client import Client
 
@@ -138,8 +92,9 @@ def screenshot(page, name: str) -> None:
 
 
 def set_steps(page, steps: int) -> None:
-    page.get_by_text("Advanced settings").click()
     field = page.locator("#steps input[type=number]")
+    if not field.is_visible():  # the accordion is closed
+        page.get_by_text("Advanced settings").click()
     field.fill(str(steps))
     field.press("Enter")
 
@@ -257,9 +212,13 @@ def _write_plain_mp4(path: Path) -> None:
 def test_plain_start_without_a_gpu_runs_the_preview_model(browser, tmp_path):
     """`python app.py` alone on a machine with no GPU: the built-in preview model is made on
     first run (in the Hugging Face cache folder) and the page says so."""
-    plain = Studio(None, tmp_path, env={"HF_HOME": str(tmp_path / "hf-home")})
+    plain = start_studio(
+        None,
+        tmp_path / "outputs",
+        tmp_path / "app.log",
+        env={"HF_HOME": str(tmp_path / "hf-home")},
+    )
     try:
-        plain.wait_for_page()
         context = browser.new_context(viewport=DESKTOP)
         page = context.new_page()
         page.set_default_timeout(120_000)

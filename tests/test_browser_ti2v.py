@@ -13,19 +13,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_browser import DESKTOP, Studio, browser, screenshot, set_steps  # noqa: F401
+from tests.studio_server import StudioServer, start_studio
+from tests.test_browser import DESKTOP, browser, screenshot, set_steps  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def studio(tiny_model, tiny_ti2v_model, tmp_path_factory) -> Iterator[Studio]:
-    server = Studio(
+def studio(tiny_model, tiny_ti2v_model, tmp_path_factory) -> Iterator[StudioServer]:
+    workdir = tmp_path_factory.mktemp("ti2v-browser")
+    server = start_studio(
         tiny_model,
-        tmp_path_factory.mktemp("ti2v-browser"),
+        workdir / "outputs",
+        workdir / "app.log",
         env={"ALLEGRO_TI2V_MODEL": str(tiny_ti2v_model)},
     )
-    server.wait_for_page()
     yield server
     server.stop()
 
@@ -38,7 +40,7 @@ def open_page(browser, studio):  # noqa: F811
     return page
 
 
-def _new_video(studio: Studio, before: set[str], page) -> Path:
+def _new_video(studio: StudioServer, before: set[str], page) -> Path:
     page.wait_for_function(
         f"document.querySelectorAll('#gallery .thumbnail-item').length > {len(before)}"
     )

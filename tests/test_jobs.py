@@ -207,6 +207,63 @@ def test_limits_refuse_with_the_limit_named(store, worker):
         runner.submit(request(), owner="cyd")
 
 
+def test_a_batch_is_checked_against_the_limits_as_a_whole(store, worker):
+    runner = JobRunner(store, [worker], JobLimits(per_owner=3, total=4))
+    runner.submit(request(), owner="ann")
+    with pytest.raises(JobLimitError, match=r"These are 3 videos\. You have 1 .* is 3"):
+        runner.submit_many([request("x"), request("y"), request("z")], owner="ann")
+    assert store.count([JobState.QUEUED]) == 1  # nothing of the refused batch was queued
+    batch = runner.submit_many([request("x", seed=5), request("y", seed=6)], owner="ann")
+    assert [job.request.prompt for job in runner.list("ann")][1:] == ["x", "y"]
+    assert [job.seed for job in batch] == [5, 6]
+    with pytest.raises(JobLimitError, match=r"These are 2 videos\. The queue is full: 3 .* is 4"):
+        runner.submit_many([request(), request()], owner="bob")
+
+
+def test_subscribers_hear_every_change_until_they_leave(runner, worker):
+    heard = []
+    unsubscribe = runner.subscribe(lambda: heard.append(1))
+    job = runner.submit(request(), owner="ann")
+    assert heard  # the submit
+    runner.start()
+    runner.wait(job.id)
+    count = len(heard)
+    assert count >= 4  # started, two progress events, done
+    unsubscribe()
+    runner.submit(request(), owner="ann")
+    assert len(heard) == count
+
+
+def test_a_job_keeps_its_own_copy_of_its_images_until_it_ends(store, worker, tmp_path):
+    upload = tmp_path / "upload.PNG"
+    upload.write_bytes(b"image bytes")
+    inputs = tmp_path / "job-inputs"
+    worker.gate.clear()
+    runner = JobRunner(store, [worker], inputs_dir=inputs)
+    job = runner.submit(request(first_image=str(upload), last_image=str(upload)), owner="ann")
+    upload.unlink()  # Gradio's upload folder does not outlive the server
+    kept = Path(job.request.first_image)
+    assert kept.parent == inputs / job.id and kept.name == "first_image.png"
+    assert kept.read_bytes() == b"image bytes"
+    assert store.get(job.id).request.last_image == str(inputs / job.id / "last_image.png")
+
+    restarted = JobRunner(store, [worker], inputs_dir=inputs)  # a restart keeps them
+    restarted.start()
+    worker.at_first_step.wait(5)
+    assert kept.is_file()
+    worker.gate.set()
+    assert restarted.wait(job.id).state == JobState.DONE
+    assert not (inputs / job.id).exists()  # removed when the job ended
+    restarted.stop(timeout=5)
+
+    queued = runner.submit(request(first_image=str(tmp_path / f"{job.id}.mp4")), owner="ann")
+    runner.cancel(queued.id)
+    assert not (inputs / queued.id).exists()
+    (inputs / "stray").mkdir()  # e.g. left by a crash during a submit
+    JobRunner(store, [worker], inputs_dir=inputs).start()
+    assert not (inputs / "stray").exists()
+
+
 def test_reorder_and_move_only_touch_the_owners_queued_jobs(runner, worker):
     a1 = runner.submit(request("a1"), owner="ann")
     b1 = runner.submit(request("b1"), owner="bob")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +21,34 @@ from gradio_client import Client
 from gradio_client.utils import Status
 
 from tests.gradio_http import PageSession
-from tests.test_app_api import StudioServer, start_studio
+from tests.studio_server import StudioServer, start_studio
 
 BOB_KEY = "bob-" + "b0b" * 12  # 40 characters
 NATIVE_SIZE = ("default", "default")
 
 
 def generation_inputs(prompt: str, token: str, steps: int = 2, seed: int = 7) -> list:
-    """generate_page's 17 inputs: 15 controls (the last three: the task and the images), the
-    page token, the job slot (a gr.State)."""
+    """submit_page's 18 inputs (Generate): 15 controls (the last three: the task and the
+    images), the batch options (one per line, variations), the page token."""
     controls = [prompt, "", seed, steps, 7.5, *NATIVE_SIZE, True, False, None, False, False]
-    return [*controls, "Text to video", None, None, token, None]
+    return [*controls, "Text to video", None, None, False, 1, token]
+
+
+def make_on_page(server: StudioServer, page: PageSession, prompt: str, token: str) -> Path:
+    """Generate on the page: the job is queued at once; its video arrives later."""
+    queued = page.call("submit_page", *generation_inputs(prompt, token))
+    assert queued.error is None, queued.error
+    _wait_for(lambda: _video_of(server, prompt) is not None, timeout=180)
+    return _video_of(server, prompt)
+
+
+def _video_of(server: StudioServer, prompt: str) -> Path | None:
+    """The saved video made from ``prompt`` (not a save still under way: a hidden file)."""
+    for sidecar in server.output_dir.glob("[!.]*.json"):
+        video = sidecar.with_suffix(".mp4")
+        if json.loads(sidecar.read_text()).get("prompt") == prompt and video.is_file():
+            return video
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +64,9 @@ def server(tiny_model, tmp_path_factory) -> Iterator[StudioServer]:
     secret.write_text("not for visitors")
     (outputs / "linked.mp4").symlink_to(secret)
     studio = start_studio(
-        tiny_model, outputs, workdir / "app.log", "--host", "0.0.0.0", "--max-queue", "1"
-    )
+        tiny_model, outputs, workdir / "app.log", "--host", "0.0.0.0", "--max-queue", "1",
+        "--jobs-total", "2",
+    )  # fmt: skip
     yield studio
     studio.stop()
 
@@ -58,9 +77,7 @@ def alice(server) -> dict:
     page = PageSession(server.url)
     token = page.call("on_page_load", "").data[0]
     _wait_until_ready(page)
-    made = page.call("generate_page", *generation_inputs("Alice's fish", token), timeout=120)
-    assert made.error is None, made.error
-    video = next(server.output_dir.glob("*alice*.mp4"))
+    video = make_on_page(server, page, "Alice's fish", token)
     return {"page": page, "token": token, "video": video}
 
 
@@ -97,7 +114,7 @@ def test_a_page_identity_the_server_did_not_issue_is_refused_on_every_event(serv
         for event in ("reuse_entry", "delete_entry"):
             refused = mallory.call(event, None, made_up)
             assert refused.data is None and "not issued by this server" in refused.error
-        joined = mallory.call("generate_page", *generation_inputs("mine", made_up))
+        joined = mallory.call("submit_page", *generation_inputs("mine", made_up))
         assert joined.status == 422 and "not issued by this server" in joined.error
         # A page that shows up with it gets a fresh identity and an empty gallery.
         token, items, _ = mallory.call("on_page_load", made_up).data
@@ -165,7 +182,7 @@ def test_a_page_image_must_be_an_upload(server, alice, tmp_path):
     inputs = generation_inputs("a cat", alice["token"])
     for value in ("/etc/passwd", {"path": "/etc/passwd"}, {"path": str(secret)}):
         inputs[12:15] = ["Image to video", value, None]
-        refused = alice["page"].call("generate_page", *inputs)
+        refused = alice["page"].call("submit_page", *inputs)
         assert refused.status in (400, 422), value
         assert "root:" not in refused.error
     assert "not a path on the server" in refused.error
@@ -180,7 +197,7 @@ def test_crash_leftovers_are_removed_at_start(server):
 
 def test_a_huge_prompt_is_refused_before_it_is_queued(server, alice):
     started = time.monotonic()
-    page = alice["page"].call("generate_page", *generation_inputs("x" * 10**6, alice["token"]))
+    page = alice["page"].call("submit_page", *generation_inputs("x" * 10**6, alice["token"]))
     assert page.status == 422 and "1,000,000 characters long; at most 4,000" in page.error
     bob = Client(server.url, headers={"X-Allegro-Key": BOB_KEY}, verbose=False)
     with pytest.raises(Exception, match="negative prompt is 4,001 characters"):
@@ -197,6 +214,7 @@ def test_a_full_queue_refuses_only_new_generations(server, alice):
     _wait_for(lambda: running.status().code == Status.PROCESSING)
     waiting = bob.submit(prompt="waiting", steps=1, api_name="/generate")
     _wait_for(lambda: waiting.status().code == Status.IN_QUEUE)
+    queued = bob.predict(prompt="a queued job", steps=1, api_name="/submit")  # 2 jobs now
     try:
         newcomer = PageSession(server.url)
         loaded = newcomer.call("on_page_load", "", timeout=10)
@@ -207,20 +225,57 @@ def test_a_full_queue_refuses_only_new_generations(server, alice):
         selected = page.call("select_entry", None, alice["token"], event_data=pick(0))
         assert selected.status == 200 and selected.data[1]["path"].endswith(".mp4")
         assert "Bob's boat" in [r["prompt"] for r in bob.predict(api_name="/history")]
-        refused = newcomer.call("generate_page", *generation_inputs("one more", loaded.data[0]))
-        assert refused.status == 422 and "Queue is full: 1 videos are waiting" in refused.error
+        # A generation is refused before it joins: by the job limit on the page, by the
+        # waiting callers (--max-queue) for /generate.
+        refused = newcomer.call("submit_page", *generation_inputs("one more", loaded.data[0]))
+        assert refused.status == 422
+        assert "The queue is full: 2 videos are queued or running" in refused.error
+        assert "the limit of this server is 2" in refused.error
+        with pytest.raises(Exception, match="Queue is full: 1 videos are waiting"):
+            bob.predict(prompt="one more", steps=1, api_name="/generate")
         # Other queued events still run: "Reuse settings" of the video selected above.
         reused = page.call("reuse_entry", None, alice["token"], timeout=10)
         assert reused.error is None and reused.data[0] == "Alice's fish"
     finally:
+        bob.predict(queued["id"], api_name="/cancel")
         waiting.cancel()
         running.cancel()
 
 
+def test_queue_events_reach_only_the_callers_own_jobs(server, alice):
+    """Mallory knows the id of Alice's job (the worst case): her page's queue events, with
+    her own token or a made-up one, neither cancel nor move it."""
+    queued = alice["page"].call(
+        "submit_page", *generation_inputs("Alice's long one", alice["token"], steps=200)
+    )
+    assert queued.error is None, queued.error
+    job_id = _job_row(server, "Alice's long one")[0]
+    mallory = PageSession(server.url)
+    token = mallory.call("on_page_load", "").data[0]
+    # The picker offers a session only its own jobs (Gradio refuses any other value)...
+    for event in ("cancel_picked", "move_up"):
+        assert "not in the list of choices" in mallory.call(event, job_id, token).error
+    # ... and Cancel stops the caller's own running job: Mallory has none.
+    assert mallory.call("cancel_running", token).error is None
+    made_up = mallory.call("cancel_running", "p1.made-up.0000")
+    assert "not issued by this server" in made_up.error
+    assert _job_row(server, "Alice's long one")[1] in ("queued", "running")
+    assert alice["page"].call("cancel_running", alice["token"]).error is None
+    _wait_for(lambda: _job_row(server, "Alice's long one")[1] == "cancelled")
+
+
+def _job_row(server: StudioServer, prompt: str) -> tuple[str, str]:
+    """(id, state) of the job with this prompt, read from the jobs database."""
+    with sqlite3.connect(server.output_dir / ".allegro-jobs.sqlite") as database:
+        for job_id, request, state in database.execute("SELECT id, request, state FROM jobs"):
+            if json.loads(request)["prompt"] == prompt:
+                return job_id, state
+    raise AssertionError(f"no job {prompt!r}")
+
+
 def test_delete_also_removes_the_served_copies(server, alice):
     page = PageSession(server.url)
-    made = page.call("generate_page", *generation_inputs("doomed", alice["token"]), timeout=120)
-    assert made.error is None, made.error
+    make_on_page(server, page, "doomed", alice["token"])
     listed = page.call("refresh_gallery", alice["token"])
     index = next(i for i, c in enumerate(_gallery_names(listed)) if c.startswith("doomed"))
     selected = page.call("select_entry", None, alice["token"], event_data=pick(index))

@@ -77,10 +77,16 @@ class AppConfig:
     jobs_db: Path | None = None  # None: a hidden file in the output folder
     devices: str = ALL_DEVICES  # allegro.devices.parse_devices: one job worker per device
     ray_address: str | None = None  # make videos on this Ray cluster (allegro.jobs.ray)
+    jobs_per_person: int = 10  # queued or running jobs one person may have
+    jobs_total: int = 100  # queued or running jobs on the server
 
     @property
     def jobs_db_path(self) -> Path:
         return self.jobs_db or self.output_dir / JOBS_DB_NAME
+
+    @property
+    def job_inputs_dir(self) -> Path:
+        return job_inputs_dir(self.jobs_db_path)
 
     @property
     def shared(self) -> bool:
@@ -115,6 +121,11 @@ def env_bool(environ: Mapping[str, str], name: str) -> bool:
     if value in _FALSE:
         return False
     raise ConfigError(f"{name}={environ[name]!r} is not a yes/no value (use 1 or 0).")
+
+
+def job_inputs_dir(jobs_db: Path) -> Path:
+    """Beside the jobs database: the input images of queued jobs (never served)."""
+    return jobs_db.with_name(f"{jobs_db.stem}-inputs")
 
 
 def env_int(environ: Mapping[str, str], names: Sequence[str], default: int, minimum: int) -> int:
@@ -302,6 +313,19 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         f"Default: {JOBS_DB_NAME} in the output folder. [ALLEGRO_JOBS_DB]",
     )
     parser.add_argument(
+        "--jobs-per-person",
+        type=_bounded_int(1),
+        default=env_int(environ, ("ALLEGRO_JOBS_PER_PERSON",), 10, 1),
+        help="how many videos one person may have queued or running (a batch counts each "
+        "video). [ALLEGRO_JOBS_PER_PERSON]",
+    )
+    parser.add_argument(
+        "--jobs-total",
+        type=_bounded_int(1),
+        default=env_int(environ, ("ALLEGRO_JOBS_TOTAL",), 100, 1),
+        help="how many videos may be queued or running on the server. [ALLEGRO_JOBS_TOTAL]",
+    )
+    parser.add_argument(
         "--max-queue",
         type=_bounded_int(1),
         default=env_int(environ, ("ALLEGRO_MAX_QUEUE",), DEFAULT_MAX_QUEUE, 1),
@@ -396,4 +420,6 @@ def parse_config(
         jobs_db=Path(args.jobs_db).expanduser().resolve() if args.jobs_db else None,
         devices=devices,
         ray_address=args.ray,
+        jobs_per_person=args.jobs_per_person,
+        jobs_total=args.jobs_total,
     )

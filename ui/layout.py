@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -15,11 +17,21 @@ from allegro.request import (
     OFFICIAL_STEPS,
     STEPS_RANGE,
 )
+from ui.page_jobs import (
+    ASK_PERMISSION_JS,
+    MAX_VARIATIONS,
+    NOTIFY_JS,
+    GalleryOutputs,
+    QueuePanel,
+    ResultPanel,
+    build_queue_panel,
+)
 from ui.presets import (
     MODEL_DEFAULT,
     RANDOM_SEED,
     TASKS,
     TEXT_TO_VIDEO,
+    ControlValues,
     length_choices,
     size_choices,
 )
@@ -54,6 +66,31 @@ HEADER = """
   is an open text-to-video model by Rhymes AI (88 frames at 15 fps, 1280x720).</p>
 </div>
 """
+
+
+@dataclass
+class GenerationControls:
+    """The controls Generate reads, named as ControlValues' fields (whose order is the
+    order of every handler's inputs)."""
+
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    seed: gr.Number
+    steps: gr.Slider
+    guidance_scale: gr.Slider
+    length: gr.Dropdown
+    size: gr.Dropdown
+    use_template: gr.Checkbox
+    interpolate: gr.Checkbox
+    interpolation_method: gr.Dropdown
+    fast_mode: gr.Checkbox
+    step_cache: gr.Checkbox
+    task: gr.Radio
+    first_image: UploadedImage
+    last_image: UploadedImage
+
+    def inputs(self) -> list:
+        return [getattr(self, field.name) for field in dataclasses.fields(ControlValues)]
 
 
 def theme() -> gr.themes.Base:
@@ -117,6 +154,23 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                         "Cancel", variant="stop", scale=1, min_width=90, elem_id="cancel"
                     )
                 hint = gr.Markdown("", elem_id="cost-hint")
+                with gr.Row(visible=studio.page_jobs is not None, elem_id="batch-row"):
+                    each_line = gr.Checkbox(
+                        False,
+                        label="One video per line",
+                        info="Each line of the prompt is queued as its own video.",
+                        elem_id="each-line",
+                    )
+                    variations = gr.Number(
+                        1,
+                        label="Variations",
+                        info="Videos per prompt, with seeds s, s+1, …",
+                        precision=0,
+                        minimum=1,
+                        maximum=MAX_VARIATIONS,
+                        min_width=120,
+                        elem_id="variations",
+                    )
                 task = gr.Radio(
                     list(TASKS),
                     value=TEXT_TO_VIDEO,
@@ -276,6 +330,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                 result_info = gr.Markdown("", elem_id="result-info")
                 with gr.Accordion("Settings of this video", open=False):
                     result_settings = gr.JSON(label="Settings", show_label=False)
+                queue_panel = build_queue_panel() if studio.page_jobs is not None else None
 
         with gr.Column(elem_id="gallery-section"):
             with gr.Row(equal_height=True, elem_id="gallery-header"):
@@ -333,23 +388,10 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             elem_id="footer-note",
         )
 
-        controls = [
-            prompt,
-            negative,
-            seed,
-            steps,
-            guidance,
-            length,
-            size,
-            use_template,
-            interpolate,
-            method,
-            fast_mode,
-            step_cache,
-            task,
-            first_image,
-            last_image,
-        ]
+        controls = GenerationControls(
+            prompt, negative, seed, steps, guidance, length, size, use_template,
+            interpolate, method, fast_mode, step_cache, task, first_image, last_image,
+        ).inputs()  # fmt: skip
         hint_inputs = [steps, length, size, fast_mode, step_cache]
         status_outputs = [
             banner,
@@ -364,7 +406,9 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             extend,
         ]
 
-        demo.load(studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **light)
+        page_loaded = demo.load(
+            studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **light
+        )
         demo.load(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
         timer.tick(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
         retry.click(studio.retry_loading, None, [timer, retry], **light)
@@ -386,40 +430,20 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         for image, crop in ((first_image, first_crop), (last_image, last_crop)):
             gr.on([image.change, size.change], studio.crop_preview, [image, size], crop, **light)
 
-        run_outputs = [preview, run_status, video, result_info, result_settings, last_seed]
-        generation = {
-            "concurrency_limit": 1,
-            "concurrency_id": GENERATION,
-            "show_progress_on": [run_status],
-            "scroll_to_output": True,
-            **private,
-        }
-        run = generate.click(
-            studio.generate_page,
-            [*controls, owner, job],
-            run_outputs,
-            validator=studio.check_page,
-            **generation,
-        )
+        result = ResultPanel(preview, run_status, video, result_info, result_settings, last_seed)
+        gallery_outputs = GalleryOutputs(gallery_view, gallery_names)
         extend_inputs = [selected_name, prompt, negative, seed, steps, guidance, length]
-        extension = extend.click(
-            studio.extend_page,
-            [*extend_inputs, use_template, fast_mode, owner, job],
-            run_outputs,
-            validator=studio.check_extend_page,
-            **generation,
-        )
-        for started in (run, extension):
-            started.then(studio.after_run, None, [preview, video], **light).then(
-                studio.refresh_gallery, owner, [gallery_view, gallery_names], **light
-            )
-        cancel.click(
-            studio.cancel_page,
-            job,
-            [preview, run_status, video],
-            cancels=[run, extension],
-            **light,
-        )
+        extend_inputs += [use_template, fast_mode, owner, job]
+        if studio.page_jobs is not None and queue_panel is not None:
+            wire_jobs(
+                studio, controls, [each_line, variations], extend_inputs, owner, cancel,
+                generate, extend, result, queue_panel, gallery_outputs, page_loaded,
+            )  # fmt: skip
+        else:
+            wire_direct_runs(
+                studio, controls, extend_inputs, owner, job, cancel, generate, extend, result,
+                gallery_outputs,
+            )  # fmt: skip
 
         refresh.click(studio.refresh_gallery, owner, [gallery_view, gallery_names], **light)
         gallery_view.select(
@@ -466,10 +490,10 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.api_history, api_name="history", queue=False)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
-            # /submit takes /generate's parameters: the same validator checks the key and
-            # every field before the call is queued.
+            # /submit takes /generate's parameters: its validator checks the key, every field
+            # and the job limits before the call is queued.
             submit_api = gr.api(studio.api_submit, api_name="submit", concurrency_limit=None)
-            demo.fns[submit_api["id"]].validator = studio.check_api
+            demo.fns[submit_api["id"]].validator = studio.check_submit_api
             for handler, name in (
                 (studio.api_job, "job"),
                 (studio.api_cancel, "cancel"),
@@ -477,6 +501,116 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             ):
                 gr.api(handler, api_name=name, queue=False)
     return demo
+
+
+GENERATION_EVENT = {
+    "concurrency_limit": 1,
+    "concurrency_id": GENERATION,
+    "scroll_to_output": True,
+    "api_visibility": "private",
+}
+LIGHT = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+
+
+def wire_jobs(
+    studio: Studio,
+    controls: list,
+    batch: list,
+    extend_inputs: list,
+    owner: gr.BrowserState,
+    cancel: gr.Button,
+    generate: gr.Button,
+    extend: gr.Button,
+    result: ResultPanel,
+    queue: QueuePanel,
+    gallery_outputs: GalleryOutputs,
+    page_loaded,
+) -> None:
+    """Generate and Extend queue jobs and return at once; each page follows its person's
+    jobs from the moment it loads (a reload reattaches), and never owns them."""
+    jobs = studio.page_jobs
+    assert jobs is not None
+    # Own concurrency group without a limit: queueing takes milliseconds, and a running
+    # video never holds it (the runner's worker makes videos, not a Gradio slot).
+    queueing = {"concurrency_limit": None, "concurrency_id": "queueing", **LIGHT, "queue": True}
+    generate.click(
+        jobs.submit_page, [*controls, *batch, owner], None, validator=jobs.check_submit, **queueing
+    )
+    generate.click(None, None, None, js=ASK_PERMISSION_JS)
+    extend.click(
+        jobs.submit_page_extension,
+        extend_inputs,
+        None,
+        validator=studio.check_extend_page,
+        **queueing,
+    )
+    cancel.click(jobs.cancel_running, owner, None, **LIGHT)
+    picked = [queue.choice, owner]
+    queue.cancel.click(jobs.cancel_picked, picked, None, **LIGHT)
+    queue.up.click(jobs.move(-1), picked, None, api_name="move_up", **LIGHT)
+    queue.down.click(jobs.move(+1), picked, None, api_name="move_down", **LIGHT)
+    page_loaded.then(
+        jobs.follower(result, queue, gallery_outputs),
+        owner,
+        [
+            *(getattr(result, field.name) for field in dataclasses.fields(result)),
+            queue.table,
+            queue.choice,
+            queue.ended,
+            gallery_outputs.view,
+            gallery_outputs.names,
+        ],
+        # Followers wait on the runner, not on a slot: as many as there are open pages.
+        concurrency_limit=None,
+        concurrency_id="follow",
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    queue.ended.change(None, queue.ended, None, js=NOTIFY_JS)
+
+
+def wire_direct_runs(
+    studio: Studio,
+    controls: list,
+    extend_inputs: list,
+    owner: gr.BrowserState,
+    job: gr.State,
+    cancel: gr.Button,
+    generate: gr.Button,
+    extend: gr.Button,
+    result: ResultPanel,
+    gallery_outputs: GalleryOutputs,
+) -> None:
+    """Without a job runner (ZeroGPU): the page's event runs the generation itself, in
+    the one generation slot, and Cancel (or a closed page) stops it."""
+    run_outputs = [getattr(result, field.name) for field in dataclasses.fields(result)]
+    generation = {**GENERATION_EVENT, "show_progress_on": [result.run_status]}
+    run = generate.click(
+        studio.generate_page,
+        [*controls, owner, job],
+        run_outputs,
+        validator=studio.check_page,
+        **generation,
+    )
+    extension = extend.click(
+        studio.extend_page,
+        extend_inputs,
+        run_outputs,
+        validator=studio.check_extend_page,
+        **generation,
+    )
+    gallery_io = (gallery_outputs.view, gallery_outputs.names)
+    for started in (run, extension):
+        started.then(studio.after_run, None, [result.preview, result.video], **LIGHT).then(
+            studio.refresh_gallery, owner, list(gallery_io), **LIGHT
+        )
+    cancel.click(
+        studio.cancel_page,
+        job,
+        [result.preview, result.run_status, result.video],
+        cancels=[run, extension],
+        **LIGHT,
+    )
 
 
 def reuse_last_seed(last: int | None) -> int:

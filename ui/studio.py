@@ -41,7 +41,7 @@ from allegro.request import (
     resolve_request,
 )
 from ui import gallery
-from ui.config import AppConfig
+from ui.config import AppConfig, job_inputs_dir
 from ui.estimates import (
     cost_hint,
     estimate_memory_bytes,
@@ -53,6 +53,7 @@ from ui.formatting import entry_markdown, progress_description, result_markdown
 from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
+from ui.page_jobs import PageJobs
 from ui.presets import (
     IMAGE_TO_VIDEO,
     MODEL_DEFAULT,
@@ -171,15 +172,29 @@ class Studio:
             self.identities = identities
         # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
         self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
-        # Jobs that outlive the page. Not on ZeroGPU yet: there the GPU is lent to one call
-        # of a spaces.GPU function, not to a background worker thread.
+        # Jobs that outlive the page. Not on ZeroGPU: there the page runs the generation in
+        # its own event (the direct path). spaces.GPU could be called from the runner's
+        # thread, but it takes the caller's quota from the gr.Request of the event it runs
+        # in (spaces 0.51.3 zero/wrappers.py:189 and 321, LocalContext.request): from a
+        # worker there is none, so no X-IP-Token (zero/client.py:131-132) and every job
+        # would be billed to the Space's own limit (client.py:174-177), not the visitor's;
+        # the token is short-lived, so it cannot be kept with a queued job either. And the
+        # GPU process's queue messages need the event's Blocks (zero/gradio.py:70-74).
         self.runner: JobRunner | None = None
+        self.page_jobs: PageJobs | None = None  # the page's handlers when jobs are on
         if jobs_db is not None and not config.zero_gpu:
-            from allegro.jobs import JobStore, add_device_workers
+            from allegro.jobs import JobLimits, JobStore, add_device_workers
 
             # One worker per device (--devices), added once the loader has found them.
-            self.runner = JobRunner(JobStore(jobs_db), [], prepare=self.prepare_job)
+            self.runner = JobRunner(
+                JobStore(jobs_db),
+                [],
+                JobLimits(per_owner=config.jobs_per_person, total=config.jobs_total),
+                prepare=self.prepare_job,
+                inputs_dir=job_inputs_dir(jobs_db),
+            )
             add_device_workers(self.runner, loader.manager, config.output_dir)
+            self.page_jobs = PageJobs(self, self.runner)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -306,16 +321,33 @@ class Studio:
         request: gr.Request = None,
     ) -> list[dict]:
         """/generate's validator (same parameters): the key, every field and the images,
-        before the request is queued."""
-        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
-        problem = self._problem(
-            lambda: (
-                self.api_owner(request),
-                self.api_request(*fields, *options, image=image, last_image=last_image),
-            ),
-            request,
-        )
+        and room among the callers waiting for the GPU (--max-queue), before the call is
+        queued."""
+        values = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
+        values += (use_template, interpolate, interpolation_method, fast_mode, step_cache)
+        return self._check_api_values((*values, image, last_image), request, waiting=True)
+
+    def check_submit_api(self, request: gr.Request, *values: Any) -> list[dict]:
+        """/submit's validator (/generate's parameters): the same checks, but a job waits in
+        the runner's queue, not among the callers waiting for the GPU: its limits are the
+        job limits (per person and in all), checked here too. ``request`` comes first:
+        Gradio inserts it at its parameter's place (gradio/helpers.py special_args)."""
+        return self._check_api_values(values, request, waiting=False)
+
+    def _check_api_values(
+        self, values: tuple, request: gr.Request | None, waiting: bool
+    ) -> list[dict]:
+        *fields, image, last_image = values
+
+        def build():
+            owner = self.api_owner(request)
+            generation = self.api_request(*fields, image=image, last_image=last_image)
+            if not waiting:
+                key = owner.tag if owner is not None else LOCAL_OWNER
+                self._runner_or_refuse().check_limits(key)
+            return owner, generation
+
+        problem = self._problem(build, request if waiting else None)
         return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
 
     def check_extend(
@@ -345,7 +377,8 @@ class Studio:
 
     def _problem(self, build, request: gr.Request | None) -> str | None:
         """What is wrong with a caller, their request or the queue, or None. ``build``
-        returns (owner, request) or raises."""
+        returns (owner, request) or raises. Without ``request``, waiting callers are not
+        counted."""
         try:
             _owner, generation = build()
             self.prepare(generation)
@@ -697,10 +730,15 @@ class Studio:
     # ---- jobs (API) ----------------------------------------------------------------------
 
     def _runner(self) -> JobRunner:
+        try:
+            return self._runner_or_refuse()
+        except AllegroError as error:
+            raise user_error(error) from None
+
+    def _runner_or_refuse(self) -> JobRunner:
         if self.runner is None:
-            raise gr.Error(
-                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate.",
-                print_exception=False,
+            raise InvalidRequestError(
+                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate."
             )
         return self.runner
 
@@ -747,7 +785,7 @@ class Studio:
         negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
         seed: int | str | None = None,
         steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str = OFFICIAL_GUIDANCE,
+        guidance_scale: float | str | None = None,
         frames: int | str | None = None,
         height: int | str | None = None,
         width: int | str | None = None,
@@ -755,27 +793,20 @@ class Studio:
         interpolate: bool = False,
         interpolation_method: str | None = None,
         fast_mode: bool = False,
+        step_cache: bool = False,
+        image: FileData | None = None,
+        last_image: FileData | None = None,
         request: gr.Request = None,
     ) -> dict:
         """Queue one video and return at once with its job (id, state, seed fixed now). The
-        job goes on if you disconnect and after a server restart; poll /job with its id.
-        Same parameters (and X-Allegro-Key header) as /generate."""
-        generation = self.api_request(
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance_scale,
-            frames,
-            height,
-            width,
-            use_template,
-            interpolate,
-            interpolation_method,
-            fast_mode,
-        )
+        job goes on if you disconnect and after a server restart (its images are kept with
+        it); poll /job with its id. Same parameters (and X-Allegro-Key header) as
+        /generate."""
+        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
+        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
         try:
             self._runner()
+            generation = self.api_request(*fields, *options, image=image, last_image=last_image)
             owner = self.api_owner(request)
             job = await asyncio.to_thread(self._submit, generation, owner)
             return self.job_record(job)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import statistics
 import threading
 import time
@@ -140,7 +141,10 @@ class JobRunner:
         workers: Sequence[Worker],
         limits: JobLimits = JobLimits(),
         prepare: Callable[[GenerationRequest], GenerationRequest] = prepare_request,
+        inputs_dir: str | Path | None = None,
     ) -> None:
+        """``inputs_dir``: where each job keeps copies of its input images (one folder per
+        job, removed when it ends), so a queued job still has them after a restart."""
         self.store = store
         self.workers: tuple[Worker, ...] = tuple(workers)  # more may come: add_worker
         self.limits = limits
@@ -152,6 +156,8 @@ class JobRunner:
         self._versions: dict[str, int] = {}
         self._version = 0
         self._tokens: dict[str, CancelToken] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._inputs_dir = Path(inputs_dir) if inputs_dir is not None else None
         self._stopping = False
         self._started = False
         self._threads: list[threading.Thread] = []
@@ -226,6 +232,10 @@ class JobRunner:
                 self._forget(job_id)
             for job in queued.values():
                 self._remember(job)
+        if self._inputs_dir is not None and self._inputs_dir.is_dir():
+            for folder in self._inputs_dir.iterdir():
+                if folder.name not in queued:  # its job ended, or never got recorded
+                    shutil.rmtree(folder, ignore_errors=True)
 
     # ---- the API ------------------------------------------------------------------------
 
@@ -237,20 +247,54 @@ class JobRunner:
     ) -> Job:
         """Check the request (AllegroError with a readable message), fix its seed, and queue
         it. The job is on disk when this returns."""
-        request = self._prepare(request)
+        return self.submit_many([request], owner, labels)[0]
+
+    def submit_many(
+        self,
+        requests: Sequence[GenerationRequest],
+        owner: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Job]:
+        """Queue several jobs, in this order (a batch): every request is checked, and the
+        limits for all of them together, before the first is queued."""
+        prepared = [self._prepare(request) for request in requests]
+        jobs: list[Job] = []
         with self._changed:
-            self._check_limits(owner)
-            job = Job(
-                id=new_job_id(),
-                owner=owner,
-                request=request,
-                position=self.store.next_position(),
-                labels=dict(labels or {}),
-                created=time.time(),
-            )
-            self.store.add(job)
-            self._remember(job)
-        return job
+            self.check_limits(owner, len(prepared))
+            try:
+                for request in prepared:
+                    job_id = new_job_id()
+                    job = Job(
+                        id=job_id,
+                        owner=owner,
+                        request=self._keep_inputs(job_id, request),
+                        position=self.store.next_position(),
+                        labels=dict(labels or {}),
+                        created=time.time(),
+                    )
+                    self.store.add(job)
+                    jobs.append(job)
+            except BaseException:
+                self._release_inputs(job_id)  # the job that failed to be recorded
+                raise
+            finally:
+                for job in jobs:
+                    self._remember(job)
+        return jobs
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (no arguments, from any thread, holding the runner's lock: it
+        must only take note, e.g. set an event) after every change to any job; returns the
+        function that unsubscribes it. For watchers that must not hold a thread each."""
+        with self._changed:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._changed:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """One job, with its live progress while it runs. ``owner=None`` sees every job
@@ -321,6 +365,7 @@ class JobRunner:
                 cancel_requested=True,
                 finished=time.time(),
             ):
+                self._release_inputs(job_id)
                 self._forget(job_id)
             elif job.state == JobState.RUNNING and not job.cancel_requested:
                 self.store.update(job_id, cancel_requested=True)
@@ -388,31 +433,61 @@ class JobRunner:
             raise JobNotFoundError(f"There is no job {job_id!r} of yours on this server.")
         return job
 
-    def _check_limits(self, owner: str) -> None:
+    def check_limits(self, owner: str, adding: int = 1) -> None:
+        """JobLimitError, naming the limit, if ``adding`` more jobs of ``owner`` would pass
+        one (what submit checks; a page checks it before queueing its request)."""
+        asked = "" if adding == 1 else f"These are {adding} videos. "
         mine = self.store.count(ACTIVE_STATES, owner=owner)
-        if mine >= self.limits.per_owner:
+        if mine + adding > self.limits.per_owner:
             raise JobLimitError(
-                f"You already have {mine} videos queued or running: the limit per person on "
+                f"{asked}You have {mine} videos queued or running: the limit per person on "
                 f"this server is {self.limits.per_owner}. Wait for one to finish, or cancel one."
             )
         everyone = self.store.count(ACTIVE_STATES)
-        if everyone >= self.limits.total:
+        if everyone + adding > self.limits.total:
             raise JobLimitError(
-                f"The queue is full: {everyone} videos are queued or running, the limit of "
-                f"this server is {self.limits.total}. Try again when some have finished."
+                f"{asked}The queue is full: {everyone} videos are queued or running, the limit "
+                f"of this server is {self.limits.total}. Try again when some have finished."
             )
+
+    def _keep_inputs(self, job_id: str, request: GenerationRequest) -> GenerationRequest:
+        """The request with its input images copied into the job's own folder (uploads live
+        in a temporary folder that does not outlive the server)."""
+        images = {
+            name: path
+            for name in ("first_image", "last_image")
+            if (path := getattr(request, name)) is not None
+        }
+        if self._inputs_dir is None or not images:
+            return request
+        folder = self._inputs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = {}
+        for name, path in images.items():
+            kept[name] = str(folder / f"{name}{Path(path).suffix.lower()}")
+            shutil.copyfile(path, kept[name])
+        return dataclasses.replace(request, **kept)
+
+    def _release_inputs(self, job_id: str) -> None:
+        if self._inputs_dir is not None:
+            shutil.rmtree(self._inputs_dir / job_id, ignore_errors=True)
 
     def _remember(self, job: Job) -> None:
         self._live[job.id] = job
         self._version += 1
         self._versions[job.id] = self._version
-        self._changed.notify_all()
+        self._notify()
 
     def _forget(self, job_id: str) -> None:
         self._live.pop(job_id, None)
         self._versions.pop(job_id, None)
         self._tokens.pop(job_id, None)
+        self._notify()
+
+    def _notify(self) -> None:
         self._changed.notify_all()
+        for listener in self._listeners:
+            listener()
 
     # ---- the workers --------------------------------------------------------------------
 
@@ -469,6 +544,7 @@ class JobRunner:
     def _finish(self, job_id: str, state: JobState, **changes) -> None:
         with self._changed:
             self.store.update(job_id, state=state, finished=time.time(), **changes)
+            self._release_inputs(job_id)  # before watchers hear that it ended
             self._forget(job_id)
 
     def _work(self, worker: Worker) -> None:
