@@ -452,10 +452,11 @@ class PageJobs:
                 updates[result.settings] = entry.settings
                 updates[result.last_seed] = job.seed
                 message = ""
-            elif job.state == JobState.CANCELLED:
-                message = job.error or "Cancelled: no video was saved."
-            else:
-                message = f"**Not made:** {job.error or STATE_WORDS[job.state]}"
+            else:  # named: with a queue, it need not be the one on screen
+                outcome = job.error or STATE_WORDS[job.state]
+                if job.state != JobState.CANCELLED:
+                    outcome = f"**Not made:** {outcome}"
+                message = f"“{html.escape(job.request.prompt[:60])}”: {outcome}"
         items, names = self.studio.refresh_gallery(owner_id)
         updates[gallery_outputs.view] = items
         updates[gallery_outputs.names] = names
