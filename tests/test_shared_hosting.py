@@ -254,7 +254,7 @@ def test_queue_events_reach_only_the_callers_own_jobs(server, alice):
     token = mallory.call("on_page_load", "").data[0]
     # The picker offers a session only its own jobs (Gradio refuses any other value)...
     for event in ("cancel_picked", "move_up"):
-        assert "not in the list of choices" in mallory.call(event, job_id, token).error
+        assert "not in your queue" in mallory.call(event, job_id, token).error
     # ... and Cancel stops the caller's own running job: Mallory has none.
     assert mallory.call("cancel_running", token).error is None
     made_up = mallory.call("cancel_running", "p1.made-up.0000")

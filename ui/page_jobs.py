@@ -25,6 +25,7 @@ from allegro.errors import AllegroError, InvalidRequestError
 from allegro.jobs import Job, JobRunner, JobState
 from allegro.request import MAX_SEED, GenerationRequest, parse_seed
 from ui import gallery
+from ui.components import JobPicker
 from ui.estimates import format_duration
 from ui.formatting import progress_description, result_markdown
 from ui.presets import ControlValues
@@ -121,7 +122,7 @@ class QueuePanel:
     """The Queue panel's components."""
 
     table: gr.HTML
-    choice: gr.Radio
+    choice: JobPicker
     up: gr.Button
     down: gr.Button
     cancel: gr.Button
@@ -131,7 +132,7 @@ class QueuePanel:
 def build_queue_panel() -> QueuePanel:
     with gr.Accordion("Queue", open=True, elem_id="queue"):
         table = gr.HTML("", elem_id="queue-table")
-        choice = gr.Radio([], label="Pick a waiting or running video", elem_id="queue-choice")
+        choice = JobPicker([], label="Pick a waiting or running video", elem_id="queue-choice")
         with gr.Row():
             up = gr.Button("Move up", size="sm", elem_id="queue-up")
             down = gr.Button("Move down", size="sm", elem_id="queue-down")
