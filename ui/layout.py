@@ -492,12 +492,12 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
             # /submit takes /generate's parameters: its validator checks the key, every field
             # and the job limits before the call is queued.
-            submit_api = gr.api(studio.api_submit, api_name="submit", concurrency_limit=None)
+            submit_api = gr.api(studio.job_api.submit, api_name="submit", concurrency_limit=None)
             demo.fns[submit_api["id"]].validator = studio.check_submit_api
             for handler, name in (
-                (studio.api_job, "job"),
-                (studio.api_cancel, "cancel"),
-                (studio.api_jobs, "jobs"),
+                (studio.job_api.job, "job"),
+                (studio.job_api.cancel, "cancel"),
+                (studio.job_api.jobs, "jobs"),
             ):
                 gr.api(handler, api_name=name, queue=False)
     return demo

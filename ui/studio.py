@@ -10,7 +10,6 @@ a secret hash of their content (``publish``), handed to their owner; the output 
 is never served.
 """
 
-import asyncio
 import dataclasses
 import functools
 import inspect
@@ -20,7 +19,6 @@ import shutil
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from gradio.data_classes import FileData
 
 from allegro.errors import AllegroError, Cancelled, InterpolationError, InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent
-from allegro.jobs import Job, JobRunner, JobState, prepare_request
+from allegro.jobs import JobRunner, prepare_request
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
     DEFAULT_OVERLAP_FRAMES,
@@ -195,6 +193,9 @@ class Studio:
             )
             add_device_workers(self.runner, loader.manager, config.output_dir)
             self.page_jobs = PageJobs(self, self.runner)
+        from ui.job_api import JobApi  # it imports this module
+
+        self.job_api = JobApi(self, self.runner)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -344,7 +345,7 @@ class Studio:
             generation = self.api_request(*fields, image=image, last_image=last_image)
             if not waiting:
                 key = owner.tag if owner is not None else LOCAL_OWNER
-                self._runner_or_refuse().check_limits(key)
+                self.job_api.runner_or_refuse().check_limits(key)
             return owner, generation
 
         problem = self._problem(build, request if waiting else None)
@@ -714,7 +715,7 @@ class Studio:
                 owner = self.api_owner(request)
             except AllegroError as error:
                 raise user_error(error) from None
-            return await self._generate_as_job(generation, owner)
+            return await self.job_api.generate_as_job(generation, owner)
         token = CancelToken()
         try:
             owner = self.api_owner(request)
@@ -726,155 +727,6 @@ class Studio:
         except Exception as error:
             raise user_error(error) from None
         raise user_error(RuntimeError("the generation ended without a result"))
-
-    # ---- jobs (API) ----------------------------------------------------------------------
-
-    def _runner(self) -> JobRunner:
-        try:
-            return self._runner_or_refuse()
-        except AllegroError as error:
-            raise user_error(error) from None
-
-    def _runner_or_refuse(self) -> JobRunner:
-        if self.runner is None:
-            raise InvalidRequestError(
-                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate."
-            )
-        return self.runner
-
-    def _submit(self, generation: GenerationRequest, owner: Owner | None) -> Job:
-        """Queue a job for ``owner`` (verified by api_owner): stored under their one-way
-        tag, or ``LOCAL_OWNER`` for key-less local use."""
-        key = owner.tag if owner is not None else LOCAL_OWNER
-        return self._runner().submit(generation, key, self.labels(owner))
-
-    async def _generate_as_job(
-        self, generation: GenerationRequest, owner: Owner | None
-    ) -> tuple[FileData, dict]:
-        """/generate through the queue: recorded like any job (a restart runs it again);
-        the caller waits for it, and cancelling the call cancels the job, as before."""
-        runner = self._runner()
-        try:
-            job = await asyncio.to_thread(self._submit, generation, owner)
-        except Exception as error:
-            raise user_error(error) from None
-        try:
-            final = await asyncio.to_thread(runner.wait, job.id)
-        except BaseException:  # the call was cancelled (a client's cancel, a closed page)
-            runner.cancel(job.id)
-            raise
-        if final.state == JobState.DONE and final.video:
-            try:  # the sidecar: the settings with their labels, as a direct run returns them
-                entry = gallery.find_entry(self.output_dir, Path(final.video).stem, None)
-            except AllegroError as error:  # deleted meanwhile
-                raise user_error(error) from None
-            settings = {**entry.settings, "warnings": list(final.warnings)}
-            return FileData(path=self.publish(entry.video)), settings
-        error = Cancelled() if final.state == JobState.CANCELLED else AllegroError(final.error)
-        raise user_error(error)
-
-    def _job_viewer(self, request: gr.Request | None) -> str | None:
-        """Whose jobs a caller sees: a key's own (key-less callers are refused when shared,
-        like /history); a key-less local caller, every job."""
-        owner = self.api_owner(request)
-        return owner.tag if owner is not None else None
-
-    async def api_submit(
-        self,
-        prompt: str,
-        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
-        seed: int | str | None = None,
-        steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str | None = None,
-        frames: int | str | None = None,
-        height: int | str | None = None,
-        width: int | str | None = None,
-        use_template: bool = True,
-        interpolate: bool = False,
-        interpolation_method: str | None = None,
-        fast_mode: bool = False,
-        step_cache: bool = False,
-        image: FileData | None = None,
-        last_image: FileData | None = None,
-        request: gr.Request = None,
-    ) -> dict:
-        """Queue one video and return at once with its job (id, state, seed fixed now). The
-        job goes on if you disconnect and after a server restart (its images are kept with
-        it); poll /job with its id. Same parameters (and X-Allegro-Key header) as
-        /generate."""
-        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
-        try:
-            self._runner()
-            generation = self.api_request(*fields, *options, image=image, last_image=last_image)
-            owner = self.api_owner(request)
-            job = await asyncio.to_thread(self._submit, generation, owner)
-            return self.job_record(job)
-        except Exception as error:
-            raise user_error(error) from None
-
-    def api_job(self, job_id: str, request: gr.Request = None) -> dict:
-        """One of your jobs: state, queue position, progress, and the video once done."""
-        try:
-            runner = self._runner()
-            return self.job_record(runner.get(str(job_id), self._job_viewer(request)))
-        except Exception as error:
-            raise user_error(error) from None
-
-    def api_cancel(self, job_id: str, request: gr.Request = None) -> dict:
-        """Cancel one of your jobs: a queued one leaves the queue, a running one stops within
-        a step (no file is left). Returns the job."""
-        try:
-            runner = self._runner()
-            return self.job_record(runner.cancel(str(job_id), self._job_viewer(request)))
-        except Exception as error:
-            raise user_error(error) from None
-
-    def api_jobs(self, request: gr.Request = None) -> list[dict]:
-        """Your queued and running jobs in queue order, then your recent finished ones."""
-        try:
-            runner = self._runner()
-            return [self.job_record(job) for job in runner.list(self._job_viewer(request))]
-        except Exception as error:
-            raise user_error(error) from None
-
-    def job_record(self, job: Job) -> dict[str, Any]:
-        """One job as the API reports it; a finished video links to a copy made for this
-        answer (the caller is the job's owner: runner.get checked)."""
-        runner = self._runner()
-        progress = job.progress
-        video = Path(job.video) if job.video else None
-        return {
-            "id": job.id,
-            "state": job.state.value,
-            "queue_position": (
-                runner.queue_position(job.id) if job.state == JobState.QUEUED else None
-            ),
-            # Until it starts, counting every worker (None until a video has been timed).
-            "wait_seconds": (
-                runner.estimated_wait(job.id) if job.state == JobState.QUEUED else None
-            ),
-            "prompt": job.request.prompt,
-            "seed": job.seed,
-            "created": _iso(job.created),
-            "started": _iso(job.started),
-            "finished": _iso(job.finished),
-            "attempts": job.attempts,
-            "note": job.note,
-            "error": job.error,
-            "progress": None
-            if progress is None
-            else {
-                "stage": progress.stage.value,
-                "fraction": round(progress.fraction, 4),
-                "step": progress.step,
-                "total": progress.total,
-                "eta_seconds": None if progress.eta is None else round(progress.eta, 1),
-                "message": progress.message,
-            },
-            "video": video.name if video else None,
-            "video_url": self.published_url(video) if video and video.is_file() else None,
-        }
 
     @staticmethod
     def api_request(*values: Any, image: Any = None, last_image: Any = None) -> GenerationRequest:
@@ -1155,9 +1007,3 @@ class Studio:
         if guidance in official:
             guidance = official[from_images]
         return gr.update(visible=from_images), guidance
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
