@@ -172,5 +172,5 @@ def test_a_dropped_file_that_is_not_an_mp4_loads_nothing(tmp_path):
     dropped = tmp_path / "notes.txt"
     dropped.write_text("hello")
     with pytest.raises(gr.Error, match=r"Nothing was loaded: notes\.txt is not an MP4"):
-        studio.load_dropped_video(str(dropped))
+        studio.gallery.load_dropped_video(str(dropped))
     assert not dropped.exists()  # an upload is removed once read

@@ -407,7 +407,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         ]
 
         page_loaded = demo.load(
-            studio.on_page_load, [owner], [owner, gallery_view, gallery_names], **light
+            studio.gallery.on_page_load, [owner], [owner, gallery_view, gallery_names], **light
         )
         demo.load(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
         timer.tick(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
@@ -445,9 +445,9 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                 gallery_outputs,
             )  # fmt: skip
 
-        refresh.click(studio.refresh_gallery, owner, [gallery_view, gallery_names], **light)
+        refresh.click(studio.gallery.refresh_gallery, owner, [gallery_view, gallery_names], **light)
         gallery_view.select(
-            studio.select_entry,
+            studio.gallery.select_entry,
             [gallery_names, owner],
             [
                 selected_name,
@@ -459,12 +459,12 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             ],
             **light,
         )
-        reuse.click(studio.reuse_entry, [selected_name, owner], controls, **private)
+        reuse.click(studio.gallery.reuse_entry, [selected_name, owner], controls, **private)
         # Deleting asks once more, in the page (a second button), before anything is removed.
         delete.click(lambda: gr.update(visible=True), None, confirm_row, **light)
         keep.click(lambda: gr.update(visible=False), None, confirm_row, **light)
         confirm.click(
-            studio.delete_entry,
+            studio.gallery.delete_entry,
             [selected_name, owner],
             [
                 gallery_view,
@@ -477,7 +477,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             ],
             **light,
         ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
-        dropped.upload(studio.load_dropped_video, [dropped, owner], controls, **private)
+        dropped.upload(studio.gallery.load_dropped_video, [dropped, owner], controls, **private)
 
         for name, handler, validator in (
             ("generate", studio.api_generate, studio.check_api),
@@ -488,7 +488,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             )
             # gr.api has no validator argument; the event has the same field as a click's.
             demo.fns[endpoint["id"]].validator = validator
-        gr.api(studio.api_history, api_name="history", queue=False)
+        gr.api(studio.gallery.history, api_name="history", queue=False)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
             # /submit takes /generate's parameters: its validator checks the key, every field
             # and the job limits before the call is queued.
@@ -602,7 +602,7 @@ def wire_direct_runs(
     gallery_io = (gallery_outputs.view, gallery_outputs.names)
     for started in (run, extension):
         started.then(studio.after_run, None, [result.preview, result.video], **LIGHT).then(
-            studio.refresh_gallery, owner, list(gallery_io), **LIGHT
+            studio.gallery.refresh_gallery, owner, list(gallery_io), **LIGHT
         )
     cancel.click(
         studio.cancel_page,

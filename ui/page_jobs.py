@@ -458,7 +458,7 @@ class PageJobs:
                 if job.state != JobState.CANCELLED:
                     outcome = f"**Not made:** {outcome}"
                 message = f"“{html.escape(job.request.prompt[:60])}”: {outcome}"
-        items, names = self.studio.refresh_gallery(owner_id)
+        items, names = self.studio.gallery.refresh_gallery(owner_id)
         updates[gallery_outputs.view] = items
         updates[gallery_outputs.names] = names
         return message
