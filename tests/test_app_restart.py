@@ -10,7 +10,9 @@ from pathlib import Path
 
 from tests.studio_server import start_studio
 
-SMALL = {"steps": 8, "frames": 24, "height": 160, "width": 160}
+SMALL = {"frames": 24, "height": 160, "width": 160}
+# The first job is long enough (tiny model, seconds) to be caught denoising by polling /job.
+LONG, SHORT = {**SMALL, "steps": 60}, {**SMALL, "steps": 4}
 
 
 def _wait_for(check, what: str, timeout: float = 240):
@@ -33,12 +35,13 @@ def test_kill_9_the_app_while_a_job_runs_then_both_finish_in_order(tiny_model, t
     server = start_studio(tiny_model, output, log)
     try:
         client = server.client(downloads=tmp_path / "downloads")
-        first = client.predict("first video", **SMALL, api_name="/submit")
-        second = client.predict("second video", **SMALL, api_name="/submit")
+        first = client.predict("first video", **LONG, api_name="/submit")
+        second = client.predict("second video", **SHORT, api_name="/submit")
         assert first["seed"] is not None and second["seed"] is not None
 
         def first_is_denoising():
             job = client.predict(first["id"], api_name="/job")
+            assert job["state"] in ("queued", "running"), job  # not over before the kill
             progress = job["progress"] or {}
             return job if job["state"] == "running" and progress.get("step") else None
 
