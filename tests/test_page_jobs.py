@@ -86,16 +86,19 @@ def test_the_status_line_says_progress_outcome_and_what_waits():
     assert status_line(None, 0) == ""
 
 
+class _Gallery:
+    def refresh_gallery(self, token):
+        return ["gallery of " + token], []
+
+
 class _Studio:
     """What a follower needs from the Studio: who a token is, and the gallery."""
 
     output_dir = Path("/nonexistent")
+    gallery = _Gallery()
 
     def page_owner(self, token):
         return Owner(tag=token, kind="page")
-
-    def refresh_gallery(self, token):
-        return ["gallery of " + token], []
 
 
 def test_a_follower_shows_its_persons_jobs_live_and_leaves_nothing_behind(tmp_path):
