@@ -110,9 +110,8 @@ def _fsync(path: Path) -> None:
     except OSError:  # e.g. directories cannot be opened on Windows
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory
+        with contextlib.suppress(OSError):  # some file systems cannot sync a directory
+            os.fsync(fd)
     finally:
         os.close(fd)
 

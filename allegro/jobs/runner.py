@@ -15,6 +15,7 @@ ready again before it takes another.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 import shutil
@@ -61,21 +62,24 @@ class JobLimits:
     max_attempts: int = 3  # a job running at this many crashes is not started again
 
 
-class Worker:
+class Worker(abc.ABC):
     """Runs jobs on one device. Subclass per kind of device; the runner gives each worker
     its own thread."""
 
     name = "worker"
 
+    @abc.abstractmethod
     def run(self, job: Job, on_progress: ProgressCallback, cancel: CancelToken) -> GenerationResult:
-        raise NotImplementedError
+        """Make the job's video; raise WorkerLost if the device itself went away."""
 
     def recover(self) -> None:
         """Called once at start, before any job runs: clear what a crash left behind."""
+        return None  # optional: nothing to clear by default
 
     def wait_ready(self) -> None:
         """After a ``WorkerLost``: block until this worker can take a job again (e.g. its
         process restarted), so that another worker takes the lost job meanwhile."""
+        return None  # optional: ready at once by default
 
 
 class EngineWorker(Worker):
