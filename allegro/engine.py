@@ -759,7 +759,9 @@ def interpolate_video(
     thread encodes each 30 fps frame as soon as it is made, so the command takes about as
     long as its slowest stage rather than the sum of all three. Methods that take I420
     frames get the decoder's yuv420p planes and hand theirs to the encoder: no colour
-    conversion anywhere, and the original frames reach the encoder bit for bit."""
+    conversion anywhere, and the original frames reach the encoder bit for bit. Other
+    inputs (RGB, 4:2:2, 4:4:4, 10-bit) are converted once, with their own matrix and range;
+    the output is tagged with what it is (``allegro.video_colour``)."""
     from allegro.errors import InterpolationError
     from allegro.interpolation import create_interpolator
     from allegro.interpolation.base import PixelFormat, takes_yuv420p
@@ -795,7 +797,7 @@ def interpolate_video(
         with (
             frames,
             PipelinedVideoWriter(
-                destination, INTERPOLATED_FPS, frames.frame_count, pixel_format
+                destination, INTERPOLATED_FPS, frames.frame_count, pixel_format, frames.colour
             ) as writer,
         ):
             counts = interpolate_stream(
@@ -806,6 +808,7 @@ def interpolate_video(
                 cancel or CancelToken(),
                 total_pairs,
                 pixel_format,
+                frames.colour.full_range,
             )
             interpolation = interpolation_settings(method, counts, 2 * (counts.pairs + 1))
             interpolation = dataclasses.replace(interpolation, source_fps=frames.fps)

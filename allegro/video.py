@@ -16,7 +16,7 @@ import queue
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,14 @@ import numpy as np
 
 from allegro.errors import AllegroError
 from allegro.interpolation.base import PixelFormat
+from allegro.video_colour import (
+    VideoColour,
+    frame_to_i420,
+    i420_colour,
+    i420_frame,
+    rgb_to_i420_frame,
+    tag,
+)
 
 SETTINGS_KEY = "allegro_studio"
 RESERVED_SUFFIX = ".reserved"  # an output name taken by a job still running (see reserve_path)
@@ -123,9 +131,12 @@ def _encode_mp4(
     comment: str,
     title: str,
     pixel_format: PixelFormat = "rgb24",
+    colour: VideoColour | None = None,
 ) -> None:
     """H.264 of (H, W, 3) RGB frames, or of (3H/2, W) I420 ones (``pixel_format``
-    ``"yuv420p"``), which go to the encoder as they are: no conversion, bit for bit."""
+    ``"yuv420p"``), which go to the encoder as they are: no conversion, bit for bit.
+    ``colour``: what the I420 frames mean (RGB ones are converted to it), written into the
+    stream's tags; None leaves them untagged."""
     import av
 
     frames = iter(frames)
@@ -138,15 +149,29 @@ def _encode_mp4(
         container.metadata["title"] = title
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = width, height
+        if colour is not None:
+            tag(stream.codec_context, colour)
         stream.pix_fmt = "yuv420p"
         # CRF 17 is visually lossless; "faster" keeps a 720p save to a couple of seconds.
         stream.options = {"crf": "17", "preset": "faster", "movflags": "+faststart"}
         stream.thread_type = "AUTO"
         for frame in itertools.chain([first], frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format=pixel_format)):
+            for packet in stream.encode(_video_frame(frame, pixel_format, colour)):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def _video_frame(frame: np.ndarray, pixel_format: PixelFormat, colour: VideoColour | None) -> Any:
+    """The PyAV frame the encoder gets: I420 as it is, RGB converted once to ``colour``
+    (without one, PyAV's encoder converts it, untagged)."""
+    import av
+
+    if pixel_format == "yuv420p":
+        return i420_frame(frame, colour)
+    if colour is None:
+        return av.VideoFrame.from_ndarray(frame, format=pixel_format)
+    return rgb_to_i420_frame(frame, colour)
 
 
 def write_video(
@@ -216,6 +241,7 @@ class PipelinedVideoWriter:
     into the final file with the settings, the way ``write_video`` leaves it.
     ``poster_frame``: the index of the frame kept for the poster image. ``pixel_format``:
     the frames' layout, (H, W, 3) RGB or (3H/2, W) I420 (``"yuv420p"``, encoded as is).
+    ``colour``: what the video's YUV means, written into its tags (see ``_encode_mp4``).
     """
 
     def __init__(
@@ -224,6 +250,7 @@ class PipelinedVideoWriter:
         fps: float,
         poster_frame: int = 0,
         pixel_format: PixelFormat = "rgb24",
+        colour: VideoColour | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +267,7 @@ class PipelinedVideoWriter:
         self._poster_frame = poster_frame
         self._poster: np.ndarray | None = None
         self._pixel_format = pixel_format
+        self._colour = colour
         self._thread = threading.Thread(target=self._encode, args=(fps,), daemon=True)
         self._thread.start()
 
@@ -253,7 +281,7 @@ class PipelinedVideoWriter:
             ended = True
 
         try:
-            _encode_mp4(self._scratch, frames(), fps, "", "", self._pixel_format)
+            _encode_mp4(self._scratch, frames(), fps, "", "", self._pixel_format, self._colour)
         except BaseException as error:  # handed to the caller in put / finish
             self._error = error
             while not ended and self._frames.get() is not _DONE:  # unblock the producer
@@ -285,7 +313,7 @@ class PipelinedVideoWriter:
                 raise ValueError("no frames were written")
             poster = self._poster
             if self._pixel_format == "yuv420p":
-                poster = i420_to_rgb(poster)
+                poster = i420_to_rgb(poster, self._colour)
 
             def copy(temp: Path, comment: str, title: str) -> None:
                 _copy_with_metadata(self._scratch, temp, comment, title)
@@ -320,11 +348,10 @@ def _frame_size(frame: np.ndarray, pixel_format: PixelFormat) -> tuple[int, int]
     return frame.shape[0], frame.shape[1]
 
 
-def i420_to_rgb(frame: np.ndarray) -> np.ndarray:
-    """A (3H/2, W) I420 frame as (H, W, 3) RGB, converted as the decoder would."""
-    import av
-
-    return av.VideoFrame.from_ndarray(frame, format="yuv420p").to_ndarray(format="rgb24")
+def i420_to_rgb(frame: np.ndarray, colour: VideoColour | None = None) -> np.ndarray:
+    """A (3H/2, W) I420 frame as (H, W, 3) RGB, converted as the decoder would (with
+    ``colour``'s matrix and range; None: untagged)."""
+    return i420_frame(frame, colour).to_ndarray(format="rgb24")
 
 
 def _copy_with_metadata(source: Path, target: Path, comment: str, title: str) -> None:
@@ -379,7 +406,7 @@ def read_settings(path: str | Path) -> dict[str, Any]:
 class FrameStream:
     """A video being decoded on a background thread: iterate for its frames, uint8 in the
     ``pixel_format`` asked for. ``frame_count`` is what the file's header says (0 when it
-    does not say)."""
+    does not say). ``colour``: what the I420 frames mean (see ``allegro.video_colour``)."""
 
     fps: float
     frame_count: int
@@ -387,6 +414,7 @@ class FrameStream:
     height: int
     frames: Iterator[np.ndarray]
     close: Callable[[], None]
+    colour: VideoColour = field(default_factory=VideoColour)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.frames
@@ -403,7 +431,9 @@ def stream_frames(
 ) -> FrameStream:
     """Open a video and decode it ahead of the reader, up to ``prefetch`` frames: decoding
     runs while the caller works on earlier frames. Frames are (H, W, 3) RGB, or (3H/2, W)
-    I420 for ``"yuv420p"`` (a yuv420p video's own planes, untouched; only for even sizes).
+    I420 for ``"yuv420p"`` (only for even sizes): an 8-bit 4:2:0 video's own planes,
+    untouched, any other video converted once with its own matrix and range (the stream's
+    ``colour`` says what they mean).
     Unreadable files raise AllegroError, on opening or while iterating."""
     import av
 
@@ -418,6 +448,7 @@ def stream_frames(
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     fps = float(stream.average_rate or stream.guessed_rate or 0)
+    colour = i420_colour(stream.codec_context)
     ready: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
@@ -427,7 +458,10 @@ def stream_frames(
                 for frame in container.decode(stream):
                     if stop.is_set():
                         return
-                    ready.put(frame.to_ndarray(format=pixel_format))
+                    if pixel_format == "yuv420p":
+                        ready.put(frame_to_i420(frame, colour))
+                    else:
+                        ready.put(frame.to_ndarray(format=pixel_format))
             ready.put(_DONE)
         except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
             ready.put(AllegroError(f"{path.name} is not a readable video ({error})."))
@@ -454,7 +488,9 @@ def stream_frames(
         container.close()
 
     context = stream.codec_context
-    return FrameStream(fps, int(stream.frames or 0), context.width, context.height, iterator, close)
+    return FrameStream(
+        fps, int(stream.frames or 0), context.width, context.height, iterator, close, colour
+    )
 
 
 def read_frames(path: str | Path) -> tuple[np.ndarray, float]:

@@ -228,7 +228,9 @@ class RecordingI420Interpolator(RecordingInterpolator):
     def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         raise AssertionError("I420 frames must go to midframes_yuv420p")
 
-    def midframes_yuv420p(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    def midframes_yuv420p(
+        self, before: np.ndarray, after: np.ndarray, full_range: bool = False
+    ) -> np.ndarray:
         return super().midframes(before, after)
 
 

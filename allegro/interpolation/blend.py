@@ -26,5 +26,8 @@ class BlendInterpolator:
     def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         return blend_pairs(before, after)
 
-    # The mean of I420 frames is the mean of each plane: the same pixel-wise average.
-    midframes_yuv420p = midframes
+    def midframes_yuv420p(
+        self, before: np.ndarray, after: np.ndarray, full_range: bool = False
+    ) -> np.ndarray:
+        # The mean of I420 frames is the mean of each plane, whatever their range.
+        return blend_pairs(before, after)

@@ -6,6 +6,7 @@ frame order, scene cuts, batching, progress and cancel. Methods only see pairs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 
@@ -97,6 +98,7 @@ def interpolate_stream(
     cancel: CancelToken | None = None,
     total_pairs: int | None = None,
     pixel_format: PixelFormat = "rgb24",
+    full_range: bool = False,
 ) -> InterpolationCounts:
     """``interpolate_frames`` for frames that arrive one by one (a video being decoded):
     each 30 fps frame is handed to ``emit`` in order as soon as it is made (to an encoder
@@ -106,14 +108,18 @@ def interpolate_stream(
     tells it, and when neither does, progress counts against the pairs done so far plus one.
     ``pixel_format``: ``"rgb24"``, (H, W, 3) frames, or ``"yuv420p"``, (3H/2, W) I420
     frames as a decoder hands them over, for methods that take them (``takes_yuv420p``):
-    the frames go from decoder to encoder with no colour conversion.
+    the frames go from decoder to encoder with no colour conversion. ``full_range``: those
+    I420 frames span 0..255 (a phone's ``yuvj420p``), not video's 16..235.
     """
     if total_pairs is None and isinstance(frames, Sized):
         total_pairs = len(frames) - 1
     if pixel_format == "yuv420p":
         if not takes_yuv420p(interpolator):
             raise ValueError(f"the {interpolator.name} method does not take yuv420p frames")
-        make_midframes = interpolator.midframes_yuv420p  # type: ignore[attr-defined]
+        make_midframes = functools.partial(
+            interpolator.midframes_yuv420p,  # type: ignore[attr-defined]
+            full_range=full_range,
+        )
     else:
         make_midframes = interpolator.midframes
     batch_size = max(1, int(interpolator.batch_size))
@@ -129,7 +135,7 @@ def interpolate_stream(
         for frame in incoming:
             _check_frame(frame, window[0] if window else None, pixel_format)
             window.append(frame)
-            signatures.append(_cut_signature(frame, pixel_format))
+            signatures.append(_cut_signature(frame, pixel_format, full_range))
             if len(window) > batch_size:
                 break
         if len(window) < 2:
@@ -224,14 +230,17 @@ class _CutSignature:
     histogram: np.ndarray
 
 
-def _cut_signature(frame: np.ndarray, pixel_format: PixelFormat = "rgb24") -> _CutSignature:
+def _cut_signature(
+    frame: np.ndarray, pixel_format: PixelFormat = "rgb24", full_range: bool = False
+) -> _CutSignature:
     """Cheap to compute from a strided sample of the frame's grey levels (0..1); the
     block-averaged thumbnail (about CUT_THUMB_WIDTH cells wide) is blind to fine motion."""
     width = frame.shape[1]
     step = max(1, width // (CUT_THUMB_WIDTH * CUT_SAMPLES_PER_CELL))
     if pixel_format == "yuv420p":
         luma = frame[: frame.shape[0] * 2 // 3, ::step][::step].astype(np.float32)
-        grey = np.clip((luma - 16.0) / 219.0, 0.0, 1.0)  # video luma spans 16..235
+        # Video luma spans 16..235, a phone's full-range luma 0..255.
+        grey = luma / 255.0 if full_range else np.clip((luma - 16.0) / 219.0, 0.0, 1.0)
     else:
         sample = frame[::step, ::step].astype(np.float32)
         grey = sample @ np.float32([0.299 / 255, 0.587 / 255, 0.114 / 255])

@@ -33,7 +33,8 @@ For each pair (frame 0, frame 1):
    blended with those weights: an RGB frame as one plane, a decoded video's I420 frame
    (``midframes_yuv420p``) plane by plane, Y at full size and U, V at half size with the
    offsets halved. That is half the warping of RGB and no colour conversion at all; the
-   flow is found on the luma either way (video Y mapped from 16..235 to 0..255).
+   flow is found on the luma either way (video Y mapped from 16..235 to 0..255, full-range
+   Y as it is).
 
 Failed motion estimates fall back to blending, never to smeared garbage: when most of the
 frame fails the forward-backward check both ways, or the two frames warped to the midpoint
@@ -48,7 +49,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -136,11 +137,15 @@ class FlowInterpolator:
     def midframes(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
         return self._midframes(before, after, _rgb_picture)
 
-    def midframes_yuv420p(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    def midframes_yuv420p(
+        self, before: np.ndarray, after: np.ndarray, full_range: bool = False
+    ) -> np.ndarray:
         """``midframes`` for (B, 3H/2, W) I420 frames (a decoded video's own layout): flow
         on Y, Y warped at full size and U, V at half size with the same motion, so neither
-        colour conversions nor full-size chroma are paid for."""
-        return self._midframes(before, after, _i420_picture)
+        colour conversions nor full-size chroma are paid for. ``full_range``: Y spans
+        0..255 (a phone's ``yuvj420p``), not 16..235."""
+        picture = _full_range_i420_picture if full_range else _i420_picture
+        return self._midframes(before, after, picture)
 
     def _midframes(
         self, before: np.ndarray, after: np.ndarray, picture: Callable[[np.ndarray], _Picture]
@@ -211,6 +216,11 @@ def _i420_picture(frame: np.ndarray) -> _Picture:
     u = flat[luma_size : luma_size + chroma_size].reshape(chroma)
     v = flat[luma_size + chroma_size :].reshape(chroma)
     return _Picture(frame, luma, (luma, u, v), True)
+
+
+def _full_range_i420_picture(frame: np.ndarray) -> _Picture:
+    """``_i420_picture`` for full-range I420, whose luma already spans 0..255."""
+    return replace(_i420_picture(frame), limited_range=False)
 
 
 def _flow_midframe(
