@@ -5,6 +5,7 @@ input, and scores each method's in-between frames against the frames that were l
 
     python bench/interpolation.py                       # 88 input frames at 720x1280
     python bench/interpolation.py --frames 16 --height 180 --width 320 --scenes pan
+    python bench/interpolation.py --input-formats yuv420p yuvj420p rgb   # phones, screen
 
 Methods are the app's own (``flow``, ``blend``, ``ema-vfi`` when its weights are found), run
 through the same driver the app uses, and ffmpeg's ``minterpolate`` (motion-compensated mode)
@@ -12,6 +13,12 @@ as an outside reference. PSNR is over RGB; SSIM is on luma. Time is wall seconds
 (the driver or ffmpeg alone: rendering and scoring excluded) and CPU seconds (all threads,
 ffmpeg included), which a busy shared machine distorts less. The table is Markdown on
 stdout; progress and skipped methods go to stderr.
+
+The whole commands (``python -m allegro interpolate``, ffmpeg's minterpolate) also run on
+the 15 fps clip saved in each ``--input-formats`` (the app's own 4:2:0 by default; a
+phone's full-range ``yuvj420p``, RGB from a screen recorder, 4:2:2, 4:4:4, 10-bit, BT.709
+tags), and their output is scored on luma read through its own colour tags: the original
+frames against the inputs, the in-between frames against the truth.
 """
 
 from __future__ import annotations
@@ -40,6 +47,21 @@ from allegro.interpolation.driver import interpolate_frames
 from allegro.video import write_video
 
 MINTERPOLATE = "minterpolate"
+# How the 15 fps clip is saved for the whole commands: ffmpeg encoder arguments, at the
+# app's quality. "yuv420p" is the app's own writer (write_video).
+INPUT_FORMATS = {
+    "yuv420p": [],
+    "yuvj420p": ["-c:v", "libx264", "-pix_fmt", "yuvj420p"],
+    "yuv422p": ["-c:v", "libx264", "-pix_fmt", "yuv422p"],
+    "yuv444p": ["-c:v", "libx264", "-pix_fmt", "yuv444p"],
+    "rgb": ["-c:v", "libx264rgb", "-pix_fmt", "rgb24"],
+    "yuv420p10le": ["-c:v", "libx264", "-pix_fmt", "yuv420p10le"],
+    "bt709": [
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-vf",
+        "scale=out_color_matrix=bt709:out_range=tv,"
+        "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709",
+    ],
+}  # fmt: skip
 # Speeds below are in pixels per 30 fps frame at 1280 px wide; smaller renders scale them so
 # a quick run at 320 px wide shows the same motion relative to the picture.
 REFERENCE_WIDTH = 1280
@@ -389,7 +411,9 @@ class Score:
     app. ``command_seconds``: the whole command, MP4 in to H.264 MP4 out (None: not run);
     ``command_object_psnr`` and ``command_rest_psnr``: luma PSNR of that command's own
     output file, in-between frames only, against the truth's luma (the same H.264 encode
-    for every method, so this compares what people get from each command)."""
+    for every method, so this compares what people get from each command).
+    ``input_format``: how the command's 15 fps input was saved; ``command_originals_psnr``:
+    luma PSNR of the command's original frames against the inputs."""
 
     scene: str
     method: str
@@ -404,6 +428,8 @@ class Score:
     command_psnr: float | None = None
     command_object_psnr: float | None = None
     command_rest_psnr: float | None = None
+    input_format: str = "yuv420p"
+    command_originals_psnr: float | None = None
 
 
 def score_method(
@@ -485,7 +511,8 @@ def run_command(method: str, source: Path, weights: str | None) -> tuple[float, 
 
 
 def decode_luma(path: Path) -> np.ndarray:
-    """The Y plane of every frame of a video, (N, H, W) uint8."""
+    """Every frame's luma as limited-range BT.601 Y, (N, H, W) uint8, as the truth's is
+    computed: each frame read with its own matrix and range (a no-op for untagged 4:2:0)."""
     import av
 
     with av.open(str(path)) as container:
@@ -493,8 +520,29 @@ def decode_luma(path: Path) -> np.ndarray:
         stream.thread_type = "AUTO"
         height = stream.codec_context.height
         return np.stack(
-            [frame.to_ndarray(format="yuv420p")[:height] for frame in container.decode(stream)]
+            [
+                frame.reformat(
+                    format="yuv420p", dst_colorspace="ITU601", dst_color_range="MPEG"
+                ).to_ndarray()[:height]
+                for frame in container.decode(stream)
+            ]
         )
+
+
+def save_input(path: Path, frames: np.ndarray, input_format: str, scene: str) -> None:
+    """The 15 fps clip as ``input_format`` (see INPUT_FORMATS), CRF 17 like the app's."""
+    if input_format == "yuv420p":
+        write_video(path, frames, 15, {"source": f"bench scene {scene}"})
+        return
+    import imageio_ffmpeg
+
+    _, height, width, _ = frames.shape
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-y",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", "15", "-i", "-",
+        *INPUT_FORMATS[input_format], "-crf", "17", "-preset", "faster", str(path),
+    ]  # fmt: skip
+    subprocess.run(command, input=frames.tobytes(), check=True, capture_output=True)
 
 
 def score_command_output(
@@ -514,8 +562,10 @@ def score_command_output(
     def luma(frames: np.ndarray) -> np.ndarray:
         return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420)[: f.shape[0]] for f in frames])
 
+    originals = []
     for index, expected in enumerate(luma(inputs[: count + 1])):
-        if psnr(lumas[2 * index], expected) < 30.0:
+        originals.append(psnr(lumas[2 * index], expected))
+        if originals[-1] < 30.0:
             raise RuntimeError(f"{score.method} output frame {2 * index} is not input {index}")
     truth_luma = luma(truth[:count])
     middles = lumas[1 : 2 * count : 2]
@@ -530,6 +580,7 @@ def score_command_output(
         command_psnr=float(np.mean(psnrs)),
         command_object_psnr=object_psnr,
         command_rest_psnr=rest_psnr,
+        command_originals_psnr=float(np.mean(originals)),
     )
 
 
@@ -565,6 +616,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", help="EMA-VFI weights file (default: searched for)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-commands", action="store_true", help="skip timing the whole commands")
+    parser.add_argument(
+        "--input-formats",
+        nargs="+",
+        choices=list(INPUT_FORMATS),
+        default=["yuv420p"],
+        help="how the whole commands' 15 fps input is saved (default: the app's yuv420p)",
+    )
     args = parser.parse_args(argv)
     if args.frames < 2:
         parser.error("--frames must be at least 2")
@@ -589,8 +647,6 @@ def main(argv: list[str] | None = None) -> None:
             inputs, truth = clip.frames[0::2], clip.frames[1::2]
             areas = None if clip.coverage is None else object_areas(clip.coverage, args.width)
             source = Path(folder, "input.mp4")
-            if not args.no_commands:
-                write_video(source, inputs, 15, {"source": f"bench scene {scene}"})
             scene_scores: list[Score] = []
             for method in methods:
                 try:
@@ -599,22 +655,19 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 except InterpolationError as error:
                     print(f"Skipping {method} on {scene}: {error}", file=sys.stderr)
-            # The whole commands one right after the other, so they share the machine's load.
-            for score in scene_scores:
-                if not args.no_commands:
-                    wall, cpu, lumas = run_command(score.method, source, args.weights)
-                    score = score_command_output(score, (wall, cpu), lumas, inputs, truth, areas)
-                scores.append(score)
-                print(
-                    f"{scene:>11} {score.method:>13}: {score.psnr:6.2f} dB  object "
-                    f"{_decibels(score.object_psnr):>5}  rest {_decibels(score.rest_psnr):>5}  "
-                    f"SSIM {score.ssim:.4f}  {score.seconds:6.2f} s (CPU "
-                    f"{score.cpu_seconds:6.2f} s)  command {_seconds(score.command_seconds)} s "
-                    f"(CPU {_seconds(score.command_cpu_seconds)} s), "
-                    f"luma object {_decibels(score.command_object_psnr)} "
-                    f"rest {_decibels(score.command_rest_psnr)}",
-                    file=sys.stderr,
-                )
+            for input_format in [None] if args.no_commands else args.input_formats:
+                if input_format is not None:
+                    save_input(source, inputs, input_format, scene)
+                # The whole commands one after the other, so they share the machine's load.
+                for score in scene_scores:
+                    if input_format is not None:
+                        wall, cpu, lumas = run_command(score.method, source, args.weights)
+                        score = replace(
+                            score_command_output(score, (wall, cpu), lumas, inputs, truth, areas),
+                            input_format=input_format,
+                        )
+                    scores.append(score)
+                    _report(score)
             del clip, inputs, truth, areas
 
     print(
@@ -625,14 +678,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "| scene | method | PSNR (dB) | object area | rest | SSIM | interpolation s (CPU s) "
-        "| whole command s (CPU s) | x minterpolate's speed (CPU) "
-        "| command luma PSNR: all / object / rest |"
+        "| input format | whole command s (CPU s) | x minterpolate's speed (CPU) "
+        "| command luma PSNR: originals | in-between all / object / rest |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    reference = {s.scene: s for s in scores if s.method == MINTERPOLATE}
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    reference = {(s.scene, s.input_format): s for s in scores if s.method == MINTERPOLATE}
     for score in scores:
         speedup = "-"
-        minterpolate = reference.get(score.scene)
+        minterpolate = reference.get((score.scene, score.input_format))
         if minterpolate and minterpolate.command_seconds and score.command_seconds:
             speedup = (
                 f"{minterpolate.command_seconds / score.command_seconds:.1f}x "
@@ -642,11 +695,27 @@ def main(argv: list[str] | None = None) -> None:
             f"| {score.scene} | {score.method} | {score.psnr:.2f} "
             f"| {_decibels(score.object_psnr)} | {_decibels(score.rest_psnr)} "
             f"| {score.ssim:.4f} | {score.seconds:.2f} ({score.cpu_seconds:.2f}) "
+            f"| {score.input_format if score.command_seconds is not None else '-'} "
             f"| {_seconds(score.command_seconds)} ({_seconds(score.command_cpu_seconds)}) "
-            f"| {speedup} "
+            f"| {speedup} | {_decibels(score.command_originals_psnr)} "
             f"| {_decibels(score.command_psnr)} / {_decibels(score.command_object_psnr)} / "
             f"{_decibels(score.command_rest_psnr)} |"
         )
+
+
+def _report(score: Score) -> None:
+    """One line of progress on stderr."""
+    print(
+        f"{score.scene:>11} {score.method:>13}: {score.psnr:6.2f} dB  object "
+        f"{_decibels(score.object_psnr):>5}  rest {_decibels(score.rest_psnr):>5}  "
+        f"SSIM {score.ssim:.4f}  {score.seconds:6.2f} s (CPU "
+        f"{score.cpu_seconds:6.2f} s)  command on {score.input_format} "
+        f"{_seconds(score.command_seconds)} s (CPU {_seconds(score.command_cpu_seconds)} s), "
+        f"luma originals {_decibels(score.command_originals_psnr)} "
+        f"object {_decibels(score.command_object_psnr)} "
+        f"rest {_decibels(score.command_rest_psnr)}",
+        file=sys.stderr,
+    )
 
 
 def _seconds(value: float | None) -> str:
