@@ -12,8 +12,8 @@ matrix and range, and the output is tagged with what it then is:
 - Other YUV (4:2:2, 4:4:4, 10-bit): chroma halved and/or bits reduced, with the source's own
   matrix and range on both sides, so the colours do not move.
 - RGB (``libx264rgb``, screen recorders): converted to limited-range YUV with BT.709 for HD
-  (wider than 1024 or taller than 576, as players assume for untagged HD) or BT.601 below,
-  and tagged so.
+  (1280 wide or more, or taller than 576: what mpv assumes for untagged video) or BT.601
+  below, and tagged so.
 
 Primaries and transfer are copied from the source where it states them; the app converts no
 gamut. Values are FFmpeg's AVColorSpace / AVColorRange / AVColorPrimaries /
@@ -28,17 +28,16 @@ from typing import Any
 import numpy as np
 
 # FFmpeg's libavutil/pixfmt.h values (stable ABI).
-MATRIX_RGB = 0
 MATRIX_BT709 = 1
 UNSPECIFIED = 2  # AVCOL_SPC_, AVCOL_PRI_ and AVCOL_TRC_UNSPECIFIED are all 2
 MATRIX_BT601 = 6  # AVCOL_SPC_SMPTE170M, what the H.264 spec calls BT.601 (525 lines)
-RANGE_UNSPECIFIED, RANGE_LIMITED, RANGE_FULL = 0, 1, 2
-# Beyond this, untagged video is taken to be HD, and HD is BT.709 (mpv and browsers do the same).
-SD_MAX_WIDTH, SD_MAX_HEIGHT = 1024, 576
+RANGE_LIMITED, RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
+HD_MIN_WIDTH, SD_MAX_HEIGHT = 1280, 576
 # swscale's SWS_CS_* numbers for each AVColorSpace (PyAV's reformat takes the former:
 # av/video/reformatter.py, _set_frame_colorspace). Unknown matrices are BT.601, as swscale
 # assumes for untagged YUV.
 _SWS_CS_BT601 = 5
+# BT709, FCC, BT470BG, SMPTE170M, SMPTE240M, BT2020_NCL, BT2020_CL:
 _SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
 # The decoder's own planes go through when they are in one of these layouts.
 I420_FORMATS = ("yuv420p", "yuvj420p")
@@ -65,7 +64,7 @@ def i420_colour(codec_context: Any) -> VideoColour:
     transfer = _specified(codec_context.color_trc)
     pix_fmt = str(codec_context.pix_fmt or "")
     if _is_rgb(pix_fmt):
-        hd = codec_context.width > SD_MAX_WIDTH or codec_context.height > SD_MAX_HEIGHT
+        hd = codec_context.width >= HD_MIN_WIDTH or codec_context.height > SD_MAX_HEIGHT
         matrix = MATRIX_BT709 if hd else MATRIX_BT601
         return VideoColour(matrix, False, primaries, transfer)
     full_range = codec_context.color_range == RANGE_FULL or pix_fmt.startswith("yuvj")
@@ -76,16 +75,21 @@ def i420_colour(codec_context: Any) -> VideoColour:
 def frame_to_i420(frame: Any, colour: VideoColour) -> np.ndarray:
     """A decoded PyAV frame as a (3H/2, W) uint8 I420 array in ``colour``: its own planes
     when it is already that (the fast, usual case), else one swscale conversion from the
-    frame's own matrix and range."""
+    frame's own matrix and range (a frame that states no matrix has the stream's)."""
+    matrix = _specified(frame.colorspace)
+    if matrix == UNSPECIFIED:
+        matrix = colour.matrix
     if (
         frame.format.name in I420_FORMATS
         and _full_range(frame) == colour.full_range
-        and _specified(frame.colorspace) == colour.matrix
+        and matrix == colour.matrix
     ):
         return frame.to_ndarray()
-    source_range = RANGE_FULL if _full_range(frame) else RANGE_LIMITED
-    # For RGB the source matrix is unused, but swscale wants a value.
-    source_matrix = _SWS_CS_BT601 if frame.format.is_rgb else _sws_colorspace(frame.colorspace)
+    if frame.format.is_rgb:  # RGB is full range; its matrix is unused, but swscale wants one
+        source_matrix, source_range = _SWS_CS_BT601, RANGE_FULL
+    else:
+        source_matrix = _sws_colorspace(matrix)
+        source_range = RANGE_FULL if _full_range(frame) else RANGE_LIMITED
     converted = frame.reformat(
         format="yuv420p",
         src_colorspace=source_matrix,
