@@ -1,0 +1,283 @@
+"""The one-click launcher's helper (launcher/): the torch decision from fake nvidia-smi
+outputs, the plain-words machine report, and the shape of run.bat (no cmd here)."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from allegro import costs
+from launcher import machine
+from launcher.main import COMMANDS, PYTHONS, app_url, parse, with_index_override
+from launcher.torch_choice import (
+    LauncherError,
+    choose_torch,
+    cuda_failure_message,
+    parse_nvidia_smi,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# nvidia-smi's header as drivers of each series print it (the lines the parser reads).
+HEADER = """Sun Dec  6 21:40:00 2026
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI {driver}             Driver Version: {driver}     CUDA Version: {cuda}     |
+|-----------------------------------------+------------------------+----------------------+
+| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |
+|   0  {name}        Off |   00000000:01:00.0  On |                  N/A |
++-----------------------------------------------------------------------------------------+
+"""
+DRIVERS = {  # series -> (Linux driver, Windows driver, CUDA in the header)
+    535: ("535.247.01", "538.78", "12.2"),
+    570: ("570.172.08", "572.83", "12.8"),
+    580: ("580.95.05", "581.57", "13.0"),
+}
+PYTORCH = "https://download.pytorch.org/whl"
+
+
+def fake_smi(series: int, system: str, name: str = "NVIDIA GeForce RTX 3060", mib: int = 12288):
+    linux, windows, cuda = DRIVERS[series]
+    driver = linux if system == "Linux" else windows
+    header = HEADER.format(driver=driver, cuda=cuda, name=name)
+    return parse_nvidia_smi(header, f"{name}, {mib}, {mib - 400}\n")
+
+
+@pytest.mark.parametrize(
+    ("system", "series", "index", "version"),
+    [
+        ("Linux", 580, None, "2.13.0"),  # PyPI's Linux wheel is the CUDA 13.0 build
+        ("Linux", 570, f"{PYTORCH}/cu126", "2.13.0+cu126"),
+        ("Linux", 535, f"{PYTORCH}/cu126", "2.13.0+cu126"),
+        ("Windows", 580, f"{PYTORCH}/cu130", "2.13.0+cu130"),  # PyPI's has no CUDA
+        ("Windows", 570, f"{PYTORCH}/cu126", "2.13.0+cu126"),
+        ("Windows", 535, f"{PYTORCH}/cu126", "2.13.0+cu126"),
+    ],
+)
+def test_each_driver_gets_the_newest_cuda_build_it_runs(system, series, index, version):
+    gpu = fake_smi(series, system)
+    choice = choose_torch(system, "AMD64" if system == "Windows" else "x86_64", gpu)
+    assert choice.index_url == index
+    assert choice.local_version == version
+    assert choice.expect_cuda
+    expected = ["torch==2.13.0"] + (["--index-url", index] if index else [])
+    assert choice.pip_args() == expected
+    assert gpu.driver in choice.reason
+
+
+def test_the_header_is_parsed():
+    gpu = fake_smi(570, "Linux", "NVIDIA GeForce RTX 4090", 24564)
+    assert (gpu.driver, gpu.driver_major, gpu.cuda) == ("570.172.08", 570, (12, 8))
+    assert (gpu.gpu_name, gpu.memory_total_mib, gpu.memory_free_mib) == (
+        "NVIDIA GeForce RTX 4090",
+        24564,
+        24164,
+    )
+
+
+@pytest.mark.parametrize("system", ["Linux", "Windows"])
+def test_no_gpu_gets_the_cpu_build_and_says_the_preview_model_will_run(system):
+    choice = choose_torch(system, "x86_64", None)
+    assert choice.pip_args() == ["torch==2.13.0", "--index-url", f"{PYTORCH}/cpu"]
+    assert not choice.expect_cuda
+    assert "preview model" in choice.reason
+
+
+def test_macos_gets_pypis_torch():
+    choice = choose_torch("Darwin", "arm64", None)
+    assert choice.pip_args() == ["torch==2.13.0"]
+    assert "preview model" in choice.reason
+
+
+@pytest.mark.parametrize(("system", "driver"), [("Linux", "470.256.02"), ("Windows", "474.44")])
+def test_a_driver_too_old_for_any_build_is_refused_with_what_to_do(system, driver):
+    gpu = parse_nvidia_smi(HEADER.format(driver=driver, cuda="11.4", name="Tesla T4"))
+    with pytest.raises(LauncherError) as refusal:
+        choose_torch(system, "x86_64", gpu)
+    text = str(refusal.value)
+    assert f"Your NVIDIA driver {driver} (CUDA 11.4) is too old for PyTorch 2.13.0" in text
+    assert "needs driver 525 or newer" in text
+    assert "Update the driver from https://www.nvidia.com/Download/index.aspx" in text
+
+
+def test_an_old_nvidia_smi_without_the_cuda_header_is_judged_by_the_driver():
+    gpu = parse_nvidia_smi("| NVIDIA-SMI 550.54   Driver Version: 550.54.14 |")
+    assert gpu.cuda is None
+    assert choose_torch("Linux", "x86_64", gpu).local_version == "2.13.0+cu126"
+
+
+def test_cuda_failure_says_why_and_what_to_do():
+    gpu = fake_smi(535, "Linux")
+    choice = choose_torch("Linux", "x86_64", gpu)
+    text = cuda_failure_message(choice, gpu, "torch.cuda.is_available() is False")
+    assert "torch 2.13.0+cu126 was installed for your NVIDIA GPU but cannot use it" in text
+    assert "driver 535.247.01" in text and "update the driver" in text
+
+
+def write_fake_smi(folder: Path, header: str | None, code: int = 0) -> None:
+    """An ``nvidia-smi`` on PATH that prints the header, or the query's CSV when asked."""
+    script = folder / "nvidia-smi"
+    body = "#!/bin/sh\n"
+    if header is not None:
+        body += (
+            'case "$1" in --query-gpu=*) echo "NVIDIA GeForce RTX 3060, 12288, 11800";; '
+            f"*) cat <<'END'\n{header}\nEND\n;; esac\n"
+        )
+    body += f"exit {code}\n"
+    script.write_text(body)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+def test_probe_reads_the_real_command(tmp_path, monkeypatch):
+    write_fake_smi(tmp_path, HEADER.format(driver="570.172.08", cuda="12.8", name="RTX 3060"))
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    gpu = machine.probe_nvidia()
+    assert (gpu.driver, gpu.cuda, gpu.memory_free_mib) == ("570.172.08", (12, 8), 11800)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+def test_a_failing_nvidia_smi_is_a_broken_driver_not_a_cpu_install(tmp_path, monkeypatch):
+    write_fake_smi(tmp_path, None, code=9)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(LauncherError, match="nvidia-smi cannot talk to the GPU"):
+        machine.probe_nvidia()
+
+
+def test_no_nvidia_smi_means_no_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert machine.probe_nvidia() is None
+
+
+def minutes_from_cost_model(gpu_name: str, free_mib: int, size) -> tuple[str, float]:
+    mode = costs.choose_offload(free_mib * 2**20, "bf16", *size).mode
+    seconds = costs.estimate_seconds(*size, costs.gpu_class_for(gpu_name), offload=mode)
+    return mode, seconds.total_seconds / 60
+
+
+def test_report_gives_minutes_and_offload_from_the_cost_model():
+    gpu = fake_smi(580, "Linux", "NVIDIA GeForce RTX 3060", 12288)
+    report = machine.machine_report(gpu, 32 * 10**9, 10**12, 10**12, weights_present=False)
+    assert report.problem is None
+    first = report.lines[0]
+    assert first.startswith("NVIDIA GeForce RTX 3060 12 GB: about ")
+    for size, label in (
+        (costs.OFFICIAL_SIZES[0], "per 720p video"),
+        (costs.OFFICIAL_SIZES[2], "allegro-40x360p"),
+    ):
+        mode, minutes = minutes_from_cost_model(gpu.gpu_name, gpu.memory_free_mib, size)
+        assert label in first
+        assert f"'{mode}' offload" in first or (mode == "none" and "without offload" in first)
+        shown = f"{minutes / 60:.1f} hours" if minutes >= 90 else f"{minutes:.0f} minutes"
+        assert shown in first
+    assert any("RAM" in line for line in report.lines)
+    assert any("downloads the Allegro weights, about 25 GB" in line for line in report.lines)
+
+
+def test_report_on_an_h100_needs_no_offload():
+    gpu = fake_smi(580, "Linux", "NVIDIA H100 80GB HBM3", 81559)
+    report = machine.machine_report(gpu, 10**12, 10**12, 10**12, weights_present=True)
+    assert "without offload" in report.lines[0]
+    assert "The Allegro weights are already downloaded." in report.lines
+
+
+def test_report_without_gpu_says_preview_model():
+    report = machine.machine_report(None, 8 * 10**9, 10**11, 10**9, weights_present=False)
+    assert "preview model" in report.lines[0]
+    assert report.problem is None  # no weights to download
+
+
+def test_too_little_disk_stops_before_the_download():
+    gpu = fake_smi(580, "Linux")
+    report = machine.machine_report(gpu, 10**11, 10**12, 20 * 10**9, weights_present=False)
+    assert "Not enough free disk space for the Allegro weights" in report.problem
+    assert "20 GB free" in report.problem
+    small_env = machine.machine_report(gpu, 10**11, 3 * 10**9, 10**12, weights_present=True)
+    assert "Not enough free disk space for the Python environment" in small_env.problem
+
+
+def test_index_override_for_mirrors_and_local_wheels():
+    choice = choose_torch("Linux", "x86_64", None)
+    assert with_index_override(choice, {}) is choice
+    pypi = with_index_override(choice, {"ALLEGRO_TORCH_INDEX": "pypi"})
+    assert pypi.pip_args() == ["torch==2.13.0"] and pypi.key != choice.key
+    mirror = with_index_override(choice, {"ALLEGRO_TORCH_INDEX": "https://mirror/whl/cpu"})
+    assert mirror.pip_args()[-1] == "https://mirror/whl/cpu"
+
+
+def test_arguments_split_between_launcher_and_app():
+    assert parse(["update", "--no-browser", "--port", "7861"])[0] == "update"
+    command, options, app_args = parse(["--port", "7861", "--venv", "env", "--host=0.0.0.0"])
+    assert (command, options.venv, app_args) == ("run", "env", ["--port", "7861", "--host=0.0.0.0"])
+    assert app_url(app_args, {}) == "http://127.0.0.1:7861/"
+    assert app_url([], {"GRADIO_SERVER_PORT": "9000"}) == "http://127.0.0.1:9000/"
+
+
+def test_the_launcher_imports_nothing_heavy():
+    """It runs before anything is installed: only the standard library and allegro.costs."""
+    code = (
+        "import sys, launcher.main; "
+        "bad = {'torch', 'gradio', 'numpy', 'diffusers'} & set(sys.modules); "
+        "print(' '.join(sorted(bad)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+
+
+def bat_lines() -> list[str]:
+    raw = (REPO / "run.bat").read_bytes()
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), "run.bat needs CRLF"
+    return [line for line in raw.decode("ascii").split("\r\n") if line.strip()]
+
+
+def test_run_bat_pins_each_lines_command():
+    """No cmd.exe here: each line's command is pinned, so a change is a reviewed change."""
+    lines = bat_lines()
+    commands = [line.split()[0].lower() for line in lines]
+    assert commands == [
+        "@echo",
+        "rem",
+        "rem",
+        "setlocal",
+        "cd",  # to the folder of run.bat, whatever the double click's working folder
+        "set",  # CHECK: the supported Pythons, as launcher.main.PYTHONS
+        "set",
+        "if",  # the environment made last time
+        "for",  # the py launcher's 3.13 .. 3.10
+        "if",  # python on PATH
+        "if",  # uv: a private Python
+        "if",  # none: say so and stop
+        "echo",
+        "pause",
+        "exit",
+        ")",
+        "%py%",  # hand over: python -m launcher with run.bat's arguments
+        "set",
+        "if",
+        "exit",
+    ]
+    text = "\n".join(lines)
+    assert lines[4] == 'cd /d "%~dp0"'
+    low, high = PYTHONS
+    assert f"not {low} <= sys.version_info[:2] <= {high}" in lines[5]
+    versions = re.search(r"in \(([^)]*)\)", lines[8]).group(1).split()
+    assert versions == [f"3.{minor}" for minor in range(high[1], low[1] - 1, -1)]
+    assert lines[16] == "%PY% -m launcher %*"
+    assert text.count("(") == text.count(")")
+    assert "uv python install 3.12" in lines[10] and "uv python find 3.12" in lines[10]
+
+
+def test_run_sh_hands_over_to_the_launcher():
+    text = (REPO / "run.sh").read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert os.access(REPO / "run.sh", os.X_OK)
+    assert 'exec "$PY" -m launcher "$@"' in text
+    low, high = PYTHONS
+    assert f"not {low} <= sys.version_info[:2] <= {high}" in text
+    assert set(COMMANDS) >= {"run", "install", "update", "check"}
