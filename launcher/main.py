@@ -56,6 +56,7 @@ PYTHONS = ((3, 10), (3, 13))  # the oldest and newest Python the app supports
 PAGE_TIMEOUT_S = 900  # the first start after an install compiles a lot of bytecode
 TORCH_INDEX_ENV = "ALLEGRO_TORCH_INDEX"  # a mirror's URL, or "pypi"
 NO_BROWSER_ENV = "ALLEGRO_NO_BROWSER"
+READY = "Allegro Studio is ready at {url}"  # Pinokio's start.js waits for this line
 
 
 class Log:
@@ -270,7 +271,7 @@ def start(venv: Path, app_args: Sequence[str], browser: bool, log: Log) -> int:
             if time.monotonic() > deadline:
                 raise LauncherError(f"The page did not answer at {url} in time.")
             time.sleep(0.5)
-        log.say(f"Allegro Studio is ready at {url}")
+        log.say(READY.format(url=url))
         if browser:
             open_browser(url, log)
         code = process.wait()
