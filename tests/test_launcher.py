@@ -281,3 +281,12 @@ def test_run_sh_hands_over_to_the_launcher():
     low, high = PYTHONS
     assert f"not {low} <= sys.version_info[:2] <= {high}" in text
     assert set(COMMANDS) >= {"run", "install", "update", "check"}
+
+
+def test_readme_opens_with_the_launchers_and_says_run_bat_is_untested():
+    text = (REPO / "README.md").read_text()
+    first = re.search(r"^## (.+)$", text, re.MULTILINE).group(1)
+    assert first == "Run it without programming"
+    section = text.split("## Run it without programming", 1)[1].split("\n## ", 1)[0]
+    assert "run.bat" in section and "./run.sh" in section and "untested on Windows" in section
+    assert "logs/launcher.log" in section
