@@ -72,11 +72,14 @@ class Log:
     def say(self, text: str) -> None:
         with self._lock:
             print(text, file=self.out, flush=True)
+            if self._file.closed:  # the app's last lines, after the launcher stopped
+                return
             self._file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
             self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
 
 def venv_python(venv: Path) -> Path:
