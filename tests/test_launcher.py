@@ -14,7 +14,16 @@ import pytest
 
 from allegro import costs
 from launcher import machine
-from launcher.main import COMMANDS, PYTHONS, app_url, parse, with_index_override
+from launcher.main import (
+    COMMANDS,
+    PYTHONS,
+    Log,
+    app_url,
+    install,
+    parse,
+    read_stamp,
+    with_index_override,
+)
 from launcher.torch_choice import (
     LauncherError,
     choose_torch,
@@ -290,3 +299,62 @@ def test_readme_opens_with_the_launchers_and_says_run_bat_is_untested():
     section = text.split("## Run it without programming", 1)[1].split("\n## ", 1)[0]
     assert "run.bat" in section and "./run.sh" in section and "untested on Windows" in section
     assert "logs/launcher.log" in section
+
+
+def fake_venv(root: Path, record: Path, torch_version: str, cuda_ok: bool) -> Path:
+    """A venv whose python records pip's arguments, reports ``torch_version`` as
+    installed, and passes or fails the launcher's CUDA check."""
+    venv = root / "venv"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    python = venv / "bin" / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-m" ]; then echo "$*" >> "{record}"; echo "Successfully installed x"; '
+        "exit 0; fi\n"
+        'case "$2" in *importlib.metadata*) '
+        + (f"echo {torch_version}; exit 0;;" if torch_version else "exit 1;;")
+        + " esac\n"
+        + ("echo 'CUDA works: RTX'; exit 0\n" if cuda_ok else "echo 'no CUDA' >&2; exit 1\n")
+    )
+    python.chmod(0o755)
+    return venv
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the venv's python")
+def test_install_installs_what_the_stamp_lacks_and_checks_cuda(tmp_path, monkeypatch):
+    record = tmp_path / "pip.txt"
+    log = Log(tmp_path / "launcher.log")
+    gpu = fake_smi(535, "Linux")
+    cu126 = choose_torch("Linux", "x86_64", gpu)
+    venv = fake_venv(tmp_path, record, "", cuda_ok=True)
+    assert install(venv, cu126, gpu, log)
+    calls = record.read_text().splitlines()
+    assert calls[0] == f"-m pip install torch==2.13.0 --index-url {PYTORCH}/cu126"
+    assert calls[1].startswith("-m pip install -r ") and calls[1].endswith("requirements.txt")
+    assert set(read_stamp(venv)) == {"torch", "requirements", "cuda"}
+    # Nothing changed: nothing installed.
+    assert not install(venv, cu126, gpu, log)
+    assert len(record.read_text().splitlines()) == 2
+    # The driver was updated to 580: the wrong torch build goes, the right one comes.
+    (venv / "bin" / "python").unlink()
+    fake_venv(tmp_path, record, "2.13.0+cu126", cuda_ok=True)
+    gpu580 = fake_smi(580, "Linux")
+    assert install(venv, choose_torch("Linux", "x86_64", gpu580), gpu580, log)
+    assert record.read_text().splitlines()[2:] == [
+        "-m pip uninstall -y torch",
+        "-m pip install torch==2.13.0",
+    ]
+    log.close()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for the venv's python")
+def test_a_cuda_build_that_sees_no_gpu_stops_with_the_reason(tmp_path):
+    log = Log(tmp_path / "launcher.log")
+    gpu = fake_smi(570, "Windows")
+    choice = choose_torch("Windows", "AMD64", gpu)
+    venv = fake_venv(tmp_path, tmp_path / "pip.txt", "", cuda_ok=False)
+    with pytest.raises(LauncherError) as failure:
+        install(venv, choice, gpu, log)
+    assert str(failure.value) == cuda_failure_message(choice, gpu, "no CUDA")
+    assert "cuda" not in read_stamp(venv)  # checked again next time
+    log.close()
