@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -358,3 +359,65 @@ def test_a_cuda_build_that_sees_no_gpu_stops_with_the_reason(tmp_path):
     assert str(failure.value) == cuda_failure_message(choice, gpu, "no CUDA")
     assert "cuda" not in read_stamp(venv)  # checked again next time
     log.close()
+
+
+def tool_folder(folder: Path, tools: dict[str, str]) -> Path:
+    """A PATH of its own: the coreutils run.sh uses, plus the given fake tools."""
+    folder.mkdir()
+    for name in ("dirname", "mkdir", "date"):
+        (folder / name).symlink_to(shutil.which(name))
+    for name, body in tools.items():
+        (folder / name).write_text("#!/bin/sh\n" + body)
+        (folder / name).chmod(0o755)
+    return folder
+
+
+@pytest.mark.skipif(os.name == "nt", reason="run.sh is for Linux and macOS")
+def test_run_sh_without_a_supported_python_installs_one_with_uv(tmp_path):
+    shutil.copy(REPO / "run.sh", tmp_path / "run.sh")
+    record = tmp_path / "calls.txt"
+    private = tmp_path / "private-python"
+    private.write_text(f'#!/bin/sh\necho "private $*" >> "{record}"\n')
+    private.chmod(0o755)
+    path = tool_folder(
+        tmp_path / "bin",
+        {
+            "python3": f'case "$*" in *"-m pip install"*) echo "pip $*" >> "{record}";; '
+            "*) exit 1;; esac\n",  # Python 3.9, say: the version check fails
+            "uv": f'echo "uv $*" >> "{record}"\n[ "$2" = find ] && echo "{private}"\nexit 0\n',
+        },
+    )
+    done = subprocess.run(
+        [shutil.which("bash"), str(tmp_path / "run.sh"), "check"],
+        env={"PATH": str(path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert record.read_text().splitlines() == [
+        "uv python install 3.12",
+        "uv python find 3.12",
+        "private -m launcher check",
+    ]
+    assert "Installing a private Python 3.12 with uv" in done.stdout
+
+
+@pytest.mark.skipif(os.name == "nt", reason="run.sh is for Linux and macOS")
+def test_run_sh_without_python_or_uv_says_what_to_install(tmp_path):
+    shutil.copy(REPO / "run.sh", tmp_path / "run.sh")
+    path = tool_folder(tmp_path / "bin", {})
+    done = subprocess.run(
+        [shutil.which("bash"), str(tmp_path / "run.sh")],
+        env={"PATH": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("Allegro Studio could not start: it needs Python 3.10 to 3.13")
+    assert f"(full log: {tmp_path}/logs/launcher.log)" in last
+    assert last in (tmp_path / "logs" / "launcher.log").read_text()
