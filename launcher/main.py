@@ -165,7 +165,16 @@ def install(venv: Path, choice: TorchChoice, gpu: NvidiaSmi | None, log: Log) ->
     changed = False
     if not python.exists():
         log.say(f"Making the Python environment in {venv} (once) ...")
-        run_logged([sys.executable, "-m", "venv", venv], log, "Making the Python environment")
+        existed = venv.exists()
+        try:
+            run_logged([sys.executable, "-m", "venv", venv], log, "Making the Python environment")
+        except LauncherError as error:
+            if not existed:
+                shutil.rmtree(venv, ignore_errors=True)  # no half-made environment next time
+            raise LauncherError(
+                f"{error} On Debian and Ubuntu install python3-venv first "
+                "(sudo apt install python3-venv)."
+            ) from error
     if stamp.get("torch") != choice.key:
         log.say(choice.reason)
         present = installed_torch(python)
