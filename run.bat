@@ -10,7 +10,9 @@ for %%V in (3.13 3.12 3.11 3.10) do if not defined PY py -%%V -c "%CHECK%" >nul 
 if not defined PY python -c "%CHECK%" >nul 2>&1 && set "PY=python"
 if not defined PY where uv >nul 2>&1 && uv python install 3.12 && for /f "delims=" %%P in ('uv python find 3.12') do set "PY="%%P""
 if not defined PY (
-    echo Allegro Studio needs Python 3.10 to 3.13: install it from https://www.python.org/downloads/ and run this again.
+    echo Allegro Studio could not start: it needs Python 3.10 to 3.13; install it from https://www.python.org/downloads/ and run this again. (full log: %CD%\logs\launcher.log^)
+    if not exist logs mkdir logs
+    >> logs\launcher.log echo Allegro Studio could not start: no Python 3.10 to 3.13 found.
     pause
     exit /b 1
 )

@@ -262,8 +262,10 @@ def test_run_bat_pins_each_lines_command():
         "for",  # the py launcher's 3.13 .. 3.10
         "if",  # python on PATH
         "if",  # uv: a private Python
-        "if",  # none: say so and stop
+        "if",  # none: say so (with the log's path), log it and stop
         "echo",
+        "if",
+        ">>",
         "pause",
         "exit",
         ")",
@@ -278,7 +280,8 @@ def test_run_bat_pins_each_lines_command():
     assert f"not {low} <= sys.version_info[:2] <= {high}" in lines[5]
     versions = re.search(r"in \(([^)]*)\)", lines[8]).group(1).split()
     assert versions == [f"3.{minor}" for minor in range(high[1], low[1] - 1, -1)]
-    assert lines[16] == "%PY% -m launcher %*"
+    assert lines[18] == "%PY% -m launcher %*"
+    assert "(full log: %CD%\\logs\\launcher.log^)" in lines[12]  # ^: a ) inside a block
     assert text.count("(") == text.count(")")
     assert "uv python install 3.12" in lines[10] and "uv python find 3.12" in lines[10]
 
