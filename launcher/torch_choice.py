@@ -2,15 +2,19 @@
 
 Pure functions of text and names, so tests feed them fake ``nvidia-smi`` outputs.
 
-Facts this relies on (checked 2026-12-06; none could be fetched from download.pytorch.org
-here, only PyPI is reachable):
+Facts this relies on (checked 2026-12-06 with the search tool; download.pytorch.org is out
+of reach from the build machine, so pip could not list its variants):
 - torch 2.13 is built for CUDA 12.6 and 13.0 (stable) and 13.2 (experimental):
-  pytorch/pytorch RELEASE.md, "Release Compatibility Matrix" row for 2.13 (PR #187075).
-  PyPI's Linux x86_64 ``torch==2.13.0`` is the CUDA 13.0 build (README "GPU install");
-  PyPI's Windows wheel has no CUDA. We install only the stable builds.
-- Minimum drivers (NVIDIA "CUDA Compatibility", minor version compatibility table):
-  CUDA 13.x needs driver >= 580, CUDA 12.x runs on >= 525 (12.x wheels bundle their CUDA
-  libraries, so a 12.x driver runs the 12.6 build through minor version compatibility).
+  pytorch/pytorch RELEASE.md, "Release Compatibility Matrix" row for 2.13 (PR #187075);
+  12.6 is the build for pre-Turing GPUs and is dropped in 2.15 (issue #190385). PyPI's
+  Linux x86_64 ``torch==2.13.0`` is the CUDA 13.0 build (README "GPU install"); PyPI's
+  Windows wheel has no CUDA. We install only the stable builds.
+- Minimum drivers: NVIDIA "CUDA Compatibility", minor version compatibility table
+  (docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html): CUDA 13.x
+  needs driver >= 580, CUDA 12.x runs on >= 525. The 12.6 toolkit itself ships with 560,
+  but wheels that bundle their CUDA libraries run on any 12.x driver through minor version
+  compatibility (no PTX JIT: a GPU needs a prebuilt kernel, which the 12.6 build has for
+  Maxwell to Hopper). The CUDA check after installing catches the rest.
 - ``nvidia-smi``'s header says the newest CUDA the driver runs ("CUDA Version: 12.2").
 """
 
