@@ -55,12 +55,11 @@ def probe_nvidia(run: Runner = run_quietly) -> NvidiaSmi | None:
             f"is broken or half-updated). Reinstall the driver from {DRIVER_DOWNLOAD}, "
             "restart the computer and run this again."
         )
-    query = run(
-        [
-            "nvidia-smi",
-            "--query-gpu=name,memory.total,memory.free",
-            "--format=csv,noheader,nounits",
-        ]
+    fields = "name,memory.total,memory.free"
+    csv = "--format=csv,noheader,nounits"
+    # compute_cap is newer than some drivers: without it, the rest still helps.
+    query = run(["nvidia-smi", f"--query-gpu={fields},compute_cap", csv]) or run(
+        ["nvidia-smi", f"--query-gpu={fields}", csv]
     )
     return parse_nvidia_smi(header or "", query or "")
 

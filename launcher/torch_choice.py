@@ -25,11 +25,13 @@ from dataclasses import dataclass
 
 TORCH_VERSION = "2.13.0"
 PYTORCH_INDEX = "https://download.pytorch.org/whl"
-# (build, CUDA major.minor, minimum driver major) newest first: the stable CUDA builds of
-# torch 2.13 and the driver each needs (see the module docstring for the sources).
-CUDA_BUILDS: tuple[tuple[str, tuple[int, int], int], ...] = (
-    ("cu130", (13, 0), 580),
-    ("cu126", (12, 6), 525),
+# (build, CUDA major.minor, minimum driver major, GPU architectures it has kernels for as
+# (lowest, highest) compute capability) newest first: the stable CUDA builds of torch 2.13
+# (sources in the module docstring; architectures from pytorch RELEASE.md's "PyTorch CUDA
+# Support Matrix": 12.6.3 Maxwell 5.0 to Hopper 9.0, 13.0 Turing 7.5 to Blackwell 12.0).
+CUDA_BUILDS: tuple[tuple[str, tuple[int, int], int, tuple[float, float]], ...] = (
+    ("cu130", (13, 0), 580, (7.5, 12.9)),  # 12.0+PTX: later Blackwell chips (GB10, 12.1)
+    ("cu126", (12, 6), 525, (5.0, 9.0)),
 )
 OLDEST_DRIVER = CUDA_BUILDS[-1][2]
 DRIVER_DOWNLOAD = "https://www.nvidia.com/Download/index.aspx"
@@ -48,6 +50,7 @@ class NvidiaSmi:
     gpu_name: str | None = None
     memory_total_mib: int | None = None
     memory_free_mib: int | None = None
+    compute_capability: float | None = None  # 8.6 for an RTX 3060, 12.0 for an RTX 5090
 
     @property
     def driver_major(self) -> int:
@@ -85,33 +88,42 @@ _CUDA = re.compile(r"CUDA Version:\s*([0-9]+)\.([0-9]+)")
 
 def parse_nvidia_smi(header: str, query: str = "") -> NvidiaSmi | None:
     """``header``: plain ``nvidia-smi`` output; ``query``: the output of
-    ``nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits``.
+    ``nvidia-smi --query-gpu=name,memory.total,memory.free,compute_cap --format=csv,noheader,
+    nounits`` (an old driver without compute_cap answers nothing: then it stays unknown).
     None when the header names no driver (no NVIDIA GPU, or a broken driver)."""
     driver = _DRIVER.search(header)
     if not driver:
         return None
     cuda = _CUDA.search(header)
-    name = total = free = None
+    name = total = free = capability = None
     first = next((line for line in query.splitlines() if line.strip()), "")
     fields = [field.strip() for field in first.split(",")]
     if len(fields) >= 3:
         name = fields[0] or None
         total = _int_or_none(fields[1])
         free = _int_or_none(fields[2])
+    if len(fields) >= 4:
+        capability = _float_or_none(fields[3])
     return NvidiaSmi(
         driver=driver.group(1),
         cuda=(int(cuda.group(1)), int(cuda.group(2))) if cuda else None,
         gpu_name=name,
         memory_total_mib=total,
         memory_free_mib=free,
+        compute_capability=capability,
     )
 
 
-def _int_or_none(text: str) -> int | None:
+def _float_or_none(text: str) -> float | None:
     try:
-        return int(float(text))
+        return float(text)
     except ValueError:
         return None
+
+
+def _int_or_none(text: str) -> int | None:
+    value = _float_or_none(text)
+    return None if value is None else int(value)
 
 
 def _index(build: str) -> str:
@@ -142,16 +154,36 @@ def choose_torch(system: str, machine: str, gpu: NvidiaSmi | None) -> TorchChoic
             "need an NVIDIA GPU.",
         )
     runs = gpu.cuda or _cuda_from_driver(gpu.driver_major)
-    # Same major CUDA and a driver new enough: the header's CUDA may be older within the
-    # major (minor version compatibility), never a major behind.
+    # A driver runs its own CUDA major and older ones; within a major, any minor (minor
+    # version compatibility). The GPU needs the build's kernels for its architecture.
+    capability = gpu.compute_capability
+    runnable = [
+        (build, cuda, arches)
+        for build, cuda, min_driver, arches in CUDA_BUILDS
+        if runs[0] >= cuda[0] and gpu.driver_major >= min_driver
+    ]
     match = next(
         (
             (build, cuda)
-            for build, cuda, min_driver in CUDA_BUILDS
-            if runs[0] == cuda[0] and gpu.driver_major >= min_driver
+            for build, cuda, arches in runnable
+            if capability is None or arches[0] <= capability <= arches[1]
         ),
         None,
     )
+    if match is None and runnable and capability is not None:
+        newest = CUDA_BUILDS[0]
+        if capability > runnable[0][2][1] and newest[3][0] <= capability <= newest[3][1]:
+            raise LauncherError(
+                f"Your {gpu.gpu_name or 'NVIDIA GPU'} needs PyTorch's CUDA "
+                f"{newest[1][0]}.{newest[1][1]} build, and that needs NVIDIA driver "
+                f"{newest[2]} or newer; yours is {gpu.driver}. Update the driver from "
+                f"{DRIVER_DOWNLOAD}, restart the computer and run this again."
+            )
+        raise LauncherError(
+            f"Your {gpu.gpu_name or 'NVIDIA GPU'} (compute capability {capability}) is not "
+            f"supported by any PyTorch {TORCH_VERSION} build: real videos need a newer "
+            "NVIDIA GPU (Turing, RTX 20 series, or newer is best)."
+        )
     if match is None:
         raise LauncherError(
             f"Your NVIDIA driver {gpu.driver} (CUDA {runs[0]}.{runs[1]}) is too old for "

@@ -115,6 +115,41 @@ def test_a_driver_too_old_for_any_build_is_refused_with_what_to_do(system, drive
     assert "Update the driver from https://www.nvidia.com/Download/index.aspx" in text
 
 
+def with_capability(series: int, system: str, name: str, capability: str):
+    linux, windows, cuda = DRIVERS[series]
+    driver = linux if system == "Linux" else windows
+    header = HEADER.format(driver=driver, cuda=cuda, name=name)
+    return parse_nvidia_smi(header, f"{name}, 24576, 24000, {capability}\n")
+
+
+def test_a_pre_turing_gpu_gets_the_12_6_build_even_with_a_new_driver():
+    gpu = with_capability(580, "Linux", "NVIDIA GeForce GTX 1080 Ti", "6.1")
+    assert gpu.compute_capability == 6.1
+    choice = choose_torch("Linux", "x86_64", gpu)
+    assert choice.pip_args() == ["torch==2.13.0", "--index-url", f"{PYTORCH}/cu126"]
+
+
+@pytest.mark.parametrize("system", ["Linux", "Windows"])
+def test_a_blackwell_gpu_on_a_12_x_driver_is_told_to_update_to_580(system):
+    gpu = with_capability(570, system, "NVIDIA GeForce RTX 5090", "12.0")
+    with pytest.raises(LauncherError) as refusal:
+        choose_torch(system, "x86_64", gpu)
+    assert str(refusal.value).startswith(
+        "Your NVIDIA GeForce RTX 5090 needs PyTorch's CUDA 13.0 build, and that needs NVIDIA "
+        f"driver 580 or newer; yours is {gpu.driver}. Update the driver"
+    )
+    newer = with_capability(580, system, "NVIDIA GeForce RTX 5090", "12.0")
+    assert choose_torch(system, "x86_64", newer).build == "cu130"
+
+
+def test_a_gpu_no_build_supports_is_refused():
+    gpu = with_capability(535, "Linux", "Tesla K80", "3.7")
+    with pytest.raises(
+        LauncherError, match=r"Tesla K80 \(compute capability 3.7\) is not supported"
+    ):
+        choose_torch("Linux", "x86_64", gpu)
+
+
 def test_an_old_nvidia_smi_without_the_cuda_header_is_judged_by_the_driver():
     gpu = parse_nvidia_smi("| NVIDIA-SMI 550.54   Driver Version: 550.54.14 |")
     assert gpu.cuda is None
@@ -135,7 +170,7 @@ def write_fake_smi(folder: Path, header: str | None, code: int = 0) -> None:
     body = "#!/bin/sh\n"
     if header is not None:
         body += (
-            'case "$1" in --query-gpu=*) echo "NVIDIA GeForce RTX 3060, 12288, 11800";; '
+            'case "$1" in --query-gpu=*) echo "NVIDIA GeForce RTX 3060, 12288, 11800, 8.6";; '
             f"*) cat <<'END'\n{header}\nEND\n;; esac\n"
         )
     body += f"exit {code}\n"
@@ -149,6 +184,7 @@ def test_probe_reads_the_real_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     gpu = machine.probe_nvidia()
     assert (gpu.driver, gpu.cuda, gpu.memory_free_mib) == ("570.172.08", (12, 8), 11800)
+    assert gpu.compute_capability == 8.6
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
