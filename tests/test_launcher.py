@@ -195,6 +195,27 @@ def test_a_failing_nvidia_smi_is_a_broken_driver_not_a_cpu_install(tmp_path, mon
         machine.probe_nvidia()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="a shell script stands in for nvidia-smi")
+def test_a_driver_without_compute_cap_still_gives_name_and_memory(tmp_path, monkeypatch):
+    write_fake_smi(tmp_path, "")  # found on PATH; the runner below answers for it
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    asked = []
+
+    def old_smi(command: list[str]) -> str | None:
+        asked.append(command[1:2])
+        if len(command) == 1:
+            return HEADER.format(driver="515.65.01", cuda="11.7", name="RTX 3060")
+        return None if "compute_cap" in command[1] else "NVIDIA GeForce RTX 3060, 12288, 12000"
+
+    gpu = machine.probe_nvidia(old_smi)
+    assert len(asked) == 3  # the header, the query with compute_cap, the one without
+    assert (gpu.gpu_name, gpu.memory_free_mib, gpu.compute_capability) == (
+        "NVIDIA GeForce RTX 3060",
+        12000,
+        None,
+    )
+
+
 def test_no_nvidia_smi_means_no_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert machine.probe_nvidia() is None
