@@ -17,6 +17,7 @@ from allegro.request import (
     OFFICIAL_STEPS,
     STEPS_RANGE,
 )
+from ui.first_start import draft_button_sets, first_start_panel
 from ui.page_jobs import (
     ASK_PERMISSION_JS,
     MAX_VARIATIONS,
@@ -130,6 +131,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         with gr.Row(elem_id="model-banner-row"):
             banner = gr.Markdown("**Starting …**", elem_id="model-banner")
             retry = gr.Button("Retry loading", visible=False, size="sm", scale=0, min_width=140)
+        draft = first_start_panel(studio.config)
 
         with gr.Row(equal_height=False, elem_id="workspace"):
             with gr.Column(scale=5, min_width=320, elem_id="controls"):
@@ -226,6 +228,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                         min_width=240,
                         elem_id="size",
                     )
+                draft_button_sets(draft, length, size)
                 with gr.Row(elem_id="seed-row", equal_height=True):
                     seed = gr.Number(
                         RANDOM_SEED,
