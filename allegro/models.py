@@ -239,6 +239,7 @@ class ModelManager:
         self._device_listeners: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._listeners: list[ProgressCallback] = []
+        self._state_listeners: list[Callable[[], None]] = []  # on_change
 
     def state(self) -> ModelState:
         with self._changed:
@@ -248,6 +249,15 @@ class ModelManager:
         with self._changed:
             self._state = replace(self._state, **changes)
             self._changed.notify_all()
+            listeners = list(self._state_listeners)
+        for listener in listeners:
+            listener()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (no arguments, on the loading thread, holding no lock of this
+        manager) after every change of ``state()``: e.g. the job runner's ``wake``."""
+        with self._changed:
+            self._state_listeners.append(listener)
 
     def add_listener(self, listener: ProgressCallback) -> None:
         """Receive every loading and downloading event from now on."""

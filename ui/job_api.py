@@ -144,6 +144,7 @@ class JobApi:
         runner = self._runner()
         progress = job.progress
         video = Path(job.video) if job.video else None
+        hold = runner.held() if job.state == JobState.QUEUED else None
         return {
             "id": job.id,
             "state": job.state.value,
@@ -161,6 +162,9 @@ class JobApi:
             "finished": _iso(job.finished),
             "attempts": job.attempts,
             "note": job.note,
+            # Why it cannot start yet: "waiting for the model to load: …" or, when loading
+            # failed, "waiting for the model: <reason>" (None once the model is ready).
+            "waiting": hold.reason if hold is not None else None,
             "error": job.error,
             "progress": None
             if progress is None

@@ -178,6 +178,7 @@ class Studio:
         self.runner: JobRunner | None = None
         self.page_jobs: PageJobs | None = None  # the page's handlers when jobs are on
         if jobs_db is not None and not config.zero_gpu:
+            from allegro.job_hold import hold_jobs_for_model
             from allegro.jobs import JobLimits, JobStore, add_device_workers
 
             # One worker per device (--devices), added once the loader has found them.
@@ -189,6 +190,8 @@ class Studio:
                 inputs_dir=job_inputs_dir(jobs_db),
             )
             add_device_workers(self.runner, loader.manager, config.output_dir)
+            # No job starts before the model is ready; none is accepted while it failed.
+            hold_jobs_for_model(self.runner, loader.manager)
             self.page_jobs = PageJobs(self, self.runner)
         from ui.job_api import JobApi  # it imports this module
 

@@ -36,6 +36,7 @@ from allegro import errors
 from allegro.errors import AllegroError, UnsupportedSetupError
 from allegro.events import CancelToken, ProgressCallback, ProgressEvent
 from allegro.jobs.job import Job, WorkerLost
+from allegro.jobs.ray_auth import prepare_token
 from allegro.jobs.runner import JOB_LABEL, WORKER_LABEL, Worker
 
 if TYPE_CHECKING:
@@ -289,9 +290,10 @@ def connect(address: str, **init: Any) -> None:
         "excludes": ["__pycache__"],
         **init.pop("runtime_env", {}),
     }
+    prepare_token(address)  # a cluster with token authentication: send its token
     try:
         ray.init(address=address, runtime_env=runtime_env, **init)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as error:
         raise UnsupportedSetupError(
             f"Could not join the Ray cluster at {address!r}: {error}. Start one with "
             "`ray start --head` (see the README, 'A Ray cluster')."

@@ -62,6 +62,19 @@ class JobLimits:
     max_attempts: int = 3  # a job running at this many crashes is not started again
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Why queued jobs do not start now (the model is not ready yet, or failed), and the
+    error new jobs are refused with meanwhile (None: they are accepted and wait)."""
+
+    reason: str
+    refusal: AllegroError | None = None
+
+
+def no_hold() -> Hold | None:
+    return None
+
+
 class Worker(abc.ABC):
     """Runs jobs on one device. Subclass per kind of device; the runner gives each worker
     its own thread."""
@@ -165,6 +178,7 @@ class JobRunner:
         self._stopping = False
         self._started = False
         self._threads: list[threading.Thread] = []
+        self._hold: Callable[[], Hold | None] = no_hold  # hold_while
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -195,6 +209,22 @@ class JobRunner:
         )
         thread.start()
         self._threads.append(thread)
+
+    def hold_while(self, hold: Callable[[], Hold | None]) -> None:
+        """Start no job while ``hold()`` says why not (the model is not ready), and refuse
+        new ones while its Hold has a refusal. Call ``wake()`` when it may have changed."""
+        with self._changed:
+            self._hold = hold
+            self._changed.notify_all()
+
+    def held(self) -> Hold | None:
+        """Why queued jobs wait now, or None when they start as workers are free."""
+        return self._hold()
+
+    def wake(self) -> None:
+        """The hold may have changed (from any thread): workers look again."""
+        with self._changed:
+            self._changed.notify_all()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the workers. A running job is cancelled and queued again: it runs from the
@@ -337,6 +367,8 @@ class JobRunner:
         workers finish about ``workers`` jobs per ``seconds_per_job`` (None: the median run
         of the last finished videos; None back when there are none yet). 0 when it would
         start now (or runs)."""
+        if self.held() is not None:  # it waits for the model first: no telling how long
+            return None
         with self._changed:
             workers = max(len(self.workers), 1)
             ahead = self.queue_position(job_id)
@@ -440,6 +472,9 @@ class JobRunner:
     def check_limits(self, owner: str, adding: int = 1) -> None:
         """JobLimitError, naming the limit, if ``adding`` more jobs of ``owner`` would pass
         one (what submit checks; a page checks it before queueing its request)."""
+        hold = self.held()
+        if hold is not None and hold.refusal is not None:  # e.g. the model failed to load
+            raise hold.refusal
         asked = "" if adding == 1 else f"These are {adding} videos. "
         mine = self.store.count(ACTIVE_STATES, owner=owner)
         if mine + adding > self.limits.per_owner:
@@ -499,6 +534,9 @@ class JobRunner:
         """The first queued job, marked running (None when stopping)."""
         with self._changed:
             while not self._stopping:
+                if self._hold() is not None:  # the model is not ready: the queue waits
+                    self._changed.wait(timeout=5.0)
+                    continue
                 for job in self.store.list(states=[JobState.QUEUED], limit=1):
                     started, attempts = time.time(), job.attempts + 1
                     if self.store.update(
