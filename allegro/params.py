@@ -301,6 +301,7 @@ PARAMS: tuple[Param, ...] = (
         tasks=frozenset({Task.EXTEND}),
         saved="continues.video",
         record=True,
+        api_name="video",
     ),
     Param(
         "overlap_frames",
@@ -335,16 +336,26 @@ def params_for(*tasks: Task) -> Iterator[Param]:
     return (p for p in params() if p.tasks & set(tasks))
 
 
+MISSING = object()  # a saved value the settings do not have
+
+
+def saved_raw(settings: Any, declared: Param) -> Any:
+    """The value saved for ``declared`` as it is in ``settings`` (a mapping), unchecked;
+    MISSING when the settings lack it (or it is not saved)."""
+    if declared.saved is None:
+        return MISSING
+    value: Any = settings
+    for key in declared.saved.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            return MISSING
+        value = value[key]
+    return value
+
+
 def saved_value(settings: Any, declared: Param) -> Any:
     """The value ``declared`` has in saved settings (a mapping), or None if they lack it.
     A BOOL saved as a record is on when its record is there."""
-    if declared.saved is None:
-        return None
-    value: Any = settings
-    for key in declared.saved.split("."):
-        value = value.get(key) if hasattr(value, "get") else None
+    value = saved_raw(settings, declared)
     if declared.kind is Kind.BOOL and declared.record:
-        if declared.saved not in settings:
-            return None
-        return isinstance(value, Mapping) or value is True
-    return value
+        return None if value is MISSING else isinstance(value, Mapping) or value is True
+    return None if value is MISSING else value
