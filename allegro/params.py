@@ -92,6 +92,9 @@ class Param:
     page: str | None = None
     cli: str | None = None
     api_name: str | None = None
+    # How the summary line of a saved video shows it: a format of the saved settings
+    # (``{name}`` fields), shown when the value is set (a BOOL: when on); None: not shown.
+    summary: str | None = None
 
     @property
     def python_type(self) -> type:
@@ -158,6 +161,7 @@ PARAMS: tuple[Param, ...] = (
         shown=-1,
         saved="seed",
         page="seed",
+        summary="Seed {seed}",
     ),
     Param(
         "steps",
@@ -169,6 +173,7 @@ PARAMS: tuple[Param, ...] = (
         maximum=STEPS_RANGE[1],
         saved="steps",
         page="steps",
+        summary="{steps} steps",
     ),
     Param(
         "guidance_scale",
@@ -183,6 +188,7 @@ PARAMS: tuple[Param, ...] = (
         saved="guidance_scale",
         page="guidance_scale",
         cli="--guidance",
+        summary="guidance {guidance_scale}",
     ),
     Param(
         "frames",
@@ -192,6 +198,7 @@ PARAMS: tuple[Param, ...] = (
         "Length in frames; default: the model's native length (88).",
         saved="frames",
         page="length",
+        summary="{frames} frames at {width}x{height}",
     ),
     Param(
         "height",
@@ -256,6 +263,7 @@ PARAMS: tuple[Param, ...] = (
         saved="fast_mode",
         page="fast_mode",
         cli="--fast",
+        summary="fast mode",
     ),
     Param(
         "step_cache",
@@ -267,6 +275,7 @@ PARAMS: tuple[Param, ...] = (
         saved="step_cache",
         record=True,
         page="step_cache",
+        summary="step cache",
     ),
     Param(
         "first_image",
@@ -337,6 +346,22 @@ def params_for(*tasks: Task) -> Iterator[Param]:
 
 
 MISSING = object()  # a saved value the settings do not have
+
+
+def summary_parts(settings: Mapping[str, Any]) -> list[str]:
+    """The declared parameters' parts of a saved video's summary line, in order."""
+    parts = []
+    for declared in params():
+        value = saved_value(settings, declared)
+        if declared.summary is None or value is None or value is False:
+            continue
+        parts.append(declared.summary.format_map(_Blank(settings)))
+    return parts
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
 
 
 def saved_raw(settings: Any, declared: Param) -> Any:

@@ -22,9 +22,7 @@ def validations(inputs: Sequence[str], problem: str | None, target: str | None) 
     return [gr.validate(name != target, problem if name == target else "") for name in inputs]
 
 
-def page_validations(
-    inputs: Sequence[str], problem: str | None, field: str | None
-) -> list[dict]:
+def page_validations(inputs: Sequence[str], problem: str | None, field: str | None) -> list[dict]:
     """The problem on the page control that holds request field ``field``."""
     return validations(inputs, problem, control_of(field))
 
