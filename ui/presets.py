@@ -88,12 +88,15 @@ _COMPOSITE_DEFAULTS = {LENGTH: MODEL_DEFAULT, SIZE: MODEL_DEFAULT, TASK: TEXT_TO
 
 def control_names() -> tuple[str, ...]:
     """The page's generation controls, by name: one per declared parameter the page shows
-    (``Param.page``, several parameters may share one), then the task switch."""
+    (``Param.page``, several parameters may share one), in the declaration's order, with
+    the task switch before the images it turns on (the order of the events' inputs)."""
     names: list[str] = []
     for declared in params():
+        if declared.kind is Kind.FILE and TASK not in names:
+            names.append(TASK)
         if declared.page is not None and declared.page not in names:
             names.append(declared.page)
-    return (*names, TASK)
+    return tuple(names) if TASK in names else (*names, TASK)
 
 
 def control_default(name: str) -> Any:
