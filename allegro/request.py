@@ -22,6 +22,7 @@ from allegro.params import (  # noqa: F401 - re-exported: the request's constant
     OFFICIAL_TI2V_GUIDANCE,
     REQUIRED,
     STEPS_RANGE,
+    Kind,
     Param,
     params,
 )
@@ -328,6 +329,7 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
             "Choose one.",
             field="step_cache",
         )
+    _check_choices(request)
     seed = parse_seed(request.seed)
     if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
@@ -378,6 +380,18 @@ def _check_condition(request: GenerationRequest, frames: int) -> int:
             field="overlap_frames",
         )
     return overlap
+
+
+def _check_choices(request: GenerationRequest) -> None:
+    """A parameter with declared choices holds one of them (or None: its default)."""
+    for declared in params():
+        value = getattr(request, declared.name)
+        if declared.kind is Kind.CHOICE and value is not None and value not in declared.choices:
+            raise InvalidRequestError(
+                f"Unknown {declared.label.lower()} {value!r}. Choose one of: "
+                f"{', '.join(declared.choices)}.",
+                field=declared.name,
+            )
 
 
 def _or(value: Any, default: int, name: str, field: str) -> int:

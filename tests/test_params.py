@@ -359,3 +359,26 @@ def test_a_parameter_added_to_the_declaration_appears_on_the_api_the_cli_and_the
         slider = make_control("motion_strength")
     assert isinstance(slider, gr.Slider)
     assert (slider.minimum, slider.maximum, slider.value) == (0.0, 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prompt": " "}, "prompt"),
+        ({"negative_prompt": "\x00"}, "negative_prompt"),
+        ({"seed": -5}, "seed"),
+        ({"steps": 0}, "steps"),
+        ({"guidance_scale": 99}, "guidance_scale"),
+        ({"frames": 50}, "frames"),
+        ({"height": 130}, "height"),
+        ({"width": 130}, "width"),
+        ({"interpolation_method": "magic"}, "interpolation_method"),
+        ({"fast_mode": True, "step_cache": True}, "step_cache"),
+        ({"last_image": "b.png"}, "last_image"),
+        ({"continue_video": "v.mp4", "overlap_frames": 0}, "overlap_frames"),
+    ],
+)
+def test_each_request_error_names_its_field(change, field):
+    with pytest.raises(InvalidRequestError) as caught:
+        check_request(GenerationRequest(**{"prompt": "a cat", **change}))
+    assert caught.value.field == field

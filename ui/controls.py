@@ -8,7 +8,6 @@ from typing import Any
 
 import gradio as gr
 
-from allegro.errors import AllegroError
 from allegro.params import Kind, param
 from ui.presets import control_default, control_of
 from ui.uploads import UploadedImage
@@ -33,10 +32,6 @@ def api_input(field: str | None) -> str | None:
         return param(field).api if field else None
     except KeyError:
         return None
-
-
-def problem_of(error: AllegroError) -> tuple[str, str | None]:
-    return str(error), error.field
 
 
 def make_control(name: str, **placement: Any) -> gr.components.Component:

@@ -6,7 +6,6 @@ handler turns an error into what a caller sees. The sections import this, never
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,6 +56,3 @@ class Services(Protocol):
     def check_interpolation(self, method: str | None) -> None: ...
     def page_request(self, owner_id: Any, controls: Any) -> tuple[Owner, GenerationRequest]: ...
     def page_extension(self, name: Any, owner: Owner, *fields: Any) -> GenerationRequest: ...
-
-
-__all__ = ["BUG_MESSAGE", "LOCAL_OWNER", "Mapping", "Services", "user_error"]

@@ -353,7 +353,7 @@ class Studio:
             from allegro.ti2v.inputs import check_condition_files
 
             if status.ready and not status.image_to_video:
-                raise InvalidRequestError(TEXT_ONLY_MESSAGE)
+                raise InvalidRequestError(TEXT_ONLY_MESSAGE, field="first_image")
             check_condition_files(request)
         if status.native is None:
             check_request(request)
@@ -379,7 +379,8 @@ class Studio:
         availability = method_availability(name, self.config.ema_vfi_weights)
         if not availability.available:
             raise InterpolationError(
-                f"The {name} interpolation method is not available: {availability.reason}"
+                f"The {name} interpolation method is not available: {availability.reason}",
+                field="interpolation_method",
             )
 
     def _gpu_seconds(
