@@ -13,10 +13,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from allegro import __version__, costs
 from allegro.errors import AllegroError, Cancelled
 from allegro.loading import OFFLOAD_MODES, PRECISIONS, PipelineSpec
+from allegro.params import INTERPOLATION_METHODS, Kind, Task, params_for
 from allegro.request import (
     DEFAULT_MODEL,
     DEFAULT_OVERLAP_FRAMES,
@@ -25,8 +27,6 @@ from allegro.request import (
     accepted_sizes_text,
     check_request,
 )
-
-INTERPOLATION_METHODS = ("flow", "ema-vfi", "blend")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -53,15 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_model_arguments(gen)
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--image", type=Path, help="first frame: image to video with Allegro-TI2V")
-    gen.add_argument("--last-image", type=Path, help="last frame (needs --image)")
-    _add_sampling_arguments(gen)
-    gen.add_argument("--frames", help="default: the model's native length (88)")
-    gen.add_argument("--height", help="default: the model's native height (720)")
-    gen.add_argument("--width", help="default: the model's native width (1280)")
-    gen.add_argument("--interpolate", action="store_true", help="30 fps output")
-    gen.add_argument("--interpolation-method", choices=INTERPOLATION_METHODS, default=None)
+    _add_request_arguments(gen, Task.TEXT, Task.IMAGE)
     gen.add_argument("--weights", help="EMA-VFI checkpoint (.pkl) for --interpolation-method")
     gen.add_argument("--out", type=Path, help="output .mp4 (default: outputs/<name>.mp4)")
 
@@ -74,14 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     extend.add_argument("video", type=Path)
     _add_model_arguments(extend)
-    extend.add_argument("--prompt", required=True)
-    extend.add_argument(
-        "--overlap",
-        default=str(DEFAULT_OVERLAP_FRAMES),
-        help=f"frames the clips share (default {DEFAULT_OVERLAP_FRAMES})",
-    )
-    extend.add_argument("--frames", help="length of the new clip (default: the model's, 88)")
-    _add_sampling_arguments(extend)
+    _add_request_arguments(extend, Task.EXTEND, positional={"continue_video"})
     extend.add_argument("--out", type=Path, help="output .mp4 (default: outputs/<name>.mp4)")
 
     info = commands.add_parser("info", help="print the settings embedded in a video as JSON")
@@ -126,23 +111,33 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--negative-prompt", help="default: the official negative prompt")
-    # Numbers are taken as text and checked by the engine, so the CLI, the page and the API
-    # give the same messages.
-    parser.add_argument("--seed", help="0..4294967295; default: random (the used seed is shown)")
-    parser.add_argument("--steps", default="100", help="denoising steps (official: 100)")
-    parser.add_argument(
-        "--guidance", help="guidance scale (official: 7.5 from text, 8 from images)"
-    )
-    parser.add_argument("--no-template", action="store_true", help="skip the official template")
-    parser.add_argument("--fast", action="store_true", help="Pyramid Attention Broadcast (~1.4x)")
-    parser.add_argument(
-        "--step-cache",
-        action="store_true",
-        help="cache-dit's step cache (DBCache, its authors' Allegro settings: they report "
-        "1.36x); an alternative to --fast",
-    )
+def _add_request_arguments(
+    parser: argparse.ArgumentParser, *tasks: Task, positional: frozenset | set = frozenset()
+) -> None:
+    """A flag per parameter the tasks use (``allegro.params``), named by it: ``--x-y`` for
+    ``x_y`` unless it declares its own. Numbers are taken as text and checked by the
+    request's own checks, so the CLI, the page and the API give the same messages."""
+    for declared in params_for(*tasks):
+        if declared.name in positional:
+            continue
+        flag, help_text = declared.flag, declared.help
+        if declared.kind is Kind.BOOL:
+            action = "store_false" if declared.default else "store_true"
+            parser.add_argument(flag, dest=declared.name, action=action, help=help_text)
+        elif declared.kind is Kind.CHOICE:
+            parser.add_argument(
+                flag, dest=declared.name, choices=declared.choices, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, dest=declared.name, required=declared.required, default=None, help=help_text
+            )
+
+
+def _request_values(args: argparse.Namespace, *tasks: Task) -> dict[str, Any]:
+    """The request's fields the command line gave, by name (the others keep their defaults)."""
+    values = {declared.name: getattr(args, declared.name, None) for declared in params_for(*tasks)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 class _ProgressBar:
@@ -181,54 +176,37 @@ def _model_choice(args: argparse.Namespace, image_to_video: bool):
     return model, transformer, preset
 
 
-def _sampling_fields(args: argparse.Namespace) -> dict:
-    """The request fields that generate and extend share (see _add_sampling_arguments)."""
-    return {
-        "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "seed": args.seed,
-        "steps": args.steps,
-        "guidance_scale": args.guidance,
-        "use_template": not args.no_template,
-        "fast_mode": args.fast,
-        "step_cache": args.step_cache,
-    }
-
-
 def _generate(args: argparse.Namespace) -> int:
-    image_to_video = args.image is not None or args.last_image is not None
+    values = _request_values(args, Task.TEXT, Task.IMAGE)
+    image_to_video = bool(values.get("first_image") or values.get("last_image"))
     model, transformer, preset = _model_choice(args, image_to_video)
-    request = GenerationRequest(
-        **_sampling_fields(args),
-        frames=args.frames if args.frames is not None else (preset and preset.frames),
-        height=args.height if args.height is not None else (preset and preset.height),
-        width=args.width if args.width is not None else (preset and preset.width),
-        interpolate=args.interpolate or args.interpolation_method is not None,
-        interpolation_method=args.interpolation_method,
-        first_image=str(args.image) if args.image else None,
-        last_image=str(args.last_image) if args.last_image else None,
-    )
-    return _run(args, request, model, transformer, weights=args.weights)
+    for name in ("frames", "height", "width"):  # the preset's size, unless given
+        if name not in values and preset is not None:
+            values[name] = getattr(preset, name)
+    if values.get("interpolation_method") is not None:  # a method alone asks for it
+        values["interpolate"] = True
+    return _run(args, GenerationRequest(**values), model, transformer, weights=args.weights)
 
 
 def _extend(args: argparse.Namespace) -> int:
     from allegro.ti2v.inputs import last_frames
 
+    values = _request_values(args, Task.EXTEND)
     model, transformer, preset = _model_choice(args, image_to_video=True)
-    overlap = args.overlap
+    overlap = values.get("overlap_frames", DEFAULT_OVERLAP_FRAMES)
     earlier, _ = last_frames(args.video, max(_whole(overlap), 1))
+    if "frames" not in values and preset is not None:
+        values["frames"] = preset.frames
     request = GenerationRequest(
-        **_sampling_fields(args),
-        frames=args.frames if args.frames is not None else (preset and preset.frames),
+        **values,
         height=earlier.shape[1],  # a continuation has the clip's size
         width=earlier.shape[2],
         continue_video=str(args.video),
-        overlap_frames=overlap,
     )
     return _run(args, request, model, transformer)
 
 
-def _whole(value: str) -> int:
+def _whole(value: Any) -> int:
     try:
         return int(value)
     except ValueError:

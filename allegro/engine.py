@@ -39,7 +39,7 @@ from allegro.request import (
     positive_prompt,
     resolve_request,
 )
-from allegro.settings import InterpolationRecord, VideoSettings
+from allegro.settings import InterpolationRecord, VideoSettings, request_record
 from allegro.tiling import TileGeometry, apply_tiling, fit_tiling
 from allegro.video import release_path
 
@@ -663,17 +663,8 @@ class Engine:
         return VideoSettings(
             app_version=__version__,
             created=now.isoformat(timespec="seconds"),
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            seed=request.seed,
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            frames=request.frames,
-            height=request.height,
-            width=request.width,
+            **request_record(request),  # the parameters saved as they are
             fps=fps,
-            use_template=request.use_template,
-            fast_mode=request.fast_mode,
             step_cache=_step_cache_record(request, run_info),
             memory_profile=spec.memory_profile,
             interpolation=interpolation,

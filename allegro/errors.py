@@ -1,8 +1,18 @@
 """User-facing errors. Every message is written for a person, not a programmer."""
 
+from __future__ import annotations
+
 
 class AllegroError(Exception):
-    """Base class: the message is shown as is in the page, the CLI and the API."""
+    """Base class: the message is shown as is in the page, the CLI and the API. ``field``
+    names the request parameter it is about (``allegro.params``), if any: the page marks
+    that control, the API that parameter."""
+
+    field: str | None = None
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class InvalidRequestError(AllegroError, ValueError):

@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from typing import Any
 
 from allegro.errors import InvalidRequestError
+from allegro.params import (  # noqa: F401 - re-exported: the request's constants
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_OVERLAP_FRAMES,
+    GUIDANCE_RANGE,
+    MAX_SEED,
+    OFFICIAL_GUIDANCE,
+    OFFICIAL_STEPS,
+    OFFICIAL_TI2V_GUIDANCE,
+    REQUIRED,
+    STEPS_RANGE,
+    Kind,
+    Param,
+    params,
+)
 
 DEFAULT_MODEL = "rhymes-ai/Allegro"
 TI2V_MODEL = "rhymes-ai/Allegro-TI2V"
@@ -19,23 +33,13 @@ OFFICIAL_MODELS = frozenset(
     {DEFAULT_MODEL, "rhymes-ai/Allegro-T2V-40x720P", "rhymes-ai/Allegro-T2V-40x360P", TI2V_MODEL}
 )
 
-# The official inference script's quality template and negative prompt (model card).
+# The official inference script's quality template (model card).
 PROMPT_TEMPLATE = (
     "(masterpiece), (best quality), (ultra-detailed), (unwatermarked), {} emotional, "
     "harmonious, vignette, 4k epic detailed, shot on kodak, 35mm photo, sharp focus, "
     "high budget, cinemascope, moody, epic, gorgeous"
 )
-DEFAULT_NEGATIVE_PROMPT = (
-    "nsfw, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
-    "fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, "
-    "signature, watermark, username, blurry."
-)
 
-OFFICIAL_STEPS = 100
-OFFICIAL_GUIDANCE = 7.5
-OFFICIAL_TI2V_GUIDANCE = 8.0  # single_inference_ti2v.py
-# Frames of an earlier clip that open a continued one (training drew 1..all, uniformly).
-DEFAULT_OVERLAP_FRAMES = 8
 FPS = 15
 MAX_PROMPT_TOKENS = 512
 # T5 reads 512 tokens, about 2,000 characters of English; twice that refuses nothing the
@@ -43,9 +47,6 @@ MAX_PROMPT_TOKENS = 512
 # measured here, 4,000 characters take 0.03 s (prose) to 0.3 s (worst pattern found, "a-"
 # repeated), 16,000 take up to 9 s. Applies to the prompt and the negative prompt.
 MAX_PROMPT_CHARS = 4000
-MAX_SEED = 2**32 - 1
-STEPS_RANGE = (1, 500)
-GUIDANCE_RANGE = (1.0, 20.0)
 
 # Accepted lengths: the VAE decodes 24-frame tiles (6 latent frames) moved by 16 frames, the
 # geometry it was trained with, so a length is decodable when it is 24 + 16k frames.
@@ -143,37 +144,44 @@ class NativeSize:
     width: int
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One video to make. ``None`` fields take defaults when the request is resolved:
-    seed -> random, frames/height/width -> the model's native size, negative prompt ->
-    the official one, guidance -> the official one of the task.
+def _request_field(declared: Param) -> tuple:
+    annotation: Any = declared.python_type
+    if declared.optional:
+        annotation = annotation | None
+    if declared.required:
+        return (declared.name, annotation)
+    return (declared.name, annotation, field(default=declared.default))
 
-    Image to video (Allegro-TI2V): ``first_image`` (and optionally ``last_image``) are image
-    files that become the first (and last) frame; or ``continue_video``, an earlier clip
-    whose last ``overlap_frames`` frames become the first frames of this one."""
 
-    prompt: str
-    negative_prompt: str | None = None
-    seed: int | None = None
-    steps: int = OFFICIAL_STEPS
-    guidance_scale: float | None = None
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    use_template: bool = True
-    interpolate: bool = False
-    interpolation_method: str | None = None
-    fast_mode: bool = False  # Pyramid Attention Broadcast
-    step_cache: bool = False  # cache-dit's DBCache; an alternative to fast mode, not a stack
-    first_image: str | None = None
-    last_image: str | None = None
-    continue_video: str | None = None
-    overlap_frames: int = DEFAULT_OVERLAP_FRAMES
-
+class _RequestMethods:
     @property
     def image_to_video(self) -> bool:
         return bool(self.first_image or self.last_image or self.continue_video)
+
+
+def make_request_class() -> type:
+    """GenerationRequest, one field per declared parameter (``allegro.params``), in order."""
+    request_class = make_dataclass(
+        "GenerationRequest",
+        [_request_field(declared) for declared in params()],
+        bases=(_RequestMethods,),
+        frozen=True,
+    )
+    request_class.__module__ = __name__  # so that pickle finds it (jobs cross processes)
+    request_class.__doc__ = _REQUEST_DOC
+    return request_class
+
+
+_REQUEST_DOC = """One video to make: a field per parameter of ``allegro.params``. ``None`` fields
+take defaults when the request is resolved: seed -> random, frames/height/width -> the
+model's native size, negative prompt -> the official one, guidance -> the official one of
+the task.
+
+Image to video (Allegro-TI2V): ``first_image`` (and optionally ``last_image``) are image
+files that become the first (and last) frame; or ``continue_video``, an earlier clip whose
+last ``overlap_frames`` frames become the first frames of this one."""
+
+GenerationRequest = make_request_class()
 
 
 def apply_template(prompt: str) -> str:
@@ -194,30 +202,33 @@ def accepted_sizes_text() -> str:
     )
 
 
-def _as_int(value: Any, name: str) -> int:
+def _as_int(value: Any, name: str, field: str | None = None) -> int:
+    def refuse(shown: str) -> InvalidRequestError:
+        return InvalidRequestError(f"{name} must be a whole number, not {shown}.", field=field)
+
     if isinstance(value, bool):
-        raise InvalidRequestError(f"{name} must be a whole number, not {value!r}.")
+        raise refuse(repr(value))
     if isinstance(value, float):
         if not value.is_integer():
-            raise InvalidRequestError(f"{name} must be a whole number, not {value}.")
+            raise refuse(str(value))
         return int(value)
     if isinstance(value, int):
         return value
     try:
         return int(str(value).strip())
     except ValueError:
-        raise InvalidRequestError(f"{name} must be a whole number, not {value!r}.") from None
+        raise refuse(repr(value)) from None
 
 
-def _as_float(value: Any, name: str) -> float:
+def _as_float(value: Any, name: str, field: str | None = None) -> float:
     if isinstance(value, bool):
-        raise InvalidRequestError(f"{name} must be a number, not {value!r}.")
+        raise InvalidRequestError(f"{name} must be a number, not {value!r}.", field=field)
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise InvalidRequestError(f"{name} must be a number, not {value!r}.") from None
+        raise InvalidRequestError(f"{name} must be a number, not {value!r}.", field=field) from None
     if not math.isfinite(number):
-        raise InvalidRequestError(f"{name} must be a finite number, not {value!r}.")
+        raise InvalidRequestError(f"{name} must be a finite number, not {value!r}.", field=field)
     return number
 
 
@@ -225,43 +236,48 @@ def parse_seed(value: Any) -> int | None:
     """None, "" and -1 mean "pick a random seed"; anything else must be 0..2^32-1."""
     if value is None or (isinstance(value, str) and value.strip() in ("", "-1")):
         return None
-    seed = _as_int(value, "Seed")
+    seed = _as_int(value, "Seed", "seed")
     if seed == -1:
         return None
     if not 0 <= seed <= MAX_SEED:
         raise InvalidRequestError(
-            f"Seed must be between 0 and {MAX_SEED} (or empty for a random one), not {seed}."
+            f"Seed must be between 0 and {MAX_SEED} (or empty for a random one), not {seed}.",
+            field="seed",
         )
     return seed
 
 
 def validate_size(frames: int, height: int, width: int) -> None:
-    problems = []
+    problems = []  # (text, the field it is about)
     if frames not in ACCEPTED_FRAMES:
-        problems.append(f"{frames} frames")
+        problems.append((f"{frames} frames", "frames"))
     for side_name, side in (("height", height), ("width", width)):
         if side % SIZE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
-            problems.append(f"{side_name} {side}")
+            problems.append((f"{side_name} {side}", side_name))
     if not problems and height * width > MAX_PIXELS:
-        problems.append(f"{height}x{width} ({height * width:,} pixels per frame)")
+        problems.append((f"{height}x{width} ({height * width:,} pixels per frame)", "height"))
     if problems:
         raise InvalidRequestError(
-            f"Allegro cannot make {' and '.join(problems)}. Accepted: {accepted_sizes_text()}."
+            f"Allegro cannot make {' and '.join(text for text, _ in problems)}. "
+            f"Accepted: {accepted_sizes_text()}.",
+            field=problems[0][1],
         )
 
 
-def check_text(text: str, name: str) -> None:
+def check_text(text: str, name: str, field: str | None = None) -> None:
     """A prompt's length and characters (InvalidRequestError for a person to read)."""
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequestError(
             f"The {name} is {len(text):,} characters long; at most {MAX_PROMPT_CHARS:,} are "
             f"accepted (Allegro reads only the first {MAX_PROMPT_TOKENS} tokens, about 2,000 "
-            "characters)."
+            "characters).",
+            field=field,
         )
     if any("\ud800" <= char <= "\udfff" or char == "\x00" for char in text):
         raise InvalidRequestError(
             f"The {name} contains characters that are not valid text (a broken emoji or a "
-            "null character); please type it again."
+            "null character); please type it again.",
+            field=field,
         )
 
 
@@ -270,35 +286,39 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
     (the seed actually used included). Raises InvalidRequestError with a readable message."""
     prompt = request.prompt if isinstance(request.prompt, str) else ""
     if not prompt.strip():
-        raise InvalidRequestError("Please write a prompt: describe the video you want.")
-    check_text(prompt, "prompt")
+        raise InvalidRequestError(
+            "Please write a prompt: describe the video you want.", field="prompt"
+        )
+    check_text(prompt, "prompt", "prompt")
     negative = request.negative_prompt
     if negative is None:
         negative = DEFAULT_NEGATIVE_PROMPT
     elif not isinstance(negative, str):
-        raise InvalidRequestError("The negative prompt must be text.")
-    check_text(negative, "negative prompt")
+        raise InvalidRequestError("The negative prompt must be text.", field="negative_prompt")
+    check_text(negative, "negative prompt", "negative_prompt")
 
-    steps = _as_int(request.steps, "Steps")
+    steps = _as_int(request.steps, "Steps", "steps")
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
         raise InvalidRequestError(
             f"Steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}, not {steps} "
-            f"(the official setting is {OFFICIAL_STEPS})."
+            f"(the official setting is {OFFICIAL_STEPS}).",
+            field="steps",
         )
     official_guidance = OFFICIAL_TI2V_GUIDANCE if request.image_to_video else OFFICIAL_GUIDANCE
     guidance = (
         official_guidance
         if request.guidance_scale is None
-        else _as_float(request.guidance_scale, "Guidance scale")
+        else _as_float(request.guidance_scale, "Guidance scale", "guidance_scale")
     )
     if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
         raise InvalidRequestError(
             f"Guidance scale must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}, "
-            f"not {guidance:g} (the official setting is {official_guidance:g})."
+            f"not {guidance:g} (the official setting is {official_guidance:g}).",
+            field="guidance_scale",
         )
-    frames = native.frames if request.frames is None else _as_int(request.frames, "Frames")
-    height = native.height if request.height is None else _as_int(request.height, "Height")
-    width = native.width if request.width is None else _as_int(request.width, "Width")
+    frames = _or(request.frames, native.frames, "Frames", "frames")
+    height = _or(request.height, native.height, "Height", "height")
+    width = _or(request.width, native.width, "Width", "width")
     validate_size(frames, height, width)
     overlap = _check_condition(request, frames)
 
@@ -306,8 +326,10 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
         raise InvalidRequestError(
             "Fast mode and the step cache are alternatives: both skip work inside the "
             "transformer from one step to the next, and they are not made to be stacked. "
-            "Choose one."
+            "Choose one.",
+            field="step_cache",
         )
+    _check_choices(request)
     seed = parse_seed(request.seed)
     if seed is None:
         seed = secrets.randbelow(MAX_SEED + 1)
@@ -335,25 +357,45 @@ def _check_condition(request: GenerationRequest, frames: int) -> int:
     if request.last_image and not request.first_image:
         raise InvalidRequestError(
             "A last frame needs a first frame too: add a first image (Allegro-TI2V is trained "
-            "with the first frame, or the first and the last)."
+            "with the first frame, or the first and the last).",
+            field="last_image",
         )
     if request.continue_video and request.first_image:
         raise InvalidRequestError(
             "Continue a clip, or start from images, not both: a continued clip starts from "
-            "the earlier clip's last frames."
+            "the earlier clip's last frames.",
+            field="first_image",
         )
     if request.continue_video and request.interpolate:
         raise InvalidRequestError(
             "A continued clip is joined to a 15 fps clip, so it cannot be interpolated on the "
-            "way: extend first, then interpolate the whole video."
+            "way: extend first, then interpolate the whole video.",
+            field="interpolate",
         )
-    overlap = _as_int(request.overlap_frames, "Overlap frames")
+    overlap = _as_int(request.overlap_frames, "Overlap frames", "overlap_frames")
     if request.continue_video and not 1 <= overlap < frames:
         raise InvalidRequestError(
             f"Overlap frames must be between 1 and {frames - 1} for a {frames}-frame video, "
-            f"not {overlap}."
+            f"not {overlap}.",
+            field="overlap_frames",
         )
     return overlap
+
+
+def _check_choices(request: GenerationRequest) -> None:
+    """A parameter with declared choices holds one of them (or None: its default)."""
+    for declared in params():
+        value = getattr(request, declared.name)
+        if declared.kind is Kind.CHOICE and value is not None and value not in declared.choices:
+            raise InvalidRequestError(
+                f"Unknown {declared.label.lower()} {value!r}. Choose one of: "
+                f"{', '.join(declared.choices)}.",
+                field=declared.name,
+            )
+
+
+def _or(value: Any, default: int, name: str, field: str) -> int:
+    return default if value is None else _as_int(value, name, field)
 
 
 def check_request(request: GenerationRequest) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from allegro.errors import AllegroError
+from allegro.params import Kind, Param, param, params, saved_value
 from allegro.request import FPS, GenerationRequest
 
 SETTINGS_SCHEMA = 1
@@ -39,21 +40,31 @@ class ContinuationRecord:
     source_frames: int | None = None
 
 
+def _saved_field(declared: Param) -> tuple:
+    """A record field for a parameter saved as its plain value: None when an old or foreign
+    sidecar lacks it (a yes/no, its default; the prompt, empty)."""
+    if declared.required:
+        return (declared.name, declared.python_type, field(default=""))
+    if declared.kind is Kind.BOOL:
+        return (declared.name, bool, field(default=declared.default))
+    return (declared.name, declared.python_type | None, field(default=None))
+
+
+# The parameters saved as their plain value (``allegro.params``), one field each; the
+# others are saved in records of their own (interpolation, step cache, continuation).
+SavedRequest = make_dataclass(
+    "SavedRequest",
+    [_saved_field(declared) for declared in params() if declared.plain_saved],
+    frozen=True,
+)
+SavedRequest.__module__ = __name__
+
+
 @dataclass(frozen=True)
-class VideoSettings:
+class VideoSettings(SavedRequest):
     """How a video was made. Fields an old or foreign sidecar lacks are None."""
 
-    prompt: str = ""
-    negative_prompt: str | None = None
-    seed: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
     fps: float = FPS
-    use_template: bool = True
-    fast_mode: bool = False
     # The step cache's statistics when it was on ({} without statistics), None when off;
     # saved as that mapping or false.
     step_cache: dict[str, Any] | None = None
@@ -111,18 +122,13 @@ class VideoSettings:
         interpolation = data.get("interpolation")
         labels = data.get("labels")
         chain = data.get("chain")
+        plain = {
+            f.name: _as(param(f.name).python_type, data.get(f.name), f.default)
+            for f in dataclasses.fields(SavedRequest)
+        }
         return cls(
-            prompt=_as(str, data.get("prompt"), ""),
-            negative_prompt=_as(str, data.get("negative_prompt")),
-            seed=_as(int, data.get("seed")),
-            steps=_as(int, data.get("steps")),
-            guidance_scale=_as(float, data.get("guidance_scale")),
-            frames=_as(int, data.get("frames")),
-            height=_as(int, data.get("height")),
-            width=_as(int, data.get("width")),
+            **plain,
             fps=_as(float, data.get("fps"), float(FPS)),
-            use_template=_as(bool, data.get("use_template"), True),
-            fast_mode=_as(bool, data.get("fast_mode"), False),
             step_cache=_step_cache(data.get("step_cache")),
             memory_profile=_as(str, data.get("memory_profile")),
             interpolation=_interpolation(interpolation),
@@ -151,26 +157,23 @@ class VideoSettings:
         )
 
     def to_request(self) -> GenerationRequest:
-        """The request that makes this video again (same seed, same settings). Input images
-        are not set: the record holds their names, the caller knows their folder."""
-        fields: dict[str, Any] = {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
-            "frames": self.frames if self.generated_frames is None else self.generated_frames,
-            "height": self.height,
-            "width": self.width,
-            "use_template": self.use_template,
-            "fast_mode": self.fast_mode,
-            "step_cache": self.step_cache is not None,
-            "interpolate": self.interpolation is not None,
-            "interpolation_method": self.interpolation.method if self.interpolation else None,
+        """The request that makes this video again (same seed, same settings): every saved
+        parameter (``allegro.params``), read where it is saved. Files are not set: the record
+        holds their names, the caller knows their folder."""
+        data = self.to_dict()
+        values = {
+            declared.name: saved_value(data, declared)
+            for declared in params()
+            if declared.kind is not Kind.FILE and declared.saved is not None
         }
-        if self.steps is not None:
-            fields["steps"] = self.steps
-        if self.guidance_scale is not None:
-            fields["guidance_scale"] = self.guidance_scale
-        return GenerationRequest(**fields)
+        if self.generated_frames is not None:  # a continuation: the clip it added
+            values["frames"] = self.generated_frames
+        return GenerationRequest(**{k: v for k, v in values.items() if v is not None})
+
+
+def request_record(request: GenerationRequest) -> dict[str, Any]:
+    """The request's plainly saved parameters, as VideoSettings' fields."""
+    return {f.name: getattr(request, f.name) for f in dataclasses.fields(SavedRequest)}
 
 
 def _as(kind: type, value: Any, default: Any = None) -> Any:

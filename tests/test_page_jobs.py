@@ -92,10 +92,9 @@ class _Gallery:
 
 
 class _Studio:
-    """What a follower needs from the Studio: who a token is, and the gallery."""
+    """What a follower needs from the Studio: who a token is (the gallery is passed apart)."""
 
     output_dir = Path("/nonexistent")
-    gallery = _Gallery()
 
     def page_owner(self, token):
         return Owner(tag=token, kind="page")
@@ -106,7 +105,7 @@ def test_a_follower_shows_its_persons_jobs_live_and_leaves_nothing_behind(tmp_pa
     worker = FakeWorker(tmp_path)
     worker.gate.clear()
     runner = JobRunner(store, [worker])
-    page = PageJobs(_Studio(), runner)  # type: ignore[arg-type]
+    page = PageJobs(_Studio(), runner, _Gallery().refresh_gallery)  # type: ignore[arg-type]
     result = ResultPanel("preview", "status", "video", "info", "settings", "seed")  # type: ignore[arg-type]
     queue = QueuePanel("table", "choice", None, None, None, "ended")  # type: ignore[arg-type]
     gallery = GalleryOutputs("gallery", "names")  # type: ignore[arg-type]

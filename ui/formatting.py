@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from allegro.events import ProgressEvent, Stage
+from allegro.params import summary_parts
 from allegro.settings import VideoSettings
 from ui.estimates import format_duration
 
@@ -41,8 +42,5 @@ def entry_markdown(settings: Mapping[str, Any], file_name: str) -> str:
     record = VideoSettings.from_dict(settings)
     seconds = record.run_seconds
     made = f" · made in {format_duration(seconds)}" if seconds is not None else ""
-    return (
-        f"**{record.prompt}**\n\nSeed {record.seed} · {record.steps} steps · "
-        f"guidance {record.guidance_scale} · {record.frames} frames at "
-        f"{record.width}x{record.height}{made} · `{file_name}`"
-    )
+    parts = summary_parts(record.to_dict())  # as the declaration says (allegro.params)
+    return f"**{record.prompt}**\n\n{' · '.join(parts)}{made} · `{file_name}`"

@@ -1,27 +1,25 @@
 """The gallery on the page (list, select, reuse, delete, a dropped MP4) and the /history
-endpoint: each person sees and touches only their own videos (``Studio.gallery_owner``)."""
+endpoint: each person sees and touches only their own videos (``gallery_owner``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
 from allegro.errors import AllegroError
+from allegro.params import param
 from allegro.request import check_request
 from ui import gallery
 from ui.formatting import entry_markdown
-from ui.presets import MODEL_DEFAULT, controls_from_settings, request_from_settings
-from ui.studio import INPUT_LABELS, PAGE_INPUTS, user_error
-
-if TYPE_CHECKING:
-    from ui.studio import Studio
+from ui.presets import control_names, controls_from_settings, request_from_settings
+from ui.services import Services, user_error
 
 
 class GalleryPage:
-    def __init__(self, studio: Studio) -> None:
+    def __init__(self, studio: Services) -> None:
         self.studio = studio
 
     def on_page_load(self, owner_id: Any):
@@ -62,7 +60,7 @@ class GalleryPage:
             raise gr.Error("Pick a video again.", print_exception=False) from None
         entry = self._find(name, owner)
         inputs = [
-            (self.studio.publish(path), INPUT_LABELS[key])
+            (self.studio.publish(path), param(key).label)
             for key, path in entry.input_images.items()
         ]
         return (
@@ -104,7 +102,7 @@ class GalleryPage:
         in the caller's gallery. The settings are checked field by field like a request; any
         problem is a message and nothing is loaded."""
         if not path:
-            return tuple(gr.skip() for _ in PAGE_INPUTS[:-2])
+            return tuple(gr.skip() for _ in control_names())
         from allegro.video import read_settings
 
         upload = Path(path)
@@ -131,31 +129,17 @@ class GalleryPage:
         return self._controls_from(settings, "Settings loaded from the video.", images)
 
     def _controls_from(self, settings: Mapping[str, Any], message: str, images: Mapping[str, Path]):
-        """The controls' values (PAGE_INPUTS but the owner and job): images as copies served
-        to this caller."""
+        """The controls' values, by name, in the order of ``control_names`` (the event's
+        outputs): the saved settings, and the input images as copies served to this caller."""
         loaded = controls_from_settings(settings, self.studio.loader.status().native)
         for note in loaded.notes:
             gr.Warning(note)
         gr.Info(message)
-        values = loaded.values
-        first, last = (images.get(key) for key in gallery.INPUT_IMAGES)
-        return (
-            values.prompt,
-            values.negative_prompt,
-            values.seed,
-            values.steps,
-            values.guidance_scale,
-            values.length or MODEL_DEFAULT,
-            values.size or MODEL_DEFAULT,
-            values.use_template,
-            values.interpolate,
-            values.interpolation_method or gr.skip(),
-            values.fast_mode,
-            values.step_cache,
-            values.task,
-            self.studio.publish(first) if first else None,
-            self.studio.publish(last) if last else None,
-        )
+        values = {name: getattr(loaded.values, name) for name in control_names()}
+        for key in gallery.INPUT_IMAGES:  # the images the settings name, where they are
+            path = images.get(key)
+            values[key] = self.studio.publish(path) if path else None
+        return tuple(values[name] for name in control_names())
 
     def history(self, request: gr.Request = None) -> list[dict]:
         """Past generations visible to the caller, newest first (on a shared server: those

@@ -1,31 +1,35 @@
 """The API's job endpoints (/submit, /job, /cancel, /jobs) and /generate's wait for its
-job: every caller's owner comes from ``Studio.api_owner`` (the server-issued identity)."""
+job: every caller's owner comes from ``api_owner`` (the server-issued identity)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 from gradio.data_classes import FileData
 
 from allegro.errors import AllegroError, Cancelled, InvalidRequestError
 from allegro.jobs import Job, JobRunner, JobState
-from allegro.request import DEFAULT_NEGATIVE_PROMPT, OFFICIAL_STEPS, GenerationRequest
+from allegro.request import GenerationRequest
 from ui import gallery
+from ui.api_params import api_endpoint, request_from_api
 from ui.identity import Owner
-from ui.studio import LOCAL_OWNER, user_error
+from ui.services import LOCAL_OWNER, Services, user_error
 
-if TYPE_CHECKING:
-    from ui.studio import Studio
+SUBMIT_DOC = """Queue one video and return at once with its job (id, state, seed fixed now).
+The job goes on if you disconnect and after a server restart (its images are kept with it);
+poll /job with its id. Same parameters (and X-Allegro-Key header) as /generate."""
 
 
 class JobApi:
-    def __init__(self, studio: Studio, runner: JobRunner | None) -> None:
+    def __init__(self, studio: Services, runner: JobRunner | None) -> None:
         self.studio = studio
         self.runner = runner  # None on ZeroGPU (see Studio.__init__)
+        # /submit: /generate's declared parameters (ui.api_params), by name.
+        self.submit = api_endpoint(self._submit_values, SUBMIT_DOC, dict)
 
     def _runner(self) -> JobRunner:
         try:
@@ -77,36 +81,10 @@ class JobApi:
         owner = self.studio.api_owner(request)
         return owner.tag if owner is not None else None
 
-    async def submit(
-        self,
-        prompt: str,
-        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
-        seed: int | str | None = None,
-        steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str | None = None,
-        frames: int | str | None = None,
-        height: int | str | None = None,
-        width: int | str | None = None,
-        use_template: bool = True,
-        interpolate: bool = False,
-        interpolation_method: str | None = None,
-        fast_mode: bool = False,
-        step_cache: bool = False,
-        image: FileData | None = None,
-        last_image: FileData | None = None,
-        request: gr.Request = None,
-    ) -> dict:
-        """Queue one video and return at once with its job (id, state, seed fixed now). The
-        job goes on if you disconnect and after a server restart (its images are kept with
-        it); poll /job with its id. Same parameters (and X-Allegro-Key header) as
-        /generate."""
-        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
+    async def _submit_values(self, values: dict[str, Any], request: gr.Request | None) -> dict:
         try:
             self._runner()
-            generation = self.studio.api_request(
-                *fields, *options, image=image, last_image=last_image
-            )
+            generation = request_from_api(values)
             owner = self.studio.api_owner(request)
             job = await asyncio.to_thread(self._submit, generation, owner)
             return self.job_record(job)

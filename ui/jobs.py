@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Union
 
 from allegro.events import CancelToken, ProgressEvent
+from allegro.jobs.stream import run_streaming
 from allegro.request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -20,19 +20,10 @@ if TYPE_CHECKING:
 JobItem = Union[ProgressEvent, "GenerationResult"]
 
 
-@dataclass(frozen=True)
-class _Finished:
-    result: GenerationResult
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
 def _latest(first: object, events: queue.Queue) -> object:
     """``first`` or whatever newer item is already waiting: a slow consumer skips stale
-    progress, but never loses the newest preview image nor the final outcome."""
+    progress, but never loses the newest preview image nor the final outcome (which is not
+    a ProgressEvent, so it ends the skipping)."""
     item = first
     preview = first.preview if isinstance(first, ProgressEvent) else None
     while isinstance(item, ProgressEvent):
@@ -56,30 +47,11 @@ def stream_generation(
 ) -> Iterator[JobItem]:
     """Progress events, then the GenerationResult. Engine errors are raised here; closing
     the iterator early cancels the engine."""
-    events: queue.Queue = queue.Queue()
 
-    def work() -> None:
-        try:
-            result = engine.generate(request, events.put, cancel, labels=dict(labels))
-        except BaseException as error:  # handed to the consumer, which raises it
-            events.put(_Failed(error))
-        else:
-            events.put(_Finished(result))
+    def work(emit) -> GenerationResult:
+        return engine.generate(request, emit, cancel, labels=dict(labels))
 
-    worker = threading.Thread(target=work, name="allegro-generation", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = _latest(events.get(), events)
-            if isinstance(item, _Finished):
-                yield item.result
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        if worker.is_alive():
-            cancel.cancel()
+    return run_streaming(work, cancel, "allegro-generation", coalesce=_latest)
 
 
 _END = object()

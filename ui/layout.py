@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
-from allegro.interpolation import DEFAULT_METHOD, METHODS
-from allegro.request import (
-    DEFAULT_NEGATIVE_PROMPT,
-    GUIDANCE_RANGE,
-    MAX_SEED,
-    OFFICIAL_GUIDANCE,
-    OFFICIAL_STEPS,
-    STEPS_RANGE,
-)
+from ui.controls import make_control
 from ui.first_start import draft_button_sets, first_start_panel
 from ui.page_jobs import (
     ASK_PERMISSION_JS,
@@ -32,12 +23,11 @@ from ui.presets import (
     RANDOM_SEED,
     TASKS,
     TEXT_TO_VIDEO,
-    ControlValues,
+    control_names,
     length_choices,
     size_choices,
 )
 from ui.studio import GENERATION, JobSlot, Studio
-from ui.uploads import UploadedImage
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 STYLE = ASSETS / "style.css"
@@ -69,29 +59,18 @@ HEADER = """
 """
 
 
-@dataclass
-class GenerationControls:
-    """The controls Generate reads, named as ControlValues' fields (whose order is the
-    order of every handler's inputs)."""
+class PlacedControls(dict):
+    """The generation controls as the layout places them, by name (``control_names``): a
+    declared parameter's control is made from the declaration (``add``), the composite ones
+    (length, size, task) are put in by hand."""
 
-    prompt: gr.Textbox
-    negative_prompt: gr.Textbox
-    seed: gr.Number
-    steps: gr.Slider
-    guidance_scale: gr.Slider
-    length: gr.Dropdown
-    size: gr.Dropdown
-    use_template: gr.Checkbox
-    interpolate: gr.Checkbox
-    interpolation_method: gr.Dropdown
-    fast_mode: gr.Checkbox
-    step_cache: gr.Checkbox
-    task: gr.Radio
-    first_image: UploadedImage
-    last_image: UploadedImage
+    def add(self, name: str, **placement):
+        self[name] = make_control(name, **placement)
+        return self[name]
 
     def inputs(self) -> list:
-        return [getattr(self, field.name) for field in dataclasses.fields(ControlValues)]
+        """The controls in ``control_names`` order (KeyError for one the layout forgot)."""
+        return [self[name] for name in control_names()]
 
 
 def theme() -> gr.themes.Base:
@@ -122,6 +101,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             "", storage_key="allegro-studio-owner", secret="allegro-studio-owner"
         )
         job = gr.State(JobSlot())
+        placed = PlacedControls()
         last_seed = gr.State(None)
         gallery_names = gr.State([])
         selected_name = gr.State(None)
@@ -135,8 +115,9 @@ def build_blocks(studio: Studio) -> gr.Blocks:
 
         with gr.Row(equal_height=False, elem_id="workspace"):
             with gr.Column(scale=5, min_width=320, elem_id="controls"):
-                prompt = gr.Textbox(
-                    label="Prompt",
+                prompt = placed.add(
+                    "prompt",
+                    info=None,
                     placeholder="Describe the video: subject, action, setting, camera, light…",
                     lines=3,
                     max_lines=8,
@@ -173,7 +154,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                         min_width=120,
                         elem_id="variations",
                     )
-                task = gr.Radio(
+                task = placed["task"] = gr.Radio(
                     list(TASKS),
                     value=TEXT_TO_VIDEO,
                     label="Make a video from",
@@ -183,14 +164,15 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                 )
                 with gr.Group(visible=False, elem_id="image-inputs") as image_inputs:
                     with gr.Row(equal_height=True):
-                        first_image = UploadedImage(
+                        first_image = placed.add(
+                            "first_image",
                             type="filepath",
-                            label="First frame",
                             sources=["upload", "clipboard"],
                             height=200,
                             elem_id="first-image",
                         )
-                        last_image = UploadedImage(
+                        last_image = placed.add(
+                            "last_image",
                             type="filepath",
                             label="Last frame (optional)",
                             sources=["upload", "clipboard"],
@@ -214,14 +196,14 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                         )
                 with gr.Row():
                     # Wide enough for their labels: side by side on a laptop, stacked on a phone.
-                    length = gr.Dropdown(
+                    length = placed["length"] = gr.Dropdown(
                         length_choices(None),
                         value=MODEL_DEFAULT,
                         label="Length",
                         min_width=240,
                         elem_id="length",
                     )
-                    size = gr.Dropdown(
+                    size = placed["size"] = gr.Dropdown(
                         size_choices(None),
                         value=MODEL_DEFAULT,
                         label="Size",
@@ -230,72 +212,30 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                     )
                 draft_button_sets(draft, length, size)
                 with gr.Row(elem_id="seed-row", equal_height=True):
-                    seed = gr.Number(
-                        RANDOM_SEED,
-                        label="Seed",
+                    seed = placed.add(
+                        "seed",
                         info="-1 picks a new random seed each time",
-                        precision=0,
-                        minimum=-1,
-                        maximum=MAX_SEED,
                         scale=4,
                         elem_id="seed",
                     )
                     random_seed = gr.Button("🎲", scale=0, min_width=52, elem_classes="icon-button")
                     reuse_seed = gr.Button("♻️", scale=0, min_width=52, elem_classes="icon-button")
                 with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
-                    negative = gr.Textbox(
-                        DEFAULT_NEGATIVE_PROMPT,
-                        label="Negative prompt",
+                    negative = placed.add(
+                        "negative_prompt",
                         info="What to avoid; prefilled with the official one.",
                         lines=3,
                     )
-                    steps = gr.Slider(
-                        STEPS_RANGE[0],
-                        SLIDER_MAX_STEPS,
-                        value=OFFICIAL_STEPS,
-                        step=1,
-                        label="Steps",
-                        info=f"Official: {OFFICIAL_STEPS}. Fewer is faster but rougher.",
-                        elem_id="steps",
-                    )
-                    guidance = gr.Slider(
-                        GUIDANCE_RANGE[0],
-                        GUIDANCE_RANGE[1],
-                        value=OFFICIAL_GUIDANCE,
-                        step=0.5,
-                        label="Guidance scale",
-                        info=f"How closely to follow the prompt. Official: {OFFICIAL_GUIDANCE}.",
-                    )
+                    # Steps above SLIDER_MAX_STEPS are offered by the API only.
+                    steps = placed.add("steps", maximum=SLIDER_MAX_STEPS, elem_id="steps")
+                    guidance = placed.add("guidance_scale")
                     with gr.Row():
-                        use_template = gr.Checkbox(
-                            True,
-                            label="Official quality template",
-                            info="Wraps the prompt in the model card's quality words.",
-                        )
-                        fast_mode = gr.Checkbox(
-                            False,
-                            label="Fast mode",
-                            info="About 1.4x faster, slightly less detail.",
-                        )
-                        step_cache = gr.Checkbox(
-                            False,
-                            label="Step cache",
-                            info="Skips later blocks on steps that change little (cache-dit; "
-                            "its authors report 1.36x for Allegro). Instead of fast mode.",
-                            elem_id="step-cache",
-                        )
+                        use_template = placed.add("use_template")
+                        fast_mode = placed.add("fast_mode")
+                        step_cache = placed.add("step_cache", elem_id="step-cache")
                     with gr.Row() as interpolation_row:
-                        interpolate = gr.Checkbox(
-                            False,
-                            label="30 fps",
-                            info="Adds a frame between each pair (smoother motion).",
-                        )
-                        method = gr.Dropdown(
-                            list(METHODS),
-                            value=DEFAULT_METHOD,
-                            label="Interpolation method",
-                            visible=False,
-                        )
+                        interpolate = placed.add("interpolate")
+                        method = placed.add("interpolation_method", visible=False)
                 gr.Examples(
                     [[text] for text in EXAMPLE_PROMPTS],
                     inputs=[prompt],
@@ -391,10 +331,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             elem_id="footer-note",
         )
 
-        controls = GenerationControls(
-            prompt, negative, seed, steps, guidance, length, size, use_template,
-            interpolate, method, fast_mode, step_cache, task, first_image, last_image,
-        ).inputs()  # fmt: skip
+        controls = placed.inputs()  # every generation control, in control_names' order
         hint_inputs = [steps, length, size, fast_mode, step_cache]
         status_outputs = [
             banner,

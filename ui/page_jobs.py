@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import html
 import json
 import logging
@@ -17,7 +16,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
@@ -26,12 +25,11 @@ from allegro.jobs import Job, JobRunner, JobState
 from allegro.request import MAX_SEED, GenerationRequest, parse_seed
 from ui import gallery
 from ui.components import JobPicker
+from ui.controls import page_validations
 from ui.estimates import format_duration
 from ui.formatting import progress_description, result_markdown
-from ui.presets import ControlValues
-
-if TYPE_CHECKING:
-    from ui.studio import Studio
+from ui.presets import ControlValues, control_names
+from ui.services import Services, user_error
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +37,14 @@ MAX_VARIATIONS = 16  # per prompt; the per-person job limit bounds a batch as a 
 RECENT_JOBS = 10  # finished jobs the Queue panel lists
 UPDATES_PER_SECOND = 4  # a page's follower redraws at most this often
 
-# What Generate sends on a server with jobs: the controls (ControlValues' fields, in
-# order), then the batch options, then the page's token.
 BATCH_FIELDS = ("each_line", "variations")
-SUBMIT_INPUTS = (*(f.name for f in dataclasses.fields(ControlValues)), *BATCH_FIELDS, "owner_id")
+
+
+def submit_inputs() -> tuple[str, ...]:
+    """What Generate sends on a server with jobs, by name: the controls, then the batch
+    options, then the page's token."""
+    return (*control_names(), *BATCH_FIELDS, "owner_id")
+
 
 STATE_WORDS = {
     JobState.QUEUED: "waiting",
@@ -218,28 +220,30 @@ def status_line(running: Job | None, waiting: int, note: str = "") -> str:
 class PageJobs:
     """The page's handlers on a server with a job runner."""
 
-    def __init__(self, studio: Studio, runner: JobRunner) -> None:
+    def __init__(
+        self,
+        studio: Services,
+        runner: JobRunner,
+        refresh_gallery: Callable[[Any], tuple[list, list[str]]],
+    ) -> None:
         self.studio = studio
         self.runner = runner
+        self.refresh_gallery = refresh_gallery  # (gallery items, names) for a page's token
 
     # ---- queueing ------------------------------------------------------------------------
 
     def _owner_tag(self, owner_id: Any) -> str:
         """The job owner behind a page's token (gr.Error if this server did not issue it)."""
-        from ui.studio import user_error
-
         try:
             return self.studio.page_owner(owner_id).tag
         except AllegroError as error:
             raise user_error(error) from None
 
     def _batch(self, values: Sequence[Any]) -> tuple[str, list[GenerationRequest], dict]:
-        """(job owner, requests, labels) from Generate's inputs (SUBMIT_INPUTS)."""
-        form = dict(zip(SUBMIT_INPUTS, values, strict=True))
-        controls = ControlValues(
-            **{f.name: form[f.name] for f in dataclasses.fields(ControlValues)}
-        )
-        owner, first = self.studio._page_request(form["owner_id"], controls)
+        """(job owner, requests, labels) from Generate's inputs (``submit_inputs``)."""
+        form = dict(zip(submit_inputs(), values, strict=True))
+        controls = ControlValues(**{name: form[name] for name in control_names()})
+        owner, first = self.studio.page_request(form["owner_id"], controls)
         uploads = {"first_image": first.first_image, "last_image": first.last_image}
         controls = replace(controls, **{key: value for key, value in uploads.items() if value})
         requests = batch_requests(controls, bool(form["each_line"]), form["variations"])
@@ -248,24 +252,20 @@ class PageJobs:
     def check_submit(self, *values: Any) -> list[dict]:
         """Generate's validator: the caller, every request of the batch and the limits, at
         once, before anything is queued (it waits for nothing: no GPU, no other job)."""
-        from ui.studio import _validations
-
-        problem = None
+        problem, field = None, None
         try:
             owner, requests, _labels = self._batch(values)
             for generation in requests:
                 self.studio.prepare(generation)
             self.runner.check_limits(owner, len(requests))
         except AllegroError as error:
-            problem = str(error)
+            problem, field = str(error), error.field
         except Exception as error:  # a bug: the handler itself will report it
             logger.error("Unexpected error in a validator", exc_info=error)
-        return _validations(SUBMIT_INPUTS, problem)
+        return page_validations(submit_inputs(), problem, field)
 
     async def submit_page(self, *values: Any) -> None:
         """Queue the batch and return at once; the page's follower shows the jobs."""
-        from ui.studio import user_error
-
         try:
             owner, requests, labels = self._batch(values)
             prepared = [self.studio.prepare(generation) for generation in requests]
@@ -278,12 +278,10 @@ class PageJobs:
         """Extend on a gallery video: the continuation is queued like any job. Its inputs are
         check_extend_page's (the validator): the selected name, the settings, the page's
         token, then the direct path's job slot (unused here)."""
-        from ui.studio import user_error
-
         *settings, owner_id, _slot = fields
         try:
             owner = self.studio.page_owner(owner_id)
-            extension = self.studio._page_extension(name, owner, *settings)
+            extension = self.studio.page_extension(name, owner, *settings)
             prepared = self.studio.prepare(extension)
             await asyncio.to_thread(
                 self.runner.submit, prepared, owner.tag, self.studio.labels(owner)
@@ -295,8 +293,6 @@ class PageJobs:
     # ---- acting on queued jobs -------------------------------------------------------------
 
     def _act(self, action: Callable[[], Any]) -> None:
-        from ui.studio import user_error
-
         try:
             action()
         except Exception as error:
@@ -458,7 +454,7 @@ class PageJobs:
                 if job.state != JobState.CANCELLED:
                     outcome = f"**Not made:** {outcome}"
                 message = f"“{html.escape(job.request.prompt[:60])}”: {outcome}"
-        items, names = self.studio.gallery.refresh_gallery(owner_id)
+        items, names = self.refresh_gallery(owner_id)
         updates[gallery_outputs.view] = items
         updates[gallery_outputs.names] = names
         return message

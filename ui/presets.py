@@ -4,17 +4,15 @@ settings -> controls ("reuse settings", a dropped MP4)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from allegro.errors import InvalidRequestError
+from allegro.params import MISSING, Kind, param, params, saved_raw, saved_value
 from allegro.request import (
     ACCEPTED_FRAMES,
-    DEFAULT_NEGATIVE_PROMPT,
     FPS,
     LENGTH_PRESETS,
-    OFFICIAL_GUIDANCE,
-    OFFICIAL_STEPS,
     SIZE_PRESETS,
     GenerationRequest,
     NativeSize,
@@ -82,70 +80,110 @@ def resolved_shape(
     )
 
 
-@dataclass(frozen=True)
-class ControlValues:
-    """Everything the Generate button sends, as the page's components hold it."""
+# Page controls that stand for parameters in another form: the length dropdown for the
+# frames, the size dropdown for the height and width, and the task switch.
+LENGTH, SIZE, TASK = "length", "size", "task"
+_COMPOSITE_DEFAULTS = {LENGTH: MODEL_DEFAULT, SIZE: MODEL_DEFAULT, TASK: TEXT_TO_VIDEO}
 
-    prompt: str = ""
-    negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT
-    seed: float | int | None = RANDOM_SEED
-    steps: float | int = OFFICIAL_STEPS
-    guidance_scale: float = OFFICIAL_GUIDANCE
-    length: str = MODEL_DEFAULT
-    size: str = MODEL_DEFAULT
-    use_template: bool = True
-    interpolate: bool = False
-    interpolation_method: str | None = None
-    fast_mode: bool = False
-    step_cache: bool = False
-    task: str = TEXT_TO_VIDEO
-    first_image: str | None = None  # uploaded files (image to video)
-    last_image: str | None = None
 
-    def to_request(self) -> GenerationRequest:
-        """The request; the images only count in image-to-video mode, where a first frame
-        is required."""
-        height, width = size_for(self.size)
-        from_images = self.task == IMAGE_TO_VIDEO
-        if from_images and not self.first_image:
-            raise InvalidRequestError(
-                "Image to video needs a first frame: drop an image in the First frame box "
-                "(or switch to Text to video)."
-            )
-        return GenerationRequest(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            seed=self.seed,
-            steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            frames=frames_for(self.length),
-            height=height,
-            width=width,
-            use_template=self.use_template,
-            interpolate=self.interpolate,
-            interpolation_method=self.interpolation_method if self.interpolate else None,
-            fast_mode=self.fast_mode,
-            step_cache=self.step_cache,
-            first_image=self.first_image if from_images else None,
-            last_image=self.last_image if from_images else None,
+def control_names() -> tuple[str, ...]:
+    """The page's generation controls, by name: one per declared parameter the page shows
+    (``Param.page``, several parameters may share one), in the declaration's order, with
+    the task switch before the images it turns on (the order of the events' inputs)."""
+    names: list[str] = []
+    for declared in params():
+        if declared.kind is Kind.FILE and TASK not in names:
+            names.append(TASK)
+        if declared.page is not None and declared.page not in names:
+            names.append(declared.page)
+    return tuple(names) if TASK in names else (*names, TASK)
+
+
+def control_default(name: str) -> Any:
+    """What control ``name`` shows before anyone touches it."""
+    if name in _COMPOSITE_DEFAULTS:
+        return _COMPOSITE_DEFAULTS[name]
+    declared = param(name)
+    return "" if declared.required else declared.shown_default
+
+
+def control_of(field: str | None) -> str | None:
+    """The page control that holds request field ``field`` (None if the page has none)."""
+    try:
+        return param(field).page if field else None
+    except KeyError:
+        return None
+
+
+def _request_fields(values: Any) -> dict[str, Any]:
+    """Control values (by name) -> the request's fields, by name; the images only count in
+    image-to-video mode, where a first frame is required."""
+    from_images = values.task == IMAGE_TO_VIDEO
+    if from_images and not values.first_image:
+        raise InvalidRequestError(
+            "Image to video needs a first frame: drop an image in the First frame box "
+            "(or switch to Text to video).",
+            field="first_image",
         )
+    fields: dict[str, Any] = {}
+    for declared in params():
+        if declared.page != declared.name:
+            continue  # a composite control (below), or not on the page
+        value = getattr(values, declared.name)
+        if declared.kind is Kind.FILE and not from_images:
+            value = None
+        fields[declared.name] = value
+    fields["frames"] = frames_for(values.length)
+    fields["height"], fields["width"] = size_for(values.size)
+    if not values.interpolate:
+        fields["interpolation_method"] = None
+    return fields
+
+
+class _ControlMethods:
+    def to_request(self) -> GenerationRequest:
+        """The request the controls ask for."""
+        return GenerationRequest(**_request_fields(self))
+
+
+def make_control_values() -> type:
+    """ControlValues: a field per page control (``control_names``), with its default."""
+    values = make_dataclass(
+        "ControlValues",
+        [(name, Any, field(default=control_default(name))) for name in control_names()],
+        bases=(_ControlMethods,),
+        frozen=True,
+    )
+    values.__module__ = __name__
+    values.__doc__ = "Everything the Generate button sends, as the page's controls hold it."
+    return values
+
+
+ControlValues = make_control_values()
 
 
 @dataclass(frozen=True)
 class LoadedControls:
-    values: ControlValues
+    values: Any  # ControlValues
     notes: tuple[str, ...]  # what could not be carried over exactly, for a person
 
 
 def controls_from_settings(
     settings: Mapping[str, Any], native: NativeSize | None
 ) -> LoadedControls:
-    """A video's saved settings -> control values. Sizes that are not presets fall back to
-    the model default (with a note), unless they are the loaded model's native size."""
+    """A video's saved settings -> control values, parameter by parameter (read where the
+    declaration says it is saved). Sizes that are not presets fall back to the model
+    default (with a note), unless they are the loaded model's native size."""
     notes: list[str] = []
-    record = VideoSettings.from_dict(settings)
-    frames, height, width = record.frames, record.height, record.width
+    record = VideoSettings.from_dict(settings).to_dict()  # values of the right type only
+    values: dict[str, Any] = {}
+    for declared in params():
+        if declared.page != declared.name or declared.kind is Kind.FILE:
+            continue
+        value = saved_value(record, declared)
+        values[declared.name] = control_default(declared.name) if value is None else value
 
+    frames, height, width = (record.get(name) for name in ("frames", "height", "width"))
     if native is not None and (frames, height, width) == (
         native.frames,
         native.height,
@@ -162,60 +200,47 @@ def controls_from_settings(
             if height and width:
                 notes.append(f"{width}x{height} is not an available size; using the model default.")
             size = MODEL_DEFAULT
-
-    method = record.interpolation.method if record.interpolation else None
-    negative = record.negative_prompt
-    values = ControlValues(
-        prompt=record.prompt,
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
-        seed=RANDOM_SEED if record.seed is None else record.seed,
-        steps=OFFICIAL_STEPS if record.steps is None else record.steps,
-        guidance_scale=(
-            OFFICIAL_GUIDANCE if record.guidance_scale is None else record.guidance_scale
-        ),
-        length=length,
-        size=size,
-        use_template=record.use_template,
-        interpolate=method is not None,
-        interpolation_method=method,
-        fast_mode=record.fast_mode,
-        step_cache=record.step_cache is not None,
-        task=IMAGE_TO_VIDEO if record.first_image else TEXT_TO_VIDEO,
+    task = IMAGE_TO_VIDEO if record.get("first_image") else TEXT_TO_VIDEO
+    return LoadedControls(
+        ControlValues(**values, length=length, size=size, task=task), tuple(notes)
     )
-    return LoadedControls(values, tuple(notes))
 
 
 def request_from_settings(settings: Mapping[str, Any]) -> GenerationRequest:
     """A video's saved settings as the request that made it, for the same checks as any
-    request (check_request); InvalidRequestError for a field that is not even the right
-    kind of value."""
-    for name in ("use_template", "fast_mode"):
-        if not isinstance(settings.get(name, False), bool):
-            raise InvalidRequestError(f"The video's {name} setting is not yes or no.")
-    step_cache = settings.get("step_cache", False)  # its statistics when it ran
-    if not isinstance(step_cache, (bool, Mapping)):
-        raise InvalidRequestError("The video's step_cache setting is not yes or no.")
-    interpolation = settings.get("interpolation")
-    if interpolation is not None and not isinstance(interpolation, Mapping):
-        raise InvalidRequestError("The video's interpolation setting is malformed.")
-    method = interpolation.get("method") if interpolation else None
-    if method is not None and not isinstance(method, str):
-        raise InvalidRequestError("The video's interpolation method is not a name.")
-    return GenerationRequest(
-        prompt=settings.get("prompt"),
-        negative_prompt=settings.get("negative_prompt"),
-        seed=settings.get("seed"),
-        steps=settings.get("steps", OFFICIAL_STEPS),
-        guidance_scale=settings.get("guidance_scale"),  # None: the task's official one
-        frames=settings.get("frames"),
-        height=settings.get("height"),
-        width=settings.get("width"),
-        use_template=settings.get("use_template", True),
-        interpolate=interpolation is not None,
-        interpolation_method=method,
-        fast_mode=settings.get("fast_mode", False),
-        step_cache=bool(step_cache) or isinstance(step_cache, Mapping),
-    )
+    request (check_request): every saved parameter but the files, read where the
+    declaration says it is saved; InvalidRequestError (naming the field) for a value that
+    is not even the right kind."""
+    fields: dict[str, Any] = {}
+    for declared in params():
+        if declared.saved is None or declared.kind is Kind.FILE:
+            continue
+        head = declared.saved.split(".")[0]
+        parent = settings.get(head)
+        if "." in declared.saved and parent is not None and not isinstance(parent, Mapping):
+            raise InvalidRequestError(
+                f"The video's {head} setting is malformed.", field=declared.name
+            )
+        raw = saved_raw(settings, declared)
+        if raw is MISSING:
+            continue
+        if declared.kind is Kind.BOOL:
+            if declared.record and raw is not None and not isinstance(raw, (bool, Mapping)):
+                raise InvalidRequestError(
+                    f"The video's {head} setting is malformed.", field=declared.name
+                )
+            if not declared.record and not isinstance(raw, bool):
+                raise InvalidRequestError(
+                    f"The video's {declared.name} setting is not yes or no.", field=declared.name
+                )
+            raw = isinstance(raw, Mapping) or raw is True
+        elif declared.kind is Kind.CHOICE and raw is not None and not isinstance(raw, str):
+            raise InvalidRequestError(
+                f"The video's {declared.label.lower()} is not a name.", field=declared.name
+            )
+        fields[declared.name] = raw
+    fields.setdefault("prompt", settings.get("prompt"))
+    return GenerationRequest(**fields)
 
 
 @dataclass(frozen=True)

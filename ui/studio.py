@@ -10,11 +10,9 @@ a secret hash of their content (``publish``), handed to their owner; the output 
 is never served.
 """
 
-import dataclasses
 import functools
 import inspect
 import logging
-import re
 import shutil
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -28,6 +26,7 @@ from gradio.data_classes import FileData
 from allegro.errors import AllegroError, Cancelled, InterpolationError, InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent
 from allegro.jobs import JobRunner, prepare_request
+from allegro.params import Kind, params
 from allegro.request import (
     DEFAULT_NEGATIVE_PROMPT,
     DEFAULT_OVERLAP_FRAMES,
@@ -39,7 +38,15 @@ from allegro.request import (
     resolve_request,
 )
 from ui import gallery
+from ui.api_params import (
+    api_endpoint,
+    api_validations,
+    api_validator,
+    request_from_api,
+    with_signature,
+)
 from ui.config import AppConfig, job_inputs_dir
+from ui.controls import api_input, page_validations, validations
 from ui.estimates import (
     cost_hint,
     estimate_memory_bytes,
@@ -48,13 +55,16 @@ from ui.estimates import (
     options_note,
 )
 from ui.formatting import progress_description, result_markdown
+from ui.gallery_page import GalleryPage
 from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
+from ui.job_api import JobApi
 from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
 from ui.page_jobs import PageJobs
 from ui.presets import (
     IMAGE_TO_VIDEO,
     ControlValues,
+    control_names,
     frames_for,
     interpolation_choices,
     length_choices,
@@ -62,17 +72,17 @@ from ui.presets import (
     size_choices,
     size_for,
 )
+from ui.services import (  # noqa: F401 - BUG_MESSAGE, user_error: re-exported for callers
+    BUG_MESSAGE,
+    LOCAL_OWNER,
+    user_error,
+)
 from ui.uploads import uploaded_file
 from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 
 logger = logging.getLogger(__name__)
 
 GENERATION = "generation"  # the concurrency group of every generation, page and API
-LOCAL_OWNER = "local"  # the job owner of a key-less caller where the server is not shared
-BUG_MESSAGE = (
-    "Something went wrong inside Allegro Studio (the details are in the server log). "
-    "The app keeps running: please try again."
-)
 
 
 @dataclass
@@ -82,46 +92,28 @@ class JobSlot:
     token: CancelToken | None = None
 
 
-# A validator's answer names the inputs in the event's order.
-PAGE_INPUTS = (*(field.name for field in dataclasses.fields(ControlValues)), "owner_id", "job")
-# Which input a validation message is about, from the engine's wording.
-_MESSAGE_FIELDS = (
-    (re.compile(r"^The negative prompt"), ("negative_prompt",)),
-    (re.compile(r"^Seed"), ("seed",)),
-    (re.compile(r"^Steps"), ("steps",)),
-    (re.compile(r"^Guidance scale"), ("guidance_scale",)),
-    (re.compile(r"^Allegro cannot make \d+ frames"), ("length", "frames")),
-    (re.compile(r"^Allegro cannot make"), ("size", "height")),
-    (re.compile(r"interpolation method"), ("interpolation_method",)),
-    (re.compile(r"^The first (image|frame)"), ("image", "first_image")),
-    (re.compile(r"^The last (image|frame)|^A last frame"), ("last_image",)),
-    (re.compile(r"needs a first frame"), ("first_image",)),
-    (re.compile(r"^Overlap frames"), ("overlap_frames",)),
-    (re.compile(r"to continue|continued|continuation"), ("video",)),
-)
-INPUT_LABELS = {"first_image": "First frame", "last_image": "Last frame"}
+GENERATE_DOC = """Make one video. Returns the MP4 and its settings (with the seed used and any
+warnings). Sizes left empty take the model's native size; seed empty or -1 is random;
+guidance empty is the official one (7.5, or 8 from images). Image to video: ``image``
+becomes the first frame and ``last_image`` (optional) the last, each cropped to the video's
+shape (send them with gradio_client's handle_file). On a shared server, send your own key
+(32+ characters) in the X-Allegro-Key header: your videos and history are those made with
+it."""
 TEXT_ONLY_MESSAGE = (
     "This server makes videos from text only (it was started with --ti2v-model none): "
     "leave out the images."
 )
 
 
-def _validations(inputs: tuple[str, ...], problem: str | None) -> list[dict]:
-    """One gr.validate per input; the problem, if any, on the input it is about (the
-    first, the prompt, when the message names none)."""
-    field = None
-    if problem is not None:
-        field = next(
-            (
-                name
-                for pattern, names in _MESSAGE_FIELDS
-                if pattern.search(problem)
-                for name in names
-                if name in inputs
-            ),
-            inputs[0],
-        )
-    return [gr.validate(name != field, problem if name == field else "") for name in inputs]
+def page_inputs() -> tuple[str, ...]:
+    """What Generate sends where the page runs the generation (no job runner): the
+    controls by name, then the page's token and job slot."""
+    return (*control_names(), "owner_id", "job")
+
+
+def _page_signature(special: inspect.Parameter) -> inspect.Signature:
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([*(inspect.Parameter(name, plain) for name in page_inputs()), special])
 
 
 def waiting_generations(request: gr.Request | None) -> int:
@@ -135,17 +127,6 @@ def waiting_generations(request: gr.Request | None) -> int:
         return 0
     waiting = app.get_blocks()._queue.event_queue_per_concurrency_id.get(GENERATION)
     return len(waiting.queue) if waiting is not None else 0
-
-
-def user_error(error: BaseException) -> gr.Error:
-    """The gr.Error to show for ``error``: its own message for AllegroError (or a gr.Error
-    already made from one, e.g. in the ZeroGPU worker), else generic."""
-    if isinstance(error, gr.Error):
-        return error
-    if isinstance(error, AllegroError):
-        return gr.Error(str(error), print_exception=False)
-    logger.error("Unexpected error", exc_info=error)
-    return gr.Error(BUG_MESSAGE, print_exception=False)
 
 
 class Studio:
@@ -175,6 +156,7 @@ class Studio:
         # would be billed to the Space's own limit (client.py:174-177), not the visitor's;
         # the token is short-lived, so it cannot be kept with a queued job either. And the
         # GPU process's queue messages need the event's Blocks (zero/gradio.py:70-74).
+        self.gallery = GalleryPage(self)
         self.runner: JobRunner | None = None
         self.page_jobs: PageJobs | None = None  # the page's handlers when jobs are on
         if jobs_db is not None and not config.zero_gpu:
@@ -192,13 +174,24 @@ class Studio:
             add_device_workers(self.runner, loader.manager, config.output_dir)
             # No job starts before the model is ready; none is accepted while it failed.
             hold_jobs_for_model(self.runner, loader.manager)
-            self.page_jobs = PageJobs(self, self.runner)
-        from ui.job_api import JobApi  # it imports this module
-
+            self.page_jobs = PageJobs(self, self.runner, self.gallery.refresh_gallery)
+        # /generate and its validator: the declared parameters (ui.api_params), by name.
+        self.api_generate = api_endpoint(self._api_generate, GENERATE_DOC, tuple[FileData, dict])
+        self.check_api = api_validator(self._check_api, self._check_api.__doc__)
+        self.check_submit_api = api_validator(
+            self._check_submit_api, self._check_submit_api.__doc__
+        )
+        # The page's Generate (direct runs) and its validator, by control name.
+        plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        request = inspect.Parameter("request", plain, default=None, annotation=gr.Request)
+        progress = inspect.Parameter("progress", plain, default=gr.Progress())
+        self.check_page = with_signature(
+            self._check_page, _page_signature(request), self._check_page.__doc__
+        )
+        self.generate_page = with_signature(
+            self._generate_page, _page_signature(progress), self._generate_page.__doc__
+        )
         self.job_api = JobApi(self, self.runner)
-        from ui.gallery_page import GalleryPage  # it imports this module
-
-        self.gallery = GalleryPage(self)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -273,86 +266,40 @@ class Studio:
 
         return estimate
 
-    def check_page(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        seed: float | None,
-        steps: float,
-        guidance_scale: float,
-        length: str,
-        size: str,
-        use_template: bool,
-        interpolate: bool,
-        interpolation_method: str | None,
-        fast_mode: bool,
-        step_cache: bool,
-        task: str,
-        first_image: str | None,
-        last_image: str | None,
-        owner_id: str,
-        job: JobSlot,
-        request: gr.Request = None,
-    ) -> list[dict]:
+    def _check_page(self, values: dict[str, Any]) -> list[dict]:
         """Generate's validator: runs when the click arrives, before it joins the queue
         (gradio/queueing.py:308-348), so a bad request (a bad image included) never waits
-        for the GPU."""
-        controls = ControlValues(  # the page's controls, in the field order
-            prompt, negative_prompt, seed, steps, guidance_scale, length, size,
-            use_template, interpolate, interpolation_method, fast_mode, step_cache,
-            task, first_image, last_image,
-        )  # fmt: skip
-        problem = self._problem(lambda: self._page_request(owner_id, controls), request)
-        return _validations(PAGE_INPUTS, problem)
+        for the GPU. The problem goes on the control its field names."""
+        controls = ControlValues(**{name: values[name] for name in control_names()})
+        build = functools.partial(self._page_request, values["owner_id"], controls)
+        problem, field = self._problem(build, values["request"])
+        return page_validations(page_inputs(), problem, field)
 
-    def check_api(
-        self,
-        prompt: str,
-        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
-        seed: int | str | None = None,
-        steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str | None = None,
-        frames: int | str | None = None,
-        height: int | str | None = None,
-        width: int | str | None = None,
-        use_template: bool = True,
-        interpolate: bool = False,
-        interpolation_method: str | None = None,
-        fast_mode: bool = False,
-        step_cache: bool = False,
-        image: FileData | None = None,
-        last_image: FileData | None = None,
-        request: gr.Request = None,
-    ) -> list[dict]:
+    def _check_api(self, values: dict[str, Any], request: gr.Request | None) -> list[dict]:
         """/generate's validator (same parameters): the key, every field and the images,
         and room among the callers waiting for the GPU (--max-queue), before the call is
         queued."""
-        values = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        values += (use_template, interpolate, interpolation_method, fast_mode, step_cache)
-        return self._check_api_values((*values, image, last_image), request, waiting=True)
+        return self._check_api_values(values, request, waiting=True)
 
-    def check_submit_api(self, request: gr.Request, *values: Any) -> list[dict]:
+    def _check_submit_api(self, values: dict[str, Any], request: gr.Request | None) -> list[dict]:
         """/submit's validator (/generate's parameters): the same checks, but a job waits in
         the runner's queue, not among the callers waiting for the GPU: its limits are the
-        job limits (per person and in all), checked here too. ``request`` comes first:
-        Gradio inserts it at its parameter's place (gradio/helpers.py special_args)."""
+        job limits (per person and in all), checked here too."""
         return self._check_api_values(values, request, waiting=False)
 
     def _check_api_values(
-        self, values: tuple, request: gr.Request | None, waiting: bool
+        self, values: dict[str, Any], request: gr.Request | None, waiting: bool
     ) -> list[dict]:
-        *fields, image, last_image = values
-
         def build():
             owner = self.api_owner(request)
-            generation = self.api_request(*fields, image=image, last_image=last_image)
+            generation = request_from_api(values)
             if not waiting:
                 key = owner.tag if owner is not None else LOCAL_OWNER
                 self.job_api.runner_or_refuse().check_limits(key)
             return owner, generation
 
-        problem = self._problem(build, request if waiting else None)
-        return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
+        problem, field = self._problem(build, request if waiting else None)
+        return api_validations(problem, field)
 
     def check_extend(
         self,
@@ -376,13 +323,14 @@ class Studio:
             owner = self.api_owner(request)
             return owner, self.extend_request(video, owner, *fields, use_template, fast_mode)
 
-        problem = self._problem(build, request)
-        return _validations(tuple(inspect.signature(self.check_extend).parameters)[:-1], problem)
+        problem, field = self._problem(build, request)
+        inputs = tuple(inspect.signature(self.check_extend).parameters)[:-1]
+        return validations(inputs, problem, api_input(field))
 
-    def _problem(self, build, request: gr.Request | None) -> str | None:
-        """What is wrong with a caller, their request or the queue, or None. ``build``
-        returns (owner, request) or raises. Without ``request``, waiting callers are not
-        counted."""
+    def _problem(self, build, request: gr.Request | None) -> tuple[str | None, str | None]:
+        """What is wrong with a caller, their request or the queue, and the request field it
+        is about: (None, None) if nothing. ``build`` returns (owner, request) or raises.
+        Without ``request``, waiting callers are not counted."""
         try:
             _owner, generation = build()
             self.prepare(generation)
@@ -391,12 +339,12 @@ class Studio:
                 return (
                     f"Queue is full: {waiting} videos are waiting for the GPU. Please try "
                     "again in a few minutes."
-                )
+                ), None
         except AllegroError as error:
-            return str(error)
+            return str(error), error.field
         except Exception as error:  # a bug: the handler itself will report it
             logger.error("Unexpected error in a validator", exc_info=error)
-        return None
+        return None, None
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """Check a request before it is queued (AllegroError with the engine's message). Once
@@ -408,7 +356,7 @@ class Studio:
             from allegro.ti2v.inputs import check_condition_files
 
             if status.ready and not status.image_to_video:
-                raise InvalidRequestError(TEXT_ONLY_MESSAGE)
+                raise InvalidRequestError(TEXT_ONLY_MESSAGE, field="first_image")
             check_condition_files(request)
         if status.native is None:
             check_request(request)
@@ -434,7 +382,8 @@ class Studio:
         availability = method_availability(name, self.config.ema_vfi_weights)
         if not availability.available:
             raise InterpolationError(
-                f"The {name} interpolation method is not available: {availability.reason}"
+                f"The {name} interpolation method is not available: {availability.reason}",
+                field="interpolation_method",
             )
 
     def _gpu_seconds(
@@ -466,62 +415,29 @@ class Studio:
         items = self._gpu_stream(request, labels, None if self.config.zero_gpu else cancel)
         return iterate_in_thread(items, cancel)
 
-    async def generate_page(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        seed: float | None,
-        steps: float,
-        guidance_scale: float,
-        length: str,
-        size: str,
-        use_template: bool,
-        interpolate: bool,
-        interpolation_method: str | None,
-        fast_mode: bool,
-        step_cache: bool,
-        task: str,
-        first_image: str | None,
-        last_image: str | None,
-        owner_id: str,
-        job: JobSlot,
-        progress=gr.Progress(),  # noqa: B008 - Gradio's way of asking for a progress bar
-    ):
+    async def _generate_page(self, values: dict[str, Any]):
         """Yields (preview, run status, video, result info, settings, last seed)."""
-        controls = ControlValues(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            length=length,
-            size=size,
-            use_template=use_template,
-            interpolate=interpolate,
-            interpolation_method=interpolation_method,
-            fast_mode=fast_mode,
-            step_cache=step_cache,
-            task=task,
-            first_image=first_image,
-            last_image=last_image,
-        )
+        controls = ControlValues(**{name: values[name] for name in control_names()})
         try:
-            owner, generation = self._page_request(owner_id, controls)
+            owner, generation = self.page_request(values["owner_id"], controls)
             prepared = self.prepare(generation)
         except AllegroError as error:
             raise user_error(error) from None
-        async for outputs in self._page_run(prepared, owner, job, progress):
+        async for outputs in self._page_run(prepared, owner, values["job"], values["progress"]):
             yield outputs
 
-    def _page_request(
+    def page_request(
         self, owner_id: Any, controls: ControlValues
     ) -> tuple[Owner, GenerationRequest]:
         """The page's caller and request; its images must be uploads like an API caller's
         (raw HTTP can send any text in their place)."""
         owner = self.page_owner(owner_id)
         uploads = {
-            key: uploaded_file(getattr(controls, key), label.lower())
-            for key, label in INPUT_LABELS.items()
+            declared.name: uploaded_file(
+                getattr(controls, declared.name), declared.label.lower(), declared.name
+            )
+            for declared in params()
+            if declared.kind is Kind.FILE and declared.page == declared.name
         }
         return owner, replace(controls, **uploads).to_request()
 
@@ -545,11 +461,11 @@ class Studio:
 
         def build():
             owner = self.page_owner(owner_id)
-            return owner, self._page_extension(name, owner, *fields, use_template, fast_mode)
+            return owner, self.page_extension(name, owner, *fields, use_template, fast_mode)
 
-        problem = self._problem(build, request)
+        problem, field = self._problem(build, request)
         inputs = tuple(inspect.signature(self.check_extend_page).parameters)[:-1]
-        return _validations(inputs, problem)
+        return page_validations(inputs, problem, field)
 
     async def extend_page(
         self,
@@ -571,14 +487,14 @@ class Studio:
         fields = (prompt, negative_prompt, seed, steps, guidance_scale, length)
         try:
             owner = self.page_owner(owner_id)
-            extension = self._page_extension(name, owner, *fields, use_template, fast_mode)
+            extension = self.page_extension(name, owner, *fields, use_template, fast_mode)
             prepared = self.prepare(extension)
         except AllegroError as error:
             raise user_error(error) from None
         async for outputs in self._page_run(prepared, owner, job, progress):
             yield outputs
 
-    def _page_extension(
+    def page_extension(
         self, name, owner, prompt, negative, seed, steps, guidance, length, template, fast
     ) -> GenerationRequest:
         if not name:
@@ -650,36 +566,11 @@ class Studio:
         """Whatever ended the run (error included), show the result area again."""
         return gr.update(visible=False), gr.update(visible=True)
 
-    async def api_generate(
-        self,
-        prompt: str,
-        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
-        seed: int | str | None = None,
-        steps: int | float | str = OFFICIAL_STEPS,
-        guidance_scale: float | str | None = None,
-        frames: int | str | None = None,
-        height: int | str | None = None,
-        width: int | str | None = None,
-        use_template: bool = True,
-        interpolate: bool = False,
-        interpolation_method: str | None = None,
-        fast_mode: bool = False,
-        step_cache: bool = False,
-        image: FileData | None = None,
-        last_image: FileData | None = None,
-        request: gr.Request = None,
+    async def _api_generate(
+        self, values: dict[str, Any], request: gr.Request | None
     ) -> tuple[FileData, dict]:
-        """Make one video. Returns the MP4 and its settings (with the seed used and any
-        warnings). Sizes left empty take the model's native size; seed empty or -1 is
-        random; guidance empty is the official one (7.5, or 8 from images). Image to video:
-        ``image`` becomes the first frame and ``last_image`` (optional) the last, each
-        cropped to the video's shape (send them with gradio_client's handle_file). On a
-        shared server, send your own key (32+ characters) in the X-Allegro-Key header: your
-        videos and history are those made with it."""
-        fields = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
-        options = (use_template, interpolate, interpolation_method, fast_mode, step_cache)
         try:
-            generation = self.api_request(*fields, *options, image=image, last_image=last_image)
+            generation = request_from_api(values)
         except AllegroError as error:
             raise user_error(error) from None
         return await self._api_run(generation, request)
@@ -730,18 +621,6 @@ class Studio:
         except Exception as error:
             raise user_error(error) from None
         raise user_error(RuntimeError("the generation ended without a result"))
-
-    @staticmethod
-    def api_request(*values: Any, image: Any = None, last_image: Any = None) -> GenerationRequest:
-        """/generate's parameters (request aside), which are GenerationRequest's fields in
-        order, then the uploaded images; a method alone asks for interpolation."""
-        generation = GenerationRequest(
-            *values,
-            first_image=uploaded_file(image, "first image"),
-            last_image=uploaded_file(last_image, "last image"),
-        )
-        wants_interpolation = generation.interpolate or bool(generation.interpolation_method)
-        return replace(generation, interpolate=wants_interpolation)
 
     def extend_request(
         self,

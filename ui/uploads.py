@@ -10,7 +10,7 @@ import gradio as gr
 from allegro.errors import InvalidRequestError
 
 
-def uploaded_file(value: Any, what: str) -> str | None:
+def uploaded_file(value: Any, what: str, field: str | None = None) -> str | None:
     """The path of a file an API caller uploaded (gradio_client's handle_file); None for none.
     Gradio moves uploads into its upload folder before any handler runs, refusing paths
     outside it (gradio/blocks.py:2157-2162, processing_utils.py:576-597) for values marked
@@ -22,11 +22,14 @@ def uploaded_file(value: Any, what: str) -> str | None:
 
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, str) or not path:
-        raise InvalidRequestError(f"The {what} must be an uploaded file (handle_file).")
+        raise InvalidRequestError(
+            f"The {what} must be an uploaded file (handle_file).", field=field
+        )
     if Path(path).is_symlink() or not is_in_or_equal(path, get_upload_folder()):
         raise InvalidRequestError(
             f"The {what} must be a file you upload with the request (gradio_client's "
-            "handle_file), not a path on the server."
+            "handle_file), not a path on the server.",
+            field=field,
         )
     return path
 

@@ -37,7 +37,8 @@ def _check_name(name: str) -> None:
     if name not in METHODS:
         choices = ", ".join(METHODS)
         raise InterpolationError(
-            f"Unknown interpolation method {name!r}. Choose one of: {choices}."
+            f"Unknown interpolation method {name!r}. Choose one of: {choices}.",
+            field="interpolation_method",
         )
 
 

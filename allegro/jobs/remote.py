@@ -24,10 +24,9 @@ import contextlib
 import dataclasses
 import logging
 import os
-import queue
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from allegro.events import CancelToken, ProgressCallback, ProgressEvent
 from allegro.jobs.job import Job, WorkerLost
 from allegro.jobs.ray_auth import prepare_token
 from allegro.jobs.runner import JOB_LABEL, WORKER_LABEL, Worker
+from allegro.jobs.stream import run_streaming
 
 if TYPE_CHECKING:
     from allegro.engine import GenerationResult
@@ -49,7 +49,6 @@ RAY_MISSING = (
     "--ray needs Ray, which is not installed: pip install -r requirements-ray.txt (on this "
     "machine and every node of the cluster), or start without --ray."
 )
-_DONE = object()
 
 
 @dataclass(frozen=True)
@@ -120,29 +119,21 @@ class VideoActor:
 
             torch.set_num_threads(self.threads)  # this thread's OpenMP team
         token = self._tokens[job_id] = CancelToken()
-        events: queue.Queue[Any] = queue.Queue()
 
-        def run() -> None:
+        def run(emit: Callable[[Any], None]) -> Finished | Failed:
             try:
-                result = self.engine.generate(request, events.put, token, labels=labels)
-                events.put(self._collect(result))
+                return self._collect(self.engine.generate(request, emit, token, labels=labels))
             except AllegroError as error:
-                events.put(Failed(type(error).__name__, str(error)))
+                return Failed(type(error).__name__, str(error))
             except Exception as error:  # a bug: the app records it; this actor goes on
                 logger.exception("Job %s failed", job_id)
-                events.put(Failed("AllegroError", f"Unexpected {type(error).__name__}: {error}"))
-            finally:
-                events.put(_DONE)
+                return Failed("AllegroError", f"Unexpected {type(error).__name__}: {error}")
 
-        # The engine reports through a callback; a thread turns that into this generator.
-        thread = threading.Thread(target=run, name=f"allegro-ray-{job_id[:8]}", daemon=True)
-        thread.start()
+        # The engine reports through a callback; the one bridge turns it into this generator
+        # (if the caller goes away, the engine stops within a step and the thread ends).
         try:
-            while (item := events.get()) is not _DONE:
-                yield item
+            yield from run_streaming(run, token, f"allegro-ray-{job_id[:8]}", join=True)
         finally:
-            token.cancel()  # the caller went away: stop within a step
-            thread.join()
             self._tokens.pop(job_id, None)
 
     def _collect(self, result: GenerationResult) -> Finished:

@@ -25,19 +25,21 @@ MAX_IMAGE_PIXELS = 40_000_000  # a 7700x5200 photo; bigger is a mistake or a dec
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
-def load_image(path: str | Path, what: str = "image") -> np.ndarray:
-    """An image file -> (h, w, 3) uint8 RGB (alpha dropped, palettes and greyscale expanded)."""
+def load_image(path: str | Path, what: str = "image", field: str | None = None) -> np.ndarray:
+    """An image file -> (h, w, 3) uint8 RGB (alpha dropped, palettes and greyscale expanded);
+    ``field``: the request parameter it came from, named by any error."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     name = path.name or str(path)
     if not path.is_file():
-        raise InvalidRequestError(f"The {what} {name} does not exist.")
+        raise InvalidRequestError(f"The {what} {name} does not exist.", field=field)
     size = os.path.getsize(path)
     if size > MAX_IMAGE_BYTES:
         raise InvalidRequestError(
             f"The {what} {name} is {size / 2**20:.0f} MB; images up to "
-            f"{MAX_IMAGE_BYTES // 2**20} MB are accepted."
+            f"{MAX_IMAGE_BYTES // 2**20} MB are accepted.",
+            field=field,
         )
     try:
         with warnings.catch_warnings():
@@ -49,12 +51,14 @@ def load_image(path: str | Path, what: str = "image") -> np.ndarray:
             if width * height > MAX_IMAGE_PIXELS:
                 raise InvalidRequestError(
                     f"The {what} {name} is {width}x{height} pixels; images up to "
-                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted. Scale it down."
+                    f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted. Scale it down.",
+                    field=field,
                 )
             if min(width, height) < MIN_IMAGE_SIDE:
                 raise InvalidRequestError(
                     f"The {what} {name} is only {width}x{height} pixels; each side needs at "
-                    f"least {MIN_IMAGE_SIDE}."
+                    f"least {MIN_IMAGE_SIDE}.",
+                    field=field,
                 )
             pixels = np.asarray(image.convert("RGB"))
     except InvalidRequestError:
@@ -62,15 +66,17 @@ def load_image(path: str | Path, what: str = "image") -> np.ndarray:
     except Image.DecompressionBombError:  # PIL refuses to open beyond 2x its own limit
         raise InvalidRequestError(
             f"The {what} {name} has too many pixels; images up to "
-            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted. Scale it down."
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted. Scale it down.",
+            field=field,
         ) from None
     except UnidentifiedImageError:
         raise InvalidRequestError(
-            f"The {what} {name} is not an image Allegro Studio can read (PNG, JPEG, WebP, …)."
+            f"The {what} {name} is not an image Allegro Studio can read (PNG, JPEG, WebP, …).",
+            field=field,
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidRequestError(
-            f"The {what} {name} is damaged and cannot be read ({error})."
+            f"The {what} {name} is damaged and cannot be read ({error}).", field=field
         ) from None
     return np.ascontiguousarray(pixels)
 
@@ -81,20 +87,24 @@ def last_frames(path: str | Path, count: int) -> tuple[np.ndarray, np.ndarray]:
 
     path = Path(path)
     if not path.is_file():
-        raise InvalidRequestError(f"The video to continue, {path.name}, does not exist.")
+        raise InvalidRequestError(
+            f"The video to continue, {path.name}, does not exist.", field="continue_video"
+        )
     try:
         frames, fps = read_frames(path)
     except AllegroError as error:
-        raise InvalidRequestError(str(error)) from None
+        raise InvalidRequestError(str(error), field="continue_video") from None
     if round(fps) != FPS:
         raise InvalidRequestError(
             f"{path.name} plays at {fps:g} fps; only {FPS} fps clips (not interpolated ones) "
-            "can be continued: continue the original and interpolate the result."
+            "can be continued: continue the original and interpolate the result.",
+            field="continue_video",
         )
     if len(frames) <= count:
         raise InvalidRequestError(
             f"{path.name} has {len(frames)} frames; continuing it with {count} shared frames "
-            "needs more."
+            "needs more.",
+            field="continue_video",
         )
     return frames, frames[-count:]
 
@@ -103,9 +113,9 @@ def check_condition_files(request: GenerationRequest) -> None:
     """Open every condition file once (cheap: headers and a decode), so bad ones are refused
     before the request is queued."""
     if request.first_image:
-        load_image(request.first_image, "first image")
+        load_image(request.first_image, "first image", "first_image")
     if request.last_image:
-        load_image(request.last_image, "last image")
+        load_image(request.last_image, "last image", "last_image")
     if request.continue_video:
         last_frames(request.continue_video, max(int(request.overlap_frames), 1))
 
