@@ -25,8 +25,11 @@ MAX_IMAGE_PIXELS = 40_000_000  # a 7700x5200 photo; bigger is a mistake or a dec
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
-def load_image(path: str | Path, what: str = "image") -> np.ndarray:
-    """An image file -> (h, w, 3) uint8 RGB (alpha dropped, palettes and greyscale expanded)."""
+@contextlib.contextmanager
+def _opened_image(path: str | Path, what: str) -> Iterator[Any]:
+    """The PIL image at ``path``, opened lazily (header only) and refused by its size on disk
+    and its pixel count *before* anything is decoded; errors inside the block (a decode) are
+    refused with a readable message too."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -56,7 +59,7 @@ def load_image(path: str | Path, what: str = "image") -> np.ndarray:
                     f"The {what} {name} is only {width}x{height} pixels; each side needs at "
                     f"least {MIN_IMAGE_SIDE}."
                 )
-            pixels = np.asarray(image.convert("RGB"))
+            yield image
     except InvalidRequestError:
         raise
     except Image.DecompressionBombError:  # PIL refuses to open beyond 2x its own limit
@@ -72,6 +75,20 @@ def load_image(path: str | Path, what: str = "image") -> np.ndarray:
         raise InvalidRequestError(
             f"The {what} {name} is damaged and cannot be read ({error})."
         ) from None
+
+
+def check_image_file(path: str | Path, what: str = "image") -> None:
+    """Refuse an image file by its header alone (size on disk, pixel count): nothing is
+    decoded, so a small file that would unpack to gigabytes costs nothing."""
+    with _opened_image(path, what):
+        pass
+
+
+def load_image(path: str | Path, what: str = "image") -> np.ndarray:
+    """An image file -> (h, w, 3) uint8 RGB (alpha dropped, palettes and greyscale expanded),
+    checked as ``check_image_file`` before it is decoded."""
+    with _opened_image(path, what) as image:
+        pixels = np.asarray(image.convert("RGB"))
     return np.ascontiguousarray(pixels)
 
 
