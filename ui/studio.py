@@ -39,6 +39,7 @@ from allegro.request import (
     resolve_request,
 )
 from ui import gallery
+from ui.access import event_source
 from ui.config import AppConfig, job_inputs_dir
 from ui.estimates import (
     cost_hint,
@@ -148,6 +149,14 @@ def user_error(error: BaseException) -> gr.Error:
     return gr.Error(BUG_MESSAGE, print_exception=False)
 
 
+def unexpected_refusal(error: BaseException) -> str:
+    """A validator's answer to an error its checks did not expect: logged in one line (no
+    traceback: a caller can cause it at will), and the request is refused, never let through
+    to the generation queue."""
+    logger.error("Request refused after an unexpected error: %r", error)
+    return "This request could not be checked, so it was refused. " + BUG_MESSAGE
+
+
 class Studio:
     """The app's behaviour, independent of where each component sits on the page."""
 
@@ -184,9 +193,16 @@ class Studio:
             self.runner = JobRunner(
                 JobStore(jobs_db),
                 [],
-                JobLimits(per_owner=config.jobs_per_person, total=config.jobs_total),
+                JobLimits(
+                    per_owner=config.jobs_per_person,
+                    total=config.jobs_total,
+                    per_source=config.jobs_per_address if config.shared else None,
+                ),
                 prepare=self.prepare_job,
                 inputs_dir=job_inputs_dir(jobs_db),
+                caller_source=functools.partial(
+                    event_source, config.space_id is not None and not config.trusted_proxies
+                ),
             )
             add_device_workers(self.runner, loader.manager, config.output_dir)
             self.page_jobs = PageJobs(self, self.runner)
@@ -391,8 +407,8 @@ class Studio:
                 )
         except AllegroError as error:
             return str(error)
-        except Exception as error:  # a bug: the handler itself will report it
-            logger.error("Unexpected error in a validator", exc_info=error)
+        except Exception as error:  # a bug: refused, never passed on to the queue
+            return unexpected_refusal(error)
         return None
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
@@ -794,7 +810,7 @@ class Studio:
                 gr.update(visible=status.image_to_video),
             )
         return (
-            banner_markdown(status),
+            banner_markdown(status, shared=self.config.shared),
             gr.update(value=label, interactive=interactive),
             gr.update(visible=status.phase == Phase.FAILED),
             gr.Timer(active=status.busy),
