@@ -248,3 +248,25 @@ def test_the_per_source_limit_counts_every_owner_of_one_source(tmp_path):
     source["now"] = None  # outside any request (a restart's queue, the CLI): no such limit
     runner.submit(request(), owner="key-f")
     store.close()
+
+
+def test_the_source_of_a_caller_is_derived_by_the_server():
+    from types import SimpleNamespace
+
+    from ui.access import caller_source, source_of_events
+
+    def request(host, forwarded=None):
+        headers = {"x-forwarded-for": forwarded} if forwarded else {}
+        return SimpleNamespace(client=SimpleNamespace(host=host), headers=headers)
+
+    # Uvicorn has already put a trusted proxy's forwarded address in client.host.
+    assert caller_source(request("10.0.0.9", "1.2.3.4"), False) == "10.0.0.9"
+    assert caller_source(request("10.0.0.1", "1.2.3.4, 10.0.0.1"), True) == "1.2.3.4"
+    assert caller_source(request("10.0.0.1"), True) == "10.0.0.1"
+    assert caller_source(None, True) is None
+    space = source_of_events(parse_config([], {"SPACE_ID": "me/studio"}))
+    assert space.args == (True,)
+    behind_proxy = ["--shared", "--trusted-proxies", "127.0.0.1"]
+    assert source_of_events(parse_config(behind_proxy, {})).args == (False,)
+    assert source_of_events(parse_config(["--share"], {})).args == (True,)
+    assert space() is None  # outside any event

@@ -19,12 +19,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ui.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +136,11 @@ class SecurityHeaders:
 def caller_source(request: Any, from_forwarded_header: bool) -> str | None:
     """The address a caller's jobs count under, from a ``gr.Request``: the client address
     (uvicorn already replaced it with the forwarded one when the request came from a
-    --trusted-proxies address, uvicorn/middleware/proxy_headers.py). On a Space
-    (``from_forwarded_header``), the Space's proxy is the client: the first address of its
-    X-Forwarded-For is the visitor's."""
+    --trusted-proxies address, uvicorn/middleware/proxy_headers.py). On a Space or a share
+    link (``from_forwarded_header``), the platform's proxy is the client: the first address
+    of the X-Forwarded-For it sends is taken as the visitor's (assumed set, not appended to,
+    by that proxy; if it appends, a caller who forges the header escapes this limit, and the
+    per-person and total limits still hold)."""
     if request is None:
         return None
     if from_forwarded_header:
@@ -153,6 +158,14 @@ def event_source(from_forwarded_header: bool) -> str | None:
     from gradio.context import LocalContext
 
     return caller_source(LocalContext.request.get(None), from_forwarded_header)
+
+
+def source_of_events(config: AppConfig) -> Callable[[], str | None]:
+    """The runner's ``caller_source`` for this server. On a Space or behind a --share link
+    the app's client is the platform's proxy (or tunnel), which forwards the visitor's
+    address; behind your own proxy, uvicorn already believes --trusted-proxies."""
+    forwarded = (config.space_id is not None or config.share) and not config.trusted_proxies
+    return functools.partial(event_source, forwarded)
 
 
 def hide_gradio_errors(blocks: Any, detailed: bool) -> None:

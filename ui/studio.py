@@ -39,7 +39,7 @@ from allegro.request import (
     resolve_request,
 )
 from ui import gallery
-from ui.access import event_source
+from ui.access import source_of_events
 from ui.config import AppConfig, job_inputs_dir
 from ui.estimates import (
     cost_hint,
@@ -200,9 +200,7 @@ class Studio:
                 ),
                 prepare=self.prepare_job,
                 inputs_dir=job_inputs_dir(jobs_db),
-                caller_source=functools.partial(
-                    event_source, config.space_id is not None and not config.trusted_proxies
-                ),
+                caller_source=source_of_events(config),
             )
             add_device_workers(self.runner, loader.manager, config.output_dir)
             self.page_jobs = PageJobs(self, self.runner)
