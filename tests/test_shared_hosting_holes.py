@@ -115,6 +115,32 @@ def test_an_image_sent_as_a_data_url_is_refused_before_it_is_decoded(shared):
     assert peak_rss_mb(shared.process.pid) - before < 100
 
 
+def test_an_event_body_cannot_carry_more_than_an_upload(shared):
+    """A data URL of any size was read whole before any check: bodies other than uploads
+    are capped (16 MB) by their Content-Length, or cut off when they stream past it."""
+    page = PageSession(shared.url)
+    bomb = "data:image/png;base64," + "A" * (20 * 2**20)
+    body = {"data": [{"url": bomb}, "default"], "fn_index": page.fn_index("crop_preview")}
+    before = peak_rss_mb(shared.process.pid)
+    log_start = len(shared.log_text())
+    refused = httpx.post(shared.url + "gradio_api/run/predict", json=body, timeout=30)
+    assert refused.status_code == 413
+
+    def streamed():
+        yield b'{"data": [{"url": "data:image/png;base64,'
+        for _ in range(20):
+            yield b"A" * 2**20
+        yield b'"}, "default"], "fn_index": %d}' % page.fn_index("crop_preview")
+
+    try:
+        cut = httpx.post(shared.url + "gradio_api/run/predict", content=streamed(), timeout=30)
+        assert cut.status_code != 200
+    except httpx.HTTPError:
+        pass  # the server hung up: also a refusal
+    assert peak_rss_mb(shared.process.pid) - before < 100
+    assert "Traceback" not in shared.log_text()[log_start:]
+
+
 def test_an_uploaded_image_bomb_is_refused_by_its_header(shared):
     """A greyscale upload is converted by Gradio (decoded whole) unless refused first."""
     path = upload(shared, "bomb.png", zero_png(13000, 13000))

@@ -96,6 +96,43 @@ class HostGuard:
         await self.app(scope, receive, send)
 
 
+# A request body that is not a file upload is JSON: event values, which hold text and the
+# names of uploaded files (a 100,000-line prompt is about 1 MB). Uploads have their own cap.
+MAX_BODY_BYTES = 16 * 2**20
+TOO_LARGE = "Request too large: send files as uploads (the page does; the API: handle_file)."
+
+
+class BodyLimit:
+    """ASGI middleware: a request body (other than an upload) over ``limit`` bytes is refused
+    with 413 when its Content-Length says so, and cut off (a disconnect) when it streams past
+    it, so a value such as a data URL cannot bring gigabytes past the upload cap."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/").endswith("/upload"):
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await PlainTextResponse(TOO_LARGE, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 def security_headers(frame_ancestors: Iterable[str] = ()) -> dict[str, str]:
     """The headers every answer carries. ``frame_ancestors``: other origins that may show the
     page in a frame (a Space's page); X-Frame-Options (which cannot name them) only without."""

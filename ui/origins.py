@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ui.access import HostGuard, SecurityHeaders, security_headers
+from ui.access import BodyLimit, HostGuard, SecurityHeaders, security_headers
 
 REFUSED = (
     "Cross-origin request refused: this Allegro Studio server only answers its own page "
@@ -60,7 +60,8 @@ def studio_app(
     frame_ancestors: Iterable[str] = (),
 ):
     """Gradio's App, guarded from the outside (see the module docstring): the origin check,
-    the host names (``allowed_hosts``; None: any) and the security headers (ui/access.py)."""
+    the host names (``allowed_hosts``; None: any), the size of request bodies and the
+    security headers (ui/access.py)."""
     from gradio.routes import App, ORJSONResponse
 
     allowed = tuple(allowed_origins)
@@ -72,7 +73,7 @@ def studio_app(
             guarded = OriginGuard(super().build_middleware_stack(), allowed)
             if hosts is not None:
                 guarded = HostGuard(guarded, hosts)
-            return SecurityHeaders(guarded, headers)
+            return SecurityHeaders(BodyLimit(guarded), headers)
 
     # create_app passes this only when it builds the App itself (gradio/routes.py:389).
     return GuardedApp(default_response_class=ORJSONResponse)
