@@ -38,6 +38,10 @@ WRONG_HOST = (
     "Misdirected request: this Allegro Studio server does not answer to the host name {host!r} "
     "(its operator can add it with --allowed-hosts)."
 )
+NOT_UPLOADED = (
+    "A file in this request was not uploaded to this server: send files as uploads (the page "
+    "does; the API: gradio_client's handle_file), not paths or links."
+)
 MALFORMED_EVENT = (
     "This request does not fit the event it calls (a missing, extra or malformed value). "
     "Reload the page, or check the API call against the server's /gradio_api/info."
@@ -213,6 +217,7 @@ def hide_gradio_errors(blocks: Any, detailed: bool) -> None:
     input (blocks.py:2039-2071, 2074-2120) or the working directory. gr.Error (our own
     messages) passes as it is. ``detailed`` (a local server): Gradio's text is appended."""
     import gradio as gr
+    from gradio.exceptions import InvalidPathError
 
     original = blocks.preprocess_data
 
@@ -224,7 +229,9 @@ def hide_gradio_errors(blocks: Any, detailed: bool) -> None:
             raise
         except Exception as error:
             logger.warning("Malformed event refused: %s", str(error).splitlines()[0][:300])
-            message = f"{MALFORMED_EVENT} ({error})" if detailed else MALFORMED_EVENT
+            # Gradio's refusal of a file that was not uploaded names the path it resolved.
+            refusal = NOT_UPLOADED if isinstance(error, InvalidPathError) else MALFORMED_EVENT
+            message = f"{refusal} ({error})" if detailed else refusal
             raise gr.Error(message, print_exception=False) from None
 
     blocks.preprocess_data = preprocess_data
