@@ -28,12 +28,26 @@ def mcp_missing_message() -> str | None:
     return None
 
 
+def guards(config: AppConfig) -> tuple[frozenset[str] | None, tuple[str, ...]]:
+    """(the host names the server answers to, None: any; the origins that may frame the page).
+    A local server checks the Host header (DNS rebinding); a shared one is reached by names
+    it cannot know, unless --allowed-hosts lists them."""
+    from ui.access import SPACE_EMBEDDER, allowed_host_names
+
+    hosts = None
+    if not config.shared or config.allowed_hosts:
+        hosts = allowed_host_names(config.host, config.allowed_hosts)
+    ancestors = (*((SPACE_EMBEDDER,) if config.space_id else ()), *config.allowed_origins)
+    return hosts, ancestors
+
+
 def launch(config: AppConfig) -> None:
     if config.zero_gpu:
         # Before anything can initialise CUDA: spaces patches torch when imported, and
         # refuses to once CUDA is up (spaces 0.51.3 zero/__init__.py:23-27).
         import spaces  # noqa: F401
     from allegro.video import remove_leftovers
+    from ui.access import hide_gradio_errors
     from ui.layout import FAVICON, STYLE, build_blocks, theme
     from ui.model_status import ModelLoader
     from ui.origins import studio_app
@@ -52,6 +66,7 @@ def launch(config: AppConfig) -> None:
         loader.load()
     studio = Studio(config, loader, os.environ, jobs_db=config.jobs_db_path)
     demo = build_blocks(studio)
+    hide_gradio_errors(demo, detailed=not config.shared)
     # No overall limit: only generations are limited (--max-queue), by their validator
     # (ui/studio.py, waiting_generations), so a full queue never turns away a page load.
     demo.queue(max_size=None, default_concurrency_limit=None)
@@ -63,7 +78,7 @@ def launch(config: AppConfig) -> None:
         # copies to each video's owner (ui/studio.py, Studio.publish).
         max_file_size=f"{MAX_UPLOAD_MB}mb",
         enable_monitoring=False,
-        _app=studio_app(config.allowed_origins),
+        _app=studio_app(config.allowed_origins, *guards(config)),
         # The jobs database may sit in the output folder: never serve it (nor its WAL), even
         # if a path there were allowed. Blocked paths win (gradio/blocks.py:3125).
         blocked_paths=[

@@ -174,3 +174,99 @@ def test_a_dropped_file_that_is_not_an_mp4_loads_nothing(tmp_path):
     with pytest.raises(gr.Error, match=r"Nothing was loaded: notes\.txt is not an MP4"):
         studio.gallery.load_dropped_video(str(dropped))
     assert not dropped.exists()  # an upload is removed once read
+
+
+def test_host_names_and_per_address_flags():
+    local = parse_config([], {})
+    assert local.allowed_hosts == () and local.jobs_per_address == 20
+    config = parse_config(
+        [
+            "--allowed-hosts",
+            "Studio.Example.org:443, [::1]:7860,b.example",
+            "--jobs-per-address",
+            "3",
+        ],
+        {},
+    )
+    assert config.allowed_hosts == ("studio.example.org", "::1", "b.example")
+    assert config.jobs_per_address == 3
+    env = {"ALLEGRO_ALLOWED_HOSTS": "x.example", "ALLEGRO_JOBS_PER_ADDRESS": "4"}
+    assert parse_config([], env).allowed_hosts == ("x.example",)
+    assert parse_config([], env).jobs_per_address == 4
+
+
+def test_the_host_guard_and_the_headers_each_kind_of_server_gets():
+    from app import guards
+    from ui.access import HostGuard, host_name
+
+    assert host_name("Example.org:7860") == "example.org" and host_name("[::1]:80") == "::1"
+    hosts, ancestors = guards(parse_config(["--allowed-hosts", "studio.example.org"], {}))
+    guard = HostGuard(None, hosts)
+    for good in ("localhost:7860", "127.0.0.1:7860", "127.0.0.2", "[::1]:7860", None,
+                 "studio.example.org"):  # fmt: skip
+        assert guard.accepts(good), good
+    for bad in ("attacker.example:7860", "192.168.1.5:7860", "studio.example.org.evil"):
+        assert not guard.accepts(bad), bad
+    assert ancestors == ()
+    # A LAN server is reached by names it cannot know; a Space is framed by its own page.
+    assert guards(parse_config(["--host", "0.0.0.0"], {}))[0] is None
+    space = parse_config([], {"SPACE_ID": "me/studio"})
+    hosts, ancestors = guards(space)
+    assert hosts is None and ancestors == ("https://huggingface.co",)
+    from ui.access import security_headers
+
+    framed = security_headers(ancestors)
+    assert framed["Content-Security-Policy"] == "frame-ancestors 'self' https://huggingface.co"
+    assert "X-Frame-Options" not in framed and framed["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_per_source_limit_counts_every_owner_of_one_source(tmp_path):
+    from allegro.jobs import JobLimits, JobRunner, JobState, JobStore
+    from allegro.jobs.job import JobLimitError
+    from tests.test_jobs import FakeWorker, request
+
+    source = {"now": "203.0.113.7"}
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runner = JobRunner(
+        store,
+        [FakeWorker(tmp_path)],
+        JobLimits(per_owner=5, total=10, per_source=2),
+        caller_source=lambda: source["now"],
+    )
+    first = runner.submit(request(), owner="key-a")
+    runner.submit(request(), owner="page-b")
+    with pytest.raises(JobLimitError, match="limit per address on this server is 2"):
+        runner.submit(request(), owner="key-c")
+    with pytest.raises(JobLimitError, match="These are 2 videos"):
+        runner.check_limits("key-d", 2)
+    source["now"] = "198.51.100.9"
+    runner.submit(request(), owner="key-c")  # another address
+    source["now"] = "203.0.113.7"
+    runner.cancel(first.id, "key-a")  # one ended: room again
+    assert store.get(first.id).state == JobState.CANCELLED
+    runner.submit(request(), owner="key-e")
+    source["now"] = None  # outside any request (a restart's queue, the CLI): no such limit
+    runner.submit(request(), owner="key-f")
+    store.close()
+
+
+def test_the_source_of_a_caller_is_derived_by_the_server():
+    from types import SimpleNamespace
+
+    from ui.access import caller_source, source_of_events
+
+    def request(host, forwarded=None):
+        headers = {"x-forwarded-for": forwarded} if forwarded else {}
+        return SimpleNamespace(client=SimpleNamespace(host=host), headers=headers)
+
+    # Uvicorn has already put a trusted proxy's forwarded address in client.host.
+    assert caller_source(request("10.0.0.9", "1.2.3.4"), False) == "10.0.0.9"
+    assert caller_source(request("10.0.0.1", "1.2.3.4, 10.0.0.1"), True) == "1.2.3.4"
+    assert caller_source(request("10.0.0.1"), True) == "10.0.0.1"
+    assert caller_source(None, True) is None
+    space = source_of_events(parse_config([], {"SPACE_ID": "me/studio"}))
+    assert space.args == (True,)
+    behind_proxy = ["--shared", "--trusted-proxies", "127.0.0.1"]
+    assert source_of_events(parse_config(behind_proxy, {})).args == (False,)
+    assert source_of_events(parse_config(["--share"], {})).args == (True,)
+    assert space() is None  # outside any event

@@ -79,6 +79,8 @@ class AppConfig:
     ray_address: str | None = None  # make videos on this Ray cluster (allegro.jobs.ray)
     jobs_per_person: int = 10  # queued or running jobs one person may have
     jobs_total: int = 100  # queued or running jobs on the server
+    jobs_per_address: int = 20  # queued or running jobs from one address, when shared
+    allowed_hosts: tuple[str, ...] = ()  # host names a local server also answers to
 
     @property
     def jobs_db_path(self) -> Path:
@@ -280,6 +282,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "[ALLEGRO_ALLOWED_ORIGINS]",
     )
     parser.add_argument(
+        "--allowed-hosts",
+        default=_env_text(environ, "ALLEGRO_ALLOWED_HOSTS") or "",
+        help="comma-separated host names (e.g. studio.example.org) this server answers to "
+        "besides localhost, 127.0.0.1 and --host: a local server refuses any other Host "
+        "header (DNS rebinding); with it, a shared one does too. [ALLEGRO_ALLOWED_HOSTS]",
+    )
+    parser.add_argument(
         "--trusted-proxies",
         default=_env_text(environ, "FORWARDED_ALLOW_IPS"),
         help="comma-separated addresses of your reverse proxy: only their X-Forwarded-For "
@@ -324,6 +333,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         type=_bounded_int(1),
         default=env_int(environ, ("ALLEGRO_JOBS_TOTAL",), 100, 1),
         help="how many videos may be queued or running on the server. [ALLEGRO_JOBS_TOTAL]",
+    )
+    parser.add_argument(
+        "--jobs-per-address",
+        type=_bounded_int(1),
+        default=env_int(environ, ("ALLEGRO_JOBS_PER_ADDRESS",), 20, 1),
+        help="when shared, how many videos may be queued or running from one network "
+        "address, whatever keys or pages it uses (behind a proxy: the address the proxy "
+        "forwards, with --trusted-proxies). [ALLEGRO_JOBS_PER_ADDRESS]",
     )
     parser.add_argument(
         "--max-queue",
@@ -422,4 +439,20 @@ def parse_config(
         ray_address=args.ray,
         jobs_per_person=args.jobs_per_person,
         jobs_total=args.jobs_total,
+        jobs_per_address=args.jobs_per_address,
+        allowed_hosts=_host_names(args.allowed_hosts),
     )
+
+
+def _host_names(text: str) -> tuple[str, ...]:
+    """``a.example, B.example:8080`` -> ("a.example", "b.example"): names, without ports."""
+    names = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item.startswith("["):  # [::1]:7860
+            item = item[1 : item.find("]")] if "]" in item else item[1:]
+        elif item.count(":") == 1:
+            item = item.split(":")[0]
+        if item:
+            names.append(item)
+    return tuple(names)

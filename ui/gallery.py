@@ -24,6 +24,9 @@ PARTS = (".mp4", ".json", ".jpg")  # the video first: without it an entry no lon
 # (allegro/ti2v/inputs.py, ConditionInputs.image_paths), keyed as in its settings.
 INPUT_IMAGES = {"first_image": ".first.png", "last_image": ".last.png"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Far above the names this app gives (a time stamp, the seed, a few words of the prompt),
+# and below the file systems' 255 bytes with the longest suffix (".first.png").
+MAX_NAME_CHARS = 200
 
 
 class GalleryError(AllegroError):
@@ -122,7 +125,12 @@ def list_entries(output_dir: Path, owner: str | None = None) -> list[GalleryEntr
 
 def entry_path(output_dir: Path, name: str, suffix: str) -> Path:
     """``output_dir/name+suffix``, refusing any name that could leave the folder."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+        raise GalleryError(
+            f"That is not the name of a video in the gallery (names are at most "
+            f"{MAX_NAME_CHARS} characters)."
+        )
+    if not _NAME.match(name) or ".." in name:
         raise GalleryError(f"{name!r} is not the name of a video in the gallery.")
     root = output_dir.resolve()
     path = root / f"{name}{suffix}"

@@ -5,7 +5,9 @@ and keeps its state. The page polls ``ModelLoader.status()``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -89,8 +91,21 @@ def choose_model(config: AppConfig, has_cuda: bool) -> ModelChoice:
     )
 
 
-def banner_markdown(status: ModelStatus) -> str:
-    """The status line above the page."""
+# An absolute path in a message (not part of a URL): "/tmp/x/tiny" -> "tiny".
+_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`]+/)+([^\s/'\"`]+)")
+
+
+def banner_markdown(status: ModelStatus, shared: bool = False) -> str:
+    """The status line above the page. ``shared``: every visitor reads it, so it names the
+    model and the devices, never a folder on the server or the cluster's address."""
+    if not shared:
+        return _banner(status)
+    if status.cluster is not None:
+        status = dataclasses.replace(status, cluster="a private address")
+    return _PATH.sub(lambda match: match[1], _banner(status))
+
+
+def _banner(status: ModelStatus) -> str:
     choice = status.choice
     if status.phase == Phase.FAILED:
         return f"**The model could not be loaded.** {status.error}"

@@ -17,6 +17,8 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ui.access import BodyLimit, HostGuard, SecurityHeaders, security_headers
+
 REFUSED = (
     "Cross-origin request refused: this Allegro Studio server only answers its own page "
     "(an operator can allow other sites with --allowed-origins)."
@@ -52,15 +54,26 @@ class OriginGuard:
         await self.app(scope, receive, send)
 
 
-def studio_app(allowed_origins: Iterable[str]):
-    """Gradio's App, guarded from the outside (see the module docstring)."""
+def studio_app(
+    allowed_origins: Iterable[str],
+    allowed_hosts: Iterable[str] | None = None,
+    frame_ancestors: Iterable[str] = (),
+):
+    """Gradio's App, guarded from the outside (see the module docstring): the origin check,
+    the host names (``allowed_hosts``; None: any), the size of request bodies and the
+    security headers (ui/access.py)."""
     from gradio.routes import App, ORJSONResponse
 
     allowed = tuple(allowed_origins)
+    hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
+    headers = security_headers(frame_ancestors)
 
     class GuardedApp(App):
         def build_middleware_stack(self) -> ASGIApp:
-            return OriginGuard(super().build_middleware_stack(), allowed)
+            guarded = OriginGuard(super().build_middleware_stack(), allowed)
+            if hosts is not None:
+                guarded = HostGuard(guarded, hosts)
+            return SecurityHeaders(BodyLimit(guarded), headers)
 
     # create_app passes this only when it builds the App itself (gradio/routes.py:389).
     return GuardedApp(default_response_class=ORJSONResponse)

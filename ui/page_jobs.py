@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import json
 import logging
@@ -29,11 +30,12 @@ from ui.controls import page_validations
 from ui.estimates import format_duration
 from ui.formatting import progress_description, result_markdown
 from ui.presets import ControlValues, control_names
-from ui.services import Services, user_error
+from ui.services import Services, unexpected_refusal, user_error
 
 logger = logging.getLogger(__name__)
 
 MAX_VARIATIONS = 16  # per prompt; the per-person job limit bounds a batch as a whole
+MAX_BATCH = 1000  # videos one click may ask for, whatever the limits: counted before building
 RECENT_JOBS = 10  # finished jobs the Queue panel lists
 UPDATES_PER_SECOND = 4  # a page's follower redraws at most this often
 
@@ -89,11 +91,16 @@ ASK_PERMISSION_JS = """
 
 
 def batch_requests(
-    controls: ControlValues, each_line: bool, variations: Any
+    controls: ControlValues,
+    each_line: bool,
+    variations: Any,
+    check_count: Callable[[int], None] | None = None,
 ) -> list[GenerationRequest]:
     """The jobs one click asks for: one per prompt line (if ``each_line``), each in
     ``variations`` seeds s, s+1, ... (s: the seed asked for, or one random seed for the
-    whole batch, so its prompts can be compared)."""
+    whole batch, so its prompts can be compared). The videos are counted before any request
+    is built: ``check_count`` (the job limits) and MAX_BATCH refuse a batch by its size, so
+    100,000 lines cost no more than one."""
     try:
         count = 1 if variations in (None, "") else int(variations)
     except (TypeError, ValueError):
@@ -108,8 +115,15 @@ def batch_requests(
         prompts = [line.strip() for line in (controls.prompt or "").splitlines() if line.strip()]
         if not prompts:
             raise InvalidRequestError("The prompt is empty: write one prompt per line.")
+    videos = len(prompts) * count
+    if check_count is not None:
+        check_count(videos)
+    if videos > MAX_BATCH:
+        raise InvalidRequestError(
+            f"These are {videos:,} videos; one Generate makes at most {MAX_BATCH:,}."
+        )
     seed = parse_seed(controls.seed)
-    if seed is None and len(prompts) * count > 1:  # one seed for the batch: comparable
+    if seed is None and videos > 1:  # one seed for the batch: comparable
         seed = secrets.randbelow(MAX_SEED + 1)
     requests = []
     for prompt in prompts:
@@ -246,7 +260,8 @@ class PageJobs:
         owner, first = self.studio.page_request(form["owner_id"], controls)
         uploads = {"first_image": first.first_image, "last_image": first.last_image}
         controls = replace(controls, **{key: value for key, value in uploads.items() if value})
-        requests = batch_requests(controls, bool(form["each_line"]), form["variations"])
+        limits = functools.partial(self.runner.check_limits, owner.tag)
+        requests = batch_requests(controls, bool(form["each_line"]), form["variations"], limits)
         return owner.tag, requests, self.studio.labels(owner)
 
     def check_submit(self, *values: Any) -> list[dict]:
@@ -260,8 +275,8 @@ class PageJobs:
             self.runner.check_limits(owner, len(requests))
         except AllegroError as error:
             problem, field = str(error), error.field
-        except Exception as error:  # a bug: the handler itself will report it
-            logger.error("Unexpected error in a validator", exc_info=error)
+        except Exception as error:  # a bug: refused, never queued
+            problem = unexpected_refusal(error)
         return page_validations(submit_inputs(), problem, field)
 
     async def submit_page(self, *values: Any) -> None:

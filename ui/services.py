@@ -38,6 +38,14 @@ def user_error(error: BaseException) -> gr.Error:
     return gr.Error(BUG_MESSAGE, print_exception=False)
 
 
+def unexpected_refusal(error: BaseException) -> str:
+    """A validator's answer to an error its checks did not expect: logged in one line (no
+    traceback: a caller can cause it at will), and the request is refused, never let through
+    to the generation queue."""
+    logger.error("Request refused after an unexpected error: %r", error)
+    return "This request could not be checked, so it was refused. " + BUG_MESSAGE
+
+
 class Services(Protocol):
     """Who may see what, the published copies of files, and the checks before a job."""
 

@@ -38,6 +38,7 @@ from allegro.request import (
     resolve_request,
 )
 from ui import gallery
+from ui.access import source_of_events
 from ui.api_params import (
     api_endpoint,
     api_validations,
@@ -75,6 +76,7 @@ from ui.presets import (
 from ui.services import (  # noqa: F401 - BUG_MESSAGE, user_error: re-exported for callers
     BUG_MESSAGE,
     LOCAL_OWNER,
+    unexpected_refusal,
     user_error,
 )
 from ui.uploads import uploaded_file
@@ -167,9 +169,14 @@ class Studio:
             self.runner = JobRunner(
                 JobStore(jobs_db),
                 [],
-                JobLimits(per_owner=config.jobs_per_person, total=config.jobs_total),
+                JobLimits(
+                    per_owner=config.jobs_per_person,
+                    total=config.jobs_total,
+                    per_source=config.jobs_per_address if config.shared else None,
+                ),
                 prepare=self.prepare_job,
                 inputs_dir=job_inputs_dir(jobs_db),
+                caller_source=source_of_events(config),
             )
             add_device_workers(self.runner, loader.manager, config.output_dir)
             # No job starts before the model is ready; none is accepted while it failed.
@@ -342,8 +349,8 @@ class Studio:
                 ), None
         except AllegroError as error:
             return str(error), error.field
-        except Exception as error:  # a bug: the handler itself will report it
-            logger.error("Unexpected error in a validator", exc_info=error)
+        except Exception as error:  # a bug: refused, never passed on to the queue
+            return unexpected_refusal(error), None
         return None, None
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
@@ -676,7 +683,7 @@ class Studio:
                 gr.update(visible=status.image_to_video),
             )
         return (
-            banner_markdown(status),
+            banner_markdown(status, shared=self.config.shared),
             gr.update(value=label, interactive=interactive),
             gr.update(visible=status.phase == Phase.FAILED),
             gr.Timer(active=status.busy),

@@ -8,6 +8,12 @@ from typing import Any
 import gradio as gr
 
 from allegro.errors import InvalidRequestError
+from allegro.ti2v.inputs import check_image_file
+
+NOT_AN_UPLOAD = (
+    "The {what} must be an image file you upload (the page does it; the API: gradio_client's "
+    "handle_file), not a data: or web URL."
+)
 
 
 def uploaded_file(value: Any, what: str, field: str | None = None) -> str | None:
@@ -47,9 +53,20 @@ class UploadedImage(gr.Image):
     is_template = True
 
     def preprocess(self, payload):
-        if payload is not None and getattr(payload, "path", None):
-            try:
-                uploaded_file(payload.path, str(self.label or "image").lower())
-            except InvalidRequestError as error:
-                raise gr.Error(str(error), print_exception=False) from None
+        """Refused before Gradio decodes anything: a value that is not an uploaded file (a
+        ``data:`` or web URL, which ``preprocess_image`` decodes with PIL whatever the
+        path, gradio/image_utils.py:277-283), a path outside the upload folder, and an
+        image whose header shows too many pixels (Gradio converts any image whose mode is
+        not RGB, decoding it whole: image_utils.py:302-317)."""
+        if payload is None:
+            return None
+        what = str(self.label or "image").lower()
+        try:
+            url = str(getattr(payload, "url", None) or "")
+            path = uploaded_file(getattr(payload, "path", None), what)
+            if path is None or url.strip().lower().startswith("data:"):
+                raise InvalidRequestError(NOT_AN_UPLOAD.format(what=what))
+            check_image_file(path, what)
+        except InvalidRequestError as error:
+            raise gr.Error(str(error), print_exception=False) from None
         return super().preprocess(payload)

@@ -59,6 +59,9 @@ WORKER_LABEL = "worker"  # the worker (device) that made it
 class JobLimits:
     per_owner: int = 10  # queued or running jobs one person may have
     total: int = 100  # queued or running jobs on the server
+    # Queued or running jobs from one source (a network address), whatever owners it uses;
+    # None: no such limit. The runner asks its ``caller_source`` who is submitting.
+    per_source: int | None = None
     max_attempts: int = 3  # a job running at this many crashes is not started again
 
 
@@ -159,12 +162,17 @@ class JobRunner:
         limits: JobLimits = JobLimits(),
         prepare: Callable[[GenerationRequest], GenerationRequest] = prepare_request,
         inputs_dir: str | Path | None = None,
+        caller_source: Callable[[], str | None] | None = None,
     ) -> None:
         """``inputs_dir``: where each job keeps copies of its input images (one folder per
-        job, removed when it ends), so a queued job still has them after a restart."""
+        job, removed when it ends), so a queued job still has them after a restart.
+        ``caller_source``: the source (address) of whoever calls submit or check_limits now,
+        for ``limits.per_source``; it is kept in memory only (a restart forgets it)."""
         self.store = store
         self.workers: tuple[Worker, ...] = tuple(workers)  # more may come: add_worker
         self.limits = limits
+        self._caller_source = caller_source or (lambda: None)
+        self._sources: dict[str, str] = {}  # id -> source of the live jobs submitted here
         self._prepare = prepare
         self._changed = threading.Condition()
         # Jobs queued or running in this process, with their latest progress; the store
@@ -295,6 +303,7 @@ class JobRunner:
         jobs: list[Job] = []
         with self._changed:
             self.check_limits(owner, len(prepared))
+            source = self._caller_source()
             try:
                 for request in prepared:
                     job_id = new_job_id()
@@ -308,6 +317,8 @@ class JobRunner:
                     )
                     self.store.add(job)
                     jobs.append(job)
+                    if source:
+                        self._sources[job_id] = source
             except BaseException:
                 self._release_inputs(job_id)  # the job that failed to be recorded
                 raise
@@ -475,7 +486,7 @@ class JobRunner:
         hold = self.held()
         if hold is not None and hold.refusal is not None:  # e.g. the model failed to load
             raise hold.refusal
-        asked = "" if adding == 1 else f"These are {adding} videos. "
+        asked = "" if adding == 1 else f"These are {adding:,} videos. "
         mine = self.store.count(ACTIVE_STATES, owner=owner)
         if mine + adding > self.limits.per_owner:
             raise JobLimitError(
@@ -488,6 +499,16 @@ class JobRunner:
                 f"{asked}The queue is full: {everyone} videos are queued or running, the limit "
                 f"of this server is {self.limits.total}. Try again when some have finished."
             )
+        source = self._caller_source() if self.limits.per_source is not None else None
+        if source:
+            with self._changed:
+                theirs = sum(1 for j, s in self._sources.items() if s == source and j in self._live)
+            if theirs + adding > self.limits.per_source:
+                raise JobLimitError(
+                    f"{asked}Your network address has {theirs} videos queued or running: the "
+                    f"limit per address on this server is {self.limits.per_source}, whatever "
+                    "keys or pages send them. Wait for one to finish, or cancel one."
+                )
 
     def _keep_inputs(self, job_id: str, request: GenerationRequest) -> GenerationRequest:
         """The request with its input images copied into the job's own folder (uploads live
@@ -519,6 +540,7 @@ class JobRunner:
 
     def _forget(self, job_id: str) -> None:
         self._live.pop(job_id, None)
+        self._sources.pop(job_id, None)
         self._versions.pop(job_id, None)
         self._tokens.pop(job_id, None)
         self._notify()

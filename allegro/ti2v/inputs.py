@@ -25,9 +25,12 @@ MAX_IMAGE_PIXELS = 40_000_000  # a 7700x5200 photo; bigger is a mistake or a dec
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
-def load_image(path: str | Path, what: str = "image", field: str | None = None) -> np.ndarray:
-    """An image file -> (h, w, 3) uint8 RGB (alpha dropped, palettes and greyscale expanded);
-    ``field``: the request parameter it came from, named by any error."""
+@contextlib.contextmanager
+def _opened_image(path: str | Path, what: str, field: str | None = None) -> Iterator[Any]:
+    """The PIL image at ``path``, opened lazily (header only) and refused by its size on disk
+    and its pixel count *before* anything is decoded; errors inside the block (a decode) are
+    refused with a readable message too. ``field``: the request parameter it came from,
+    named by any error."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -60,7 +63,7 @@ def load_image(path: str | Path, what: str = "image", field: str | None = None) 
                     f"least {MIN_IMAGE_SIDE}.",
                     field=field,
                 )
-            pixels = np.asarray(image.convert("RGB"))
+            yield image
     except InvalidRequestError:
         raise
     except Image.DecompressionBombError:  # PIL refuses to open beyond 2x its own limit
@@ -78,6 +81,20 @@ def load_image(path: str | Path, what: str = "image", field: str | None = None) 
         raise InvalidRequestError(
             f"The {what} {name} is damaged and cannot be read ({error}).", field=field
         ) from None
+
+
+def check_image_file(path: str | Path, what: str = "image", field: str | None = None) -> None:
+    """Refuse an image file by its header alone (size on disk, pixel count): nothing is
+    decoded, so a small file that would unpack to gigabytes costs nothing."""
+    with _opened_image(path, what, field):
+        pass
+
+
+def load_image(path: str | Path, what: str = "image", field: str | None = None) -> np.ndarray:
+    """An image file -> (h, w, 3) uint8 RGB (alpha dropped, palettes and greyscale expanded),
+    checked as ``check_image_file`` before it is decoded."""
+    with _opened_image(path, what, field) as image:
+        pixels = np.asarray(image.convert("RGB"))
     return np.ascontiguousarray(pixels)
 
 
