@@ -14,14 +14,17 @@ All pixel work is numpy/OpenCV on uint8 RGB frames (F, H, W, 3) and bool masks (
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from allegro.errors import InvalidRequestError
+from allegro.ti2v.motion import CLOCK_PRESETS, MotionClocks
 
 
 @dataclass(frozen=True)
@@ -264,17 +267,143 @@ def shift_between(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
     return dx, dy
 
 
-__all__ = [
-    "CAMERA_MOVES",
-    "CameraMove",
-    "MotionSignal",
-    "camera_signal",
-    "check_drag",
-    "check_mask",
-    "drag_signal",
-    "load_example",
-    "load_signal",
-    "parse_camera",
-    "read_mask",
-    "shift_between",
-]
+# From a request's motion fields ----------------------------------------------------------
+
+MOTION_FIELDS = ("camera", "drag", "motion_signal", "motion_mask")
+MOTION_CLOCK_FIELDS = ("motion_preset", "motion_tweak", "motion_strong")
+
+
+@dataclass(frozen=True)
+class MotionRequest:
+    """The motion fields of a generation request, read by name: one way in (a camera move,
+    a drag file, or a motion-signal video with its mask) and the clocks."""
+
+    camera: str | None = None
+    drag: str | None = None
+    motion_signal: str | None = None
+    motion_mask: str | None = None
+    motion_preset: str | None = None
+    motion_tweak: float | None = None
+    motion_strong: float | None = None
+
+    @classmethod
+    def of(cls, request: Any) -> MotionRequest | None:
+        """The request's motion, or None when it asks for none."""
+        values = {name: getattr(request, name, None) for name in cls.__dataclass_fields__}
+        if not any(values[name] for name in MOTION_FIELDS):
+            return None
+        return cls(**values)
+
+    @property
+    def kind(self) -> str:
+        return "camera" if self.camera else "object"
+
+    def clocks(self, steps: int) -> MotionClocks:
+        """The preset named (or the one for this kind of motion), with either clock
+        replaced by a fraction given."""
+        preset = CLOCK_PRESETS[self.motion_preset or self.kind]
+        try:
+            return MotionClocks(
+                preset.tweak if self.motion_tweak is None else float(self.motion_tweak),
+                preset.strong if self.motion_strong is None else float(self.motion_strong),
+            )
+        except ValueError as error:
+            raise InvalidRequestError(f"{error}.", field="motion_strong") from None
+
+    def check(self, first_image: str | None) -> None:
+        """Refusals before anything is queued (the files are read by ``build``)."""
+        ways = [bool(self.camera), bool(self.drag), bool(self.motion_signal)]
+        if sum(ways) > 1:
+            raise InvalidRequestError(
+                "Choose one way to give motion: a camera move, a drag, or a motion-signal video.",
+                field="camera" if self.camera else "drag",
+            )
+        if not first_image:
+            field = next(name for name in MOTION_FIELDS if getattr(self, name))
+            raise InvalidRequestError(
+                "Motion control moves a first frame: add a first image.", field=field
+            )
+        if (self.motion_signal or self.drag) and not self.motion_mask:
+            raise InvalidRequestError(
+                "A drag needs the object's mask (an image, white on the object), and a "
+                "motion-signal video its mask video (white where the video must follow it).",
+                field="motion_mask",
+            )
+        if self.motion_mask and not (self.motion_signal or self.drag):
+            raise InvalidRequestError(
+                "A motion mask goes with a drag path or a motion-signal video.",
+                field="motion_mask",
+            )
+        if self.camera:
+            parse_camera(self.camera)
+        if self.drag:
+            parse_drag(self.drag)
+        self.clocks(100)
+
+    def build(
+        self, first_image: np.ndarray, frames: int, height: int, width: int
+    ) -> tuple[MotionSignal, str | None]:
+        """The motion signal at the video's length and size (``first_image`` as loaded),
+        and a note when an uploaded signal had to be resampled."""
+        from allegro.ti2v.condition import condition_preview
+
+        first = condition_preview(first_image, height, width)
+        if self.camera:
+            return camera_signal(first, parse_camera(self.camera), frames), None
+        if self.drag:
+            return _drag_from(self.drag, str(self.motion_mask), first_image, first, frames), None
+        signal = load_signal(str(self.motion_signal), str(self.motion_mask), self.kind)
+        from allegro.ti2v.motion import resample_signal
+
+        video, mask, note = resample_signal(signal.frames, signal.mask, frames, height, width)
+        check_mask(mask)
+        return MotionSignal(video, mask, "object"), note
+
+
+MAX_DRAG_CHARS = 20_000  # a path of about a thousand points
+
+
+def parse_drag(text: str) -> tuple[list[tuple[float, float]], list[float] | None]:
+    """A drag path as JSON: ``[[x, y], ...]`` or ``{"path": [[x, y], ...], "scales":
+    [...]}``, points in the first image's pixels."""
+
+    def refuse(message: str) -> InvalidRequestError:
+        return InvalidRequestError(f"Drag path: {message}", field="drag")
+
+    if len(text) > MAX_DRAG_CHARS:
+        raise refuse(f"at most {MAX_DRAG_CHARS:,} characters.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise refuse(f"not JSON ({error.msg} at character {error.pos}).") from None
+    if isinstance(data, list):
+        data = {"path": data}
+    if not isinstance(data, dict) or not isinstance(data.get("path"), list):
+        raise refuse('give [[x, y], ...] or {"path": [[x, y], ...], "scales": [...]}.')
+    try:
+        points = [(float(x), float(y)) for x, y in data["path"]]
+        scales = None if data.get("scales") is None else [float(s) for s in data["scales"]]
+    except (TypeError, ValueError):
+        raise refuse('"path" must be [x, y] pairs and "scales" numbers.') from None
+    return points, scales
+
+
+def _drag_from(
+    drag: str, mask_path: str, source: np.ndarray, first: np.ndarray, frames: int
+) -> MotionSignal:
+    """The path (in the first image's pixels) and the object's mask (an image the size of
+    the first image, white on the object), both mapped through the first image's crop and
+    resize to the video."""
+    from allegro.ti2v.condition import crop_box
+    from allegro.ti2v.inputs import load_image
+
+    points, scales = parse_drag(drag)
+    object_mask = load_image(mask_path, "object mask").max(axis=-1) > 127
+    check_drag(source, object_mask, points, scales)
+    height, width = first.shape[:2]
+    box = crop_box(source.shape[0], source.shape[1], height, width)
+    sx, sy = width / box.width, height / box.height
+    mapped = [((x - box.left) * sx, (y - box.top) * sy) for x, y in points]
+    cropped = object_mask[box.top : box.top + box.height, box.left : box.left + box.width]
+    resized = cv2.resize(cropped.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    return drag_signal(first, resized > 0, mapped, frames, scales)

@@ -389,3 +389,93 @@ def test_an_example_folder_in_the_authors_layout_loads_and_runs(tiny_ti2v, tmp_p
         clean_caption=False, condition=condition, motion=guide,
     ).frames  # fmt: skip
     assert frames.shape == (1, FRAMES, SIZE, SIZE, 3) and np.isfinite(frames).all()
+
+
+def _request(**fields):
+    from types import SimpleNamespace
+
+    base = dict.fromkeys(
+        ("camera", "drag", "motion_signal", "motion_mask", "motion_preset", "motion_tweak",
+         "motion_strong"),
+    )  # fmt: skip
+    return SimpleNamespace(**{**base, **fields})
+
+
+def test_a_request_without_motion_fields_asks_for_none():
+    from allegro.motion_signal import MotionRequest
+
+    assert MotionRequest.of(_request()) is None
+    assert MotionRequest.of(object()) is None  # a request of before motion control
+
+
+def test_motion_requests_are_checked_before_anything_is_queued():
+    from allegro.errors import InvalidRequestError
+    from allegro.motion_signal import MotionRequest
+
+    cases = [
+        (dict(camera="zoom-in 0.3", drag="[[1, 2], [3, 4]]"), "first.png", "one way", "camera"),
+        (dict(camera="zoom-in 0.3"), None, "first image", "camera"),
+        (dict(motion_signal="m.mp4"), "first.png", "mask", "motion_mask"),
+        (dict(drag="[[1, 2], [3, 4]]"), "first.png", "mask", "motion_mask"),
+        (dict(motion_mask="m.png"), "first.png", "goes with", "motion_mask"),
+        (dict(drag="[[1, 2]", motion_mask="m.png"), "first.png", "not JSON", "drag"),
+        (dict(camera="spin 3"), "first.png", "Unknown camera move", "camera"),
+        (
+            dict(camera="pan-left 0.2", motion_tweak=0.5, motion_strong=0.2),
+            "first.png",
+            "out of order",
+            "motion_strong",
+        ),
+    ]
+    for fields, first, words, field in cases:
+        motion = MotionRequest.of(_request(**fields))
+        with pytest.raises(InvalidRequestError, match=words) as refused:
+            motion.check(first)
+        assert refused.value.field == field, fields
+    ok = MotionRequest.of(_request(camera="zoom-in 0.3", motion_tweak=0.1))
+    ok.check("first.png")
+    assert ok.clocks(100).indices(100) == (10, 10)  # the camera preset's strong, tweak given
+
+
+def test_motion_builds_from_each_way_in_at_the_videos_size(tmp_path):
+    from PIL import Image
+
+    from allegro.motion_signal import MotionRequest, drag_signal, shift_between
+
+    image = _picture(120, 200)  # wider than the 160x160 video: centre-cropped like TI2V
+    camera, note = MotionRequest.of(_request(camera="pan-right 0.25")).build(image, 8, 160, 160)
+    assert camera.frames.shape == (8, 160, 160, 3) and note is None
+    assert shift_between(camera.frames[0], camera.frames[-1])[0] == pytest.approx(-40, abs=0.5)
+
+    obj = np.zeros((120, 200), bool)
+    obj[40:60, 100:120] = True  # a square in the middle of the first image
+    Image.fromarray((obj * 255).astype(np.uint8)).save(tmp_path / "object.png")
+    drag = MotionRequest.of(
+        _request(drag="[[110, 50], [110, 90]]", motion_mask=str(tmp_path / "object.png"))
+    )
+    dragged, _ = drag.build(image, 8, 160, 160)
+    # The crop keeps x 40..160 of 200 and scales by 160/120: the square's centre (110, 50)
+    # lands at (93.3, 66.7) and moves down by 40 * 4/3.
+    ys, xs = np.nonzero(dragged.mask[-1])
+    assert (xs.mean(), ys.mean()) == pytest.approx((93.3 - 0.5, 66.7 + 53.3 - 0.5), abs=1.5)
+
+    made = drag_signal(image, obj, [(110, 50), (150, 50)], frames=12)
+
+    def write(path, frames):
+        import av
+
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=16, options={"crf": "12"})
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+
+    write(tmp_path / "signal.mp4", made.frames)
+    write(tmp_path / "mask.mp4", np.repeat(made.mask[..., None] * 255, 3, -1).astype(np.uint8))
+    upload = MotionRequest.of(
+        _request(motion_signal=str(tmp_path / "signal.mp4"), motion_mask=str(tmp_path / "mask.mp4"))
+    )
+    signal, note = upload.build(image, 8, 160, 160)
+    assert signal.frames.shape == (8, 160, 160, 3) and signal.mask.shape == (8, 160, 160)
+    assert note.startswith("motion signal: 12 frames (mask 12) resampled to 8")
