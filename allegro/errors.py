@@ -16,12 +16,7 @@ class AllegroError(Exception):
 
 
 class InvalidRequestError(AllegroError, ValueError):
-    """A request setting is out of range or not a value the model can make; ``field`` names
-    the request field it is about, when there is one."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+    """A request setting is out of range or not a value the model can make."""
 
 
 class ModelUnavailableError(AllegroError):
