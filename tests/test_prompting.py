@@ -1,0 +1,322 @@
+"""Prompt help (issue 24): the local backend with a tiny random Qwen2 chat model, and the
+endpoint backend against a real HTTP server that speaks the OpenAI chat API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from allegro.errors import Cancelled, InvalidRequestError
+from allegro.events import CancelToken
+from allegro.prompting import instructions
+from allegro.prompting.choose import make_helper
+from allegro.prompting.endpoint import EndpointHelper
+from allegro.prompting.helper import (
+    PromptHelpError,
+    PromptTimeoutError,
+    ShotFormatError,
+    clean_caption,
+    parse_shots,
+)
+from allegro.prompting.local import LocalHelper
+from tests.prompt_model import make_tiny_prompt_model
+
+
+@pytest.fixture(scope="module")
+def tiny_prompt_model(tmp_path_factory):
+    return make_tiny_prompt_model(tmp_path_factory.mktemp("tiny-prompt-model"))
+
+
+@pytest.fixture
+def local(tiny_prompt_model):
+    helper = make_helper(str(tiny_prompt_model), timeout=120)
+    assert isinstance(helper, LocalHelper)
+    return helper
+
+
+def spy_generate(helper: LocalHelper, before_each_token=None):
+    """Load the model, then record what generate() is given (and call the real one)."""
+    loaded = helper.load(lambda event: None)
+    calls = []
+    real = loaded.model.generate
+
+    def generate(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    loaded.model.generate = generate
+    if before_each_token is not None:
+        loaded.model.register_forward_pre_hook(lambda module, args: before_each_token())
+    return loaded, calls
+
+
+# ---- the local path ---------------------------------------------------------------------
+
+
+def test_local_model_rewrites_through_the_chat_template_on_the_cpu(local, monkeypatch):
+    monkeypatch.setattr(instructions, "IMPROVE_MAX_TOKENS", 24)
+    loaded, calls = spy_generate(local)
+    caption = local.improve("a cat on a roof")
+    assert loaded.device == "cpu" and "no GPU" in local.describe()
+    assert next(loaded.model.parameters()).device.type == "cpu"
+    assert caption.strip()
+    (call,) = calls
+    assert call["max_new_tokens"] == 24 and call["do_sample"] is False
+    fed = loaded.tokenizer.decode(call["input_ids"][0])
+    # The chat template was applied: system, the examples, the person's words, then the
+    # assistant's turn opened for the answer.
+    assert fed.startswith("<|im_start|>system\nYou rewrite short video ideas")
+    assert instructions.IMPROVE_EXAMPLES[0][1] in fed
+    assert fed.endswith("<|im_start|>user\na cat on a roof<|im_end|>\n<|im_start|>assistant\n")
+    # At most 24 new tokens (one character each in this byte-level vocabulary).
+    assert len(caption) <= 24
+
+
+def test_local_image_to_video_is_told_it_continues_from_an_image(local, monkeypatch):
+    monkeypatch.setattr(instructions, "IMPROVE_MAX_TOKENS", 4)
+    loaded, calls = spy_generate(local)
+    local.improve("she turns around", image_to_video=True)
+    fed = loaded.tokenizer.decode(calls[0]["input_ids"][0])
+    assert "CONTINUES FROM AN IMAGE" in fed and "describe the MOTION" in fed
+    assert instructions.IMPROVE_EXAMPLES[0][1] not in fed
+
+
+def test_local_generation_stops_at_once_when_cancelled(local, monkeypatch):
+    monkeypatch.setattr(instructions, "IMPROVE_MAX_TOKENS", 2000)
+    cancel = CancelToken()
+    steps = []
+
+    def count():
+        steps.append(1)
+        if len(steps) == 3:
+            cancel.cancel()
+
+    spy_generate(local, before_each_token=count)
+    with pytest.raises(Cancelled, match="the prompt was left as it was"):
+        local.improve("a cat", cancel=cancel)
+    # Checked between tokens: one more forward at most, not the 2,000 asked for.
+    assert len(steps) <= 4
+
+
+def test_local_generation_past_its_time_is_a_clear_message(local, monkeypatch):
+    monkeypatch.setattr(instructions, "IMPROVE_MAX_TOKENS", 100_000)
+    spy_generate(local)  # loaded: the time limit counts generation only
+    local.timeout = 0.5
+    started = time.monotonic()
+    with pytest.raises(PromptTimeoutError, match=r"did not answer within 0 s.*--prompt-timeout"):
+        local.improve("a cat")
+    assert time.monotonic() - started < 10
+
+
+def test_a_missing_local_model_is_a_message_not_a_traceback(tmp_path):
+    helper = make_helper(str(tmp_path / "nowhere"), timeout=5)
+    with pytest.raises(Exception, match="does not exist") as caught:
+        helper.improve("a cat")
+    assert "Model folder" in str(caught.value)
+
+
+# ---- the endpoint path ------------------------------------------------------------------
+
+
+class ChatServer:
+    """An OpenAI-style chat server on a free port: answers are queued per test as
+    (status, body) or the word "hang" (waits until the test ends)."""
+
+    def __init__(self) -> None:
+        self.answers: list = []
+        self.requests: list[dict] = []
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append({"path": self.path, "headers": dict(self.headers)})
+                self._send(200, {"object": "list", "data": [{"id": "listed-model"}]})
+
+            def do_POST(self):
+                length = int(self.headers["Content-Length"])
+                body = json.loads(self.rfile.read(length))
+                server.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                answer = server.answers.pop(0)
+                if answer == "hang":
+                    server.release.wait(30)
+                    return
+                status, payload = answer
+                self._send(status, payload)
+
+            def _send(self, status, payload):
+                text = payload if isinstance(payload, str) else json.dumps(payload)
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def reply(self, content: str, status: int = 200):
+        message = {"role": "assistant", "content": content}
+        self.answers.append((status, {"choices": [{"index": 0, "message": message}]}))
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def chat_server():
+    server = ChatServer()
+    yield server
+    server.close()
+
+
+def test_endpoint_rewrites_a_prompt(chat_server):
+    chat_server.reply('Here is the caption: "A ginger cat naps on a sunny roof."')
+    helper = make_helper(chat_server.url + "#qwen2.5:1.5b", timeout=10, api_key="sk-test")
+    assert isinstance(helper, EndpointHelper)
+    assert helper.improve("a cat") == "A ginger cat naps on a sunny roof."
+    (request,) = chat_server.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Authorization"] == "Bearer sk-test"
+    body = request["body"]
+    assert body["model"] == "qwen2.5:1.5b" and body["stream"] is False
+    assert body["max_tokens"] == instructions.IMPROVE_MAX_TOKENS
+    assert body["messages"][0] == {"role": "system", "content": instructions.IMPROVE_SYSTEM}
+    assert body["messages"][-1] == {"role": "user", "content": "a cat"}
+
+
+def test_endpoint_without_a_model_name_uses_the_first_it_lists(chat_server):
+    chat_server.reply("A dog runs.")
+    helper = make_helper(chat_server.url, timeout=10)
+    assert helper.improve("a dog") == "A dog runs."
+    listing, chat = chat_server.requests
+    assert listing["path"] == "/v1/models" and "Authorization" not in listing["headers"]
+    assert chat["body"]["model"] == "listed-model"
+
+
+def test_endpoint_slow_answer_past_the_timeout(chat_server):
+    chat_server.answers.append("hang")
+    helper = make_helper(chat_server.url + "#m", timeout=1)
+    started = time.monotonic()
+    with pytest.raises(PromptTimeoutError, match="did not answer within 1 s"):
+        helper.improve("a cat")
+    assert time.monotonic() - started < 5
+
+
+def test_endpoint_cancel_while_waiting(chat_server):
+    chat_server.answers.append("hang")
+    helper = make_helper(chat_server.url + "#m", timeout=30)
+    cancel = CancelToken()
+    threading.Timer(0.2, cancel.cancel).start()
+    with pytest.raises(Cancelled, match="left as it was"):
+        helper.improve("a cat", cancel=cancel)
+
+
+def test_endpoint_error_status_is_reported(chat_server):
+    chat_server.answers.append((500, {"error": "model crashed"}))
+    helper = make_helper(chat_server.url + "#m", timeout=10)
+    with pytest.raises(PromptHelpError, match=r"answered HTTP 500: .*model crashed.*Nothing"):
+        helper.improve("a cat")
+
+
+def test_endpoint_unreachable_is_reported(chat_server):
+    url = chat_server.url
+    chat_server.close()
+    with pytest.raises(PromptHelpError, match="cannot be reached"):
+        make_helper(url + "#m", timeout=5).improve("a cat")
+
+
+def test_story_becomes_shots_in_the_storyboard_format(chat_server):
+    shots = {
+        "shots": [
+            {"prompt": "A ship at dawn.", "start": "continue"},  # first: made a cut
+            {"prompt": "It  sails into\nthe storm.", "start": "continue"},
+            {"prompt": "A harbour at night."},  # no start after the first: continue
+            {"prompt": "A lighthouse.", "start": "cut"},
+        ]
+    }
+    chat_server.reply("```json\n" + json.dumps(shots) + "\n```")
+    helper = make_helper(chat_server.url + "#m", timeout=10)
+    assert helper.write_shots("A ship sails from dawn into a storm.") == {
+        "shots": [
+            {"prompt": "A ship at dawn.", "start": "cut"},
+            {"prompt": "It sails into the storm.", "start": "continue"},
+            {"prompt": "A harbour at night.", "start": "continue"},
+            {"prompt": "A lighthouse.", "start": "cut"},
+        ]
+    }
+    assert chat_server.requests[0]["body"]["max_tokens"] == instructions.SHOTS_MAX_TOKENS
+
+
+def test_malformed_story_answer_is_retried_once_then_used(chat_server):
+    chat_server.reply('{"shots": [{"prompt": "A ship", "start": "fade"}]}')
+    chat_server.reply('{"shots": [{"prompt": "A ship", "start": "cut"}]}')
+    helper = make_helper(chat_server.url + "#m", timeout=10)
+    assert helper.write_shots("a ship") == {"shots": [{"prompt": "A ship", "start": "cut"}]}
+    retry = chat_server.requests[1]["body"]["messages"]
+    assert "not valid: shot 1 starts with 'fade'" in retry[-1]["content"]
+
+
+def test_malformed_story_answer_twice_is_reported_and_nothing_is_used(chat_server):
+    chat_server.reply("Sure! Shot 1: a ship. Shot 2: a storm.")
+    chat_server.reply('{"shots": [{"prompt": "A ship", "start": "cut"}, {"start": "cut"}]}')
+    helper = make_helper(chat_server.url + "#m", timeout=10)
+    with pytest.raises(PromptHelpError, match=r"asked twice.*shot 2 has no prompt.*No shots"):
+        helper.write_shots("a ship in a storm")
+    assert len(chat_server.requests) == 2  # retried once, not more
+
+
+# ---- checks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ("no json here", "no JSON object"),
+        ("{'shots': []}", "does not parse"),
+        ('{"shots": []}', 'no non-empty "shots"'),
+        ('{"scenes": [{"prompt": "a"}]}', 'no non-empty "shots"'),
+        ('{"shots": ["a ship"]}', "shot 1 has no prompt"),
+        (json.dumps({"shots": [{"prompt": "a"}] * 21}), "21 shots, more than 20"),
+        (json.dumps({"shots": [{"prompt": "x" * 4001}]}), "over 4000 characters"),
+    ],
+)
+def test_shot_lists_are_checked(answer, problem):
+    with pytest.raises(ShotFormatError, match=problem):
+        parse_shots(answer)
+
+
+def test_captions_are_one_paragraph_within_the_word_limit():
+    long = " ".join(f"Word{i} goes on." for i in range(100))
+    caption = clean_caption("Sure, here is the prompt:\n\n" + long)
+    assert caption.startswith("Word0") and "\n" not in caption
+    assert len(caption.split()) <= instructions.MAX_WORDS and caption.endswith(".")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, "x" * 4001])
+def test_bad_prompts_are_refused_before_any_model_call(bad, chat_server):
+    helper = make_helper(chat_server.url + "#m", timeout=10)
+    with pytest.raises(InvalidRequestError):
+        helper.improve(bad)
+    with pytest.raises(InvalidRequestError):
+        helper.write_shots(bad if bad != "x" * 4001 else "x" * 9000)
+    assert chat_server.requests == []
+
+
+@pytest.mark.parametrize("off", ["none", "off", "", None])
+def test_none_switches_prompt_help_off(off):
+    assert make_helper(off) is None
