@@ -664,6 +664,7 @@ class Engine:
             app_version=__version__,
             created=now.isoformat(timespec="seconds"),
             prompt=request.prompt,
+            original_prompt=request.original_prompt,  # issue 24
             negative_prompt=request.negative_prompt,
             seed=request.seed,
             steps=request.steps,

@@ -170,6 +170,9 @@ class GenerationRequest:
     last_image: str | None = None
     continue_video: str | None = None
     overlap_frames: int = DEFAULT_OVERLAP_FRAMES
+    # Issue 24 (prompt help), one field for params.py to absorb: what the person typed when
+    # ``prompt`` is a prompt model's rewrite of it (None when the prompt is their own).
+    original_prompt: str | None = None
 
     @property
     def image_to_video(self) -> bool:
@@ -278,6 +281,10 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
     elif not isinstance(negative, str):
         raise InvalidRequestError("The negative prompt must be text.")
     check_text(negative, "negative prompt")
+    if request.original_prompt is not None:  # issue 24: kept with the video, not used
+        if not isinstance(request.original_prompt, str):
+            raise InvalidRequestError("The original prompt must be text.")
+        check_text(request.original_prompt, "original prompt")
 
     steps = _as_int(request.steps, "Steps")
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:

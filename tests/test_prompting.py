@@ -320,3 +320,61 @@ def test_bad_prompts_are_refused_before_any_model_call(bad, chat_server):
 @pytest.mark.parametrize("off", ["none", "off", "", None])
 def test_none_switches_prompt_help_off(off):
     assert make_helper(off) is None
+
+
+# ---- per-person limits (shared servers) --------------------------------------------------
+
+
+def test_one_answer_at_a_time_per_person_and_an_hourly_allowance():
+    from allegro.prompting.limits import PersonLimits
+
+    now = [1000.0]
+    limits = PersonLimits(per_hour=2, clock=lambda: now[0])
+    with limits.take("alice"):
+        with pytest.raises(PromptHelpError, match="still being rewritten"), limits.take("alice"):
+            pass
+        with limits.take("bob"):  # another person is not held up
+            pass
+    with limits.take("alice"):
+        pass
+    now[0] += 600
+    too_many = r"2 times in the last hour.*about 50 min"
+    with pytest.raises(PromptHelpError, match=too_many), limits.take("alice"):
+        pass
+    now[0] += 3000  # the first try is now an hour old
+    with limits.take("alice"):
+        pass
+
+
+# ---- the command line -------------------------------------------------------------------
+
+
+def test_cli_improve_prompt_prints_the_caption(chat_server, capsys):
+    from allegro.cli import main
+
+    chat_server.reply("A cat  leaps\nonto a fence.")
+    args = ["improve-prompt", "a cat", "--image-to-video", "--prompt-model", chat_server.url + "#m"]
+    assert main(args) == 0
+    assert capsys.readouterr().out == "A cat leaps onto a fence.\n"
+    system = chat_server.requests[0]["body"]["messages"][0]["content"]
+    assert system == instructions.IMAGE_TO_VIDEO_SYSTEM
+
+
+def test_cli_write_shots_saves_the_storyboard_or_nothing(chat_server, tmp_path, capsys):
+    from allegro.cli import main
+
+    story = tmp_path / "story.txt"
+    story.write_text("A ship sails into a storm.", encoding="utf-8")
+    out = tmp_path / "board.json"
+    model = ["--prompt-model", chat_server.url + "#m"]
+    chat_server.reply('{"shots": [{"prompt": "A ship.", "start": "cut"}]}')
+    assert main(["write-shots", str(story), "--out", str(out), *model]) == 0
+    assert json.loads(out.read_text()) == {"shots": [{"prompt": "A ship.", "start": "cut"}]}
+    out.unlink()
+    chat_server.reply("not json")
+    chat_server.reply("still not json")
+    assert main(["write-shots", str(story), "--out", str(out), *model]) == 2
+    assert "asked twice" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [story]
+    assert main(["write-shots", str(tmp_path / "missing.txt"), *model]) == 2
+    assert "Cannot read the story" in capsys.readouterr().err
