@@ -243,6 +243,7 @@ class PageJobs:
         uploads = {"first_image": first.first_image, "last_image": first.last_image}
         controls = replace(controls, **{key: value for key, value in uploads.items() if value})
         requests = batch_requests(controls, bool(form["each_line"]), form["variations"])
+        requests = [self.studio.prompt_help.with_original(owner, r) for r in requests]
         return owner.tag, requests, self.studio.labels(owner)
 
     def check_submit(self, *values: Any) -> list[dict]:

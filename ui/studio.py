@@ -62,6 +62,7 @@ from ui.presets import (
     size_choices,
     size_for,
 )
+from ui.prompt_help import PromptHelp
 from ui.uploads import uploaded_file
 from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
 
@@ -196,6 +197,8 @@ class Studio:
         from ui.gallery_page import GalleryPage  # it imports this module
 
         self.gallery = GalleryPage(self)
+        # Issue 24: Improve prompt, its API, and the original prompt kept with a rewrite.
+        self.prompt_help = PromptHelp(config, self.page_owner, self.api_owner, environ)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -520,7 +523,8 @@ class Studio:
             key: uploaded_file(getattr(controls, key), label.lower())
             for key, label in INPUT_LABELS.items()
         }
-        return owner, replace(controls, **uploads).to_request()
+        request = replace(controls, **uploads).to_request()
+        return owner, self.prompt_help.with_original(owner, request)
 
     def check_extend_page(
         self,
