@@ -93,3 +93,54 @@ def test_prompt_help_is_off_on_a_shared_server_unless_named():
     from_env = parse_config([], environ={"ALLEGRO_PROMPT_MODEL": "none"})
     assert from_env.prompt_model_source == "none"
     assert parse_config([], environ={"ALLEGRO_PROMPT_TIMEOUT": "9"}).prompt_timeout == 9.0
+
+
+def _help(chat_server, *flags, environ=None):
+    from ui.config import parse_config
+    from ui.identity import Owner
+    from ui.prompt_help import PromptHelp
+
+    config = parse_config(["--prompt-model", chat_server.url + "#m", *flags], environ={})
+    owners = {"alice-token": Owner("alice", "page"), "bob-token": Owner("bob", "page")}
+    return PromptHelp(
+        config,
+        page_owner=owners.__getitem__,
+        api_owner=lambda request: owners.get(request),
+        environ=environ or {},
+    )
+
+
+def test_a_shared_server_limits_each_person(chat_server):
+    import gradio as gr
+
+    help = _help(chat_server, "--shared", "--prompt-help-per-hour", "1")
+    chat_server.reply("One.")
+    assert help.api_improve_prompt("a", request="alice-token") == "One."
+    with pytest.raises(gr.Error, match="1 times in the last hour"):
+        help.api_improve_prompt("a", request="alice-token")
+    chat_server.reply("Two.")
+    assert help.api_improve_prompt("a", request="bob-token") == "Two."  # bob has his own
+    # Not shared: no per-person limit.
+    local = _help(chat_server, "--prompt-help-per-hour", "1")
+    assert local.limits is None
+
+
+def test_a_rewrite_used_unchanged_keeps_the_persons_prompt(chat_server):
+    from allegro.request import GenerationRequest
+    from ui.identity import Owner
+
+    help = _help(chat_server, environ={"ALLEGRO_PROMPT_API_KEY": "sk-1"})
+    chat_server.reply("A grey cat sleeps.")
+    improved, rewrite, _undo = help.improve_page("a cat", None, "Text to video", "alice-token")
+    assert improved == "A grey cat sleeps."
+    assert chat_server.requests[-1]["headers"]["Authorization"] == "Bearer sk-1"
+    # Improving the rewrite again keeps the first original, for Undo and the settings.
+    chat_server.reply("A grey cat sleeps on a rug.")
+    again, rewrite, _undo = help.improve_page(improved, rewrite, "Text to video", "alice-token")
+    assert rewrite.original == "a cat"
+    alice, bob = Owner("alice", "page"), Owner("bob", "page")
+    assert help.with_original(alice, GenerationRequest(again)).original_prompt == "a cat"
+    assert help.with_original(bob, GenerationRequest(again)).original_prompt is None
+    edited = GenerationRequest(again + " Snow falls.")
+    assert help.with_original(alice, edited).original_prompt is None
+    assert help.undo(rewrite)[0] == "a cat"

@@ -112,11 +112,46 @@ def test_local_generation_past_its_time_is_a_clear_message(local, monkeypatch):
     assert time.monotonic() - started < 10
 
 
-def test_a_missing_local_model_is_a_message_not_a_traceback(tmp_path):
+def test_a_missing_local_model_is_a_message_about_the_prompt_model(tmp_path):
+    from allegro.errors import ModelUnavailableError
+
     helper = make_helper(str(tmp_path / "nowhere"), timeout=5)
-    with pytest.raises(Exception, match="does not exist") as caught:
+    with pytest.raises(ModelUnavailableError, match=r"does not exist.*--prompt-model none"):
         helper.improve("a cat")
-    assert "Model folder" in str(caught.value)
+
+
+def test_a_hub_model_reports_its_download_like_the_video_model(no_network, monkeypatch):
+    """Offline here: the download is tried (and shown) through the video model's fetch,
+    then refused with a message about the prompt model, not the 25 GB video model."""
+    from allegro.errors import ModelUnavailableError
+    from allegro.events import Stage
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    events = []
+    helper = make_helper("Qwen/Qwen2.5-1.5B-Instruct", timeout=5)
+    with pytest.raises(ModelUnavailableError) as caught:
+        helper.improve("a cat", on_progress=events.append)
+    message = str(caught.value)
+    assert "hf download Qwen/Qwen2.5-1.5B-Instruct" in message and "25 GB" not in message
+    assert events and events[0].stage == Stage.DOWNLOADING
+    assert "Qwen/Qwen2.5-1.5B-Instruct" in events[0].message
+
+
+def test_the_local_model_goes_to_the_cpu_when_the_gpu_is_busy(monkeypatch):
+    import torch
+
+    from allegro.prompting.local import GPU_HEADROOM_BYTES, choose_device
+
+    weights = 3 * 1024**3  # Qwen2.5-1.5B in bf16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device(weights) == ("cpu", "no GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (weights, 80 * 1024**3))
+    device, reason = choose_device(weights)
+    assert device == "cpu" and "busy (3.0 GB free)" in reason
+    free = weights + GPU_HEADROOM_BYTES
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (free, 80 * 1024**3))
+    assert choose_device(weights) == ("cuda", "GPU")
 
 
 # ---- the endpoint path ------------------------------------------------------------------

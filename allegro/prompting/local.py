@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from allegro.errors import Cancelled
+from allegro.errors import Cancelled, ModelUnavailableError
 from allegro.events import CancelToken, ProgressCallback, ProgressEvent, Stage
 from allegro.loading import fetch_source
 from allegro.prompting.helper import CANCELLED_MESSAGE, Deadline, Message, PromptHelper
@@ -73,7 +73,7 @@ class LocalHelper(PromptHelper):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
-        folder = fetch_source(self.source, _MODEL_FILES, on_progress)
+        folder = self._fetch(on_progress)
         on_progress(ProgressEvent(Stage.LOADING, 0.0, message="Loading the prompt model …"))
         transformers_logging.disable_progress_bar()
         if self._device is None:
@@ -85,6 +85,22 @@ class LocalHelper(PromptHelper):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
         self._loaded = _Loaded(model, tokenizer, device, reason)
         return self._loaded
+
+    def _fetch(self, on_progress: ProgressCallback) -> Path:
+        """The model's folder (downloaded if need be), with a message about the prompt
+        model, not the video model's download hint, when it cannot be had."""
+        try:
+            return fetch_source(self.source, _MODEL_FILES, on_progress)
+        except ModelUnavailableError as error:
+            reason = str(error)
+            for hint in (" To fix:", " Check the name", " Partly downloaded"):
+                reason = reason.split(hint)[0]
+            raise ModelUnavailableError(
+                f"The prompt model cannot be loaded: {reason} Download it on a machine with "
+                f"internet (`hf download {self.source}`), or give a local folder or an "
+                "OpenAI-compatible endpoint with --prompt-model, or --prompt-model none to "
+                "hide Improve prompt."
+            ) from None
 
     def chat(
         self,
