@@ -140,7 +140,7 @@ def test_a_hub_model_reports_its_download_like_the_video_model(no_network, monke
 def test_the_local_model_goes_to_the_cpu_when_the_gpu_is_busy(monkeypatch):
     import torch
 
-    from allegro.prompting.local import GPU_HEADROOM_BYTES, choose_device
+    from allegro.prompting.local import choose_device, gpu_headroom_bytes
 
     weights = 3 * 1024**3  # Qwen2.5-1.5B in bf16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -149,7 +149,8 @@ def test_the_local_model_goes_to_the_cpu_when_the_gpu_is_busy(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (weights, 80 * 1024**3))
     device, reason = choose_device(weights)
     assert device == "cpu" and "busy (3.0 GB free)" in reason
-    free = weights + GPU_HEADROOM_BYTES
+    assert 16 * 1024**3 < gpu_headroom_bytes() < 20 * 1024**3
+    free = weights + gpu_headroom_bytes()
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (free, 80 * 1024**3))
     assert choose_device(weights) == ("cuda", "GPU")
 
@@ -358,3 +359,23 @@ def test_cli_write_shots_saves_the_storyboard_or_nothing(chat_server, tmp_path, 
     assert list(tmp_path.iterdir()) == [story]
     assert main(["write-shots", str(tmp_path / "missing.txt"), *model]) == 2
     assert "Cannot read the story" in capsys.readouterr().err
+
+
+# ---- the original prompt beside a rewrite -------------------------------------------------
+
+
+def test_the_original_prompt_travels_with_the_request_and_the_settings():
+    from allegro.jobs.job import request_from_json, request_to_json
+    from allegro.request import GenerationRequest, check_request
+    from allegro.settings import VideoSettings
+
+    request = GenerationRequest("A grey cat sleeps on a rug.", original_prompt="a cat")
+    assert request_from_json(request_to_json(request)).original_prompt == "a cat"
+    record = VideoSettings.from_dict({"prompt": request.prompt, "original_prompt": "a cat"})
+    assert record.to_dict()["original_prompt"] == "a cat"
+    assert record.to_request().original_prompt == "a cat"
+    assert VideoSettings.from_dict({"prompt": "x"}).original_prompt is None
+    with pytest.raises(InvalidRequestError, match="original prompt must be text"):
+        check_request(GenerationRequest("a", original_prompt=7))  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="original prompt is 4,001 characters"):
+        check_request(GenerationRequest("a", original_prompt="x" * 4001))

@@ -2,7 +2,8 @@
 
 Loaded on first use, from a folder or the hub (safetensors only, with the download reported
 as the video model's is: allegro.loading.fetch_source). bf16 on a GPU with room for it beside
-whatever runs there, else fp32 on the CPU: it must never take the memory a video needs.
+a video run's peak (gpu_headroom_bytes), else fp32 on the CPU: it must never take the memory
+a video needs. The choice is made once, at load.
 Generation is greedy, capped at ``max_tokens`` new tokens, and checked between tokens for
 the deadline and the cancel token (a StoppingCriteria), so it stops within one token.
 """
@@ -21,9 +22,6 @@ from allegro.loading import fetch_source
 from allegro.prompting.helper import CANCELLED_MESSAGE, Deadline, Message, PromptHelper
 
 _MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
-# A GPU is used only when this much is free beyond the weights (activations, a video job
-# starting meanwhile): otherwise the CPU, so the helper never starves a video of memory.
-GPU_HEADROOM_BYTES = 4 * 1024**3
 
 
 @dataclass
@@ -34,14 +32,30 @@ class _Loaded:
     reason: str
 
 
+def gpu_headroom_bytes() -> int:
+    """What a video run may still take on the GPU beyond what it holds between runs: the
+    larger activation peak of a native 88x720x1280 video (transformer or VAE decode, from the
+    cost model) plus the bf16 text encoder, which model offload brings in for each prompt.
+    About 18 GB: the prompt model goes on the GPU only with that much free beside it."""
+    from allegro import costs
+
+    frames, height, width = 88, 720, 1280
+    activations = max(
+        costs.transformer_activation_bytes(costs.ALLEGRO_TRANSFORMER_CONFIG, frames, height, width),
+        costs.vae_decode_activation_bytes(frames, height, width),
+    )
+    return activations + costs.text_encoder_weight_bytes("bf16")
+
+
 def choose_device(weights_bytes: int) -> tuple[str, str]:
-    """(device, why): cuda when it has room for the bf16 weights and GPU_HEADROOM_BYTES."""
+    """(device, why): cuda when it has room for the bf16 weights and gpu_headroom_bytes(),
+    else the CPU, so the helper never takes the memory a video needs."""
     import torch
 
     if not torch.cuda.is_available():
         return "cpu", "no GPU"
     free, _total = torch.cuda.mem_get_info()
-    if free < weights_bytes + GPU_HEADROOM_BYTES:
+    if free < weights_bytes + gpu_headroom_bytes():
         return "cpu", f"the GPU is busy ({free / 1024**3:.1f} GB free)"
     return "cuda", "GPU"
 
