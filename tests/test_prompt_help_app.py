@@ -68,6 +68,17 @@ def test_the_api_rewrites_prompts_and_writes_shots_without_queueing_anything(stu
     assert not list(studio.output_dir.glob("*.mp4"))
 
 
+def test_a_video_from_an_api_rewrite_records_both_prompts(studio, chat_server):
+    client = studio.client()
+    chat_server.reply("A red kite dances over golden dunes.")
+    caption = client.predict("a kite", api_name="/improve_prompt")
+    _video, settings = client.predict(prompt=caption, steps=2, api_name="/generate")
+    assert settings["prompt"] == "A red kite dances over golden dunes."
+    assert settings["original_prompt"] == "a kite"
+    _video, settings = client.predict(prompt="a kite, my own", steps=2, api_name="/generate")
+    assert settings["original_prompt"] is None
+
+
 def test_prompt_model_none_has_no_prompt_help(tiny_model, tmp_path):
     server = start_studio(
         tiny_model, tmp_path / "outputs", tmp_path / "app.log", "--prompt-model", "none"
@@ -144,3 +155,7 @@ def test_a_rewrite_used_unchanged_keeps_the_persons_prompt(chat_server):
     edited = GenerationRequest(again + " Snow falls.")
     assert help.with_original(alice, edited).original_prompt is None
     assert help.undo(rewrite)[0] == "a cat"
+    chat_server.reply("A dog runs.")
+    assert help.api_improve_prompt("a dog", request="bob-token") == "A dog runs."
+    assert help.with_original(bob, GenerationRequest("A dog runs.")).original_prompt == "a dog"
+    assert help.with_original(alice, GenerationRequest("A dog runs.")).original_prompt is None

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 CONCURRENCY = {"concurrency_id": "prompt_help", "concurrency_limit": 2}
 API_KEY_VARIABLE = "ALLEGRO_PROMPT_API_KEY"
 ANONYMOUS = "anonymous"  # key-less API callers on a shared server share one allowance
+LOCAL = "local"  # the one person of a server that is not shared, when calling key-less
 BUG_MESSAGE = "Prompt help failed (the details are in the server log); the prompt is unchanged."
 
 
@@ -90,11 +91,19 @@ class PromptHelp:
     def enabled(self) -> bool:
         return self.helper is not None
 
+    def _person(self, owner: Owner | None) -> str | None:
+        """Whose rewrites a caller's requests may use: their own; a key-less API caller's
+        only when the server is not shared (there they are all the one local person)."""
+        if owner is not None:
+            return owner.tag
+        return None if self.config.shared else LOCAL
+
     def with_original(self, owner: Owner | None, request: GenerationRequest) -> GenerationRequest:
         """``request`` with the person's own prompt when its prompt is their rewrite."""
-        if owner is None or request.original_prompt is not None:
+        person = self._person(owner)
+        if person is None or request.original_prompt is not None:
             return request
-        original = self.rewrites.original_of(owner.tag, request.prompt)
+        original = self.rewrites.original_of(person, request.prompt)
         if original is None:
             return request
         return dataclasses.replace(request, original_prompt=original)
@@ -161,26 +170,26 @@ class PromptHelp:
 
     # ---- the API ---------------------------------------------------------------------------
 
-    def _api_person(self, request: gr.Request | None) -> str:
-        owner = _guarded(lambda: self._api_owner(request))
-        return owner.tag if owner is not None else ANONYMOUS
-
     def api_improve_prompt(
         self, prompt: str, image_to_video: bool = False, request: gr.Request = None
     ) -> str:
         """Rewrite ``prompt`` (a few words) into one detailed paragraph in the style Allegro
         was trained on (subject, action, setting, lighting, camera; at most about 120 words).
         ``image_to_video``: the video continues from an image, so the rewrite describes the
-        motion, not a new scene. Pass the result to /generate or /submit as the prompt."""
-        person = self._api_person(request)
-        return _guarded(lambda: self._improve(person, prompt, bool(image_to_video)))
+        motion, not a new scene. Pass the result to /generate or /submit as the prompt
+        (unchanged, with the same key: the video's settings then keep both prompts)."""
+        owner = _guarded(lambda: self._api_owner(request))
+        improved = _guarded(lambda: self._improve(_limit_key(owner), prompt, bool(image_to_video)))
+        if (person := self._person(owner)) is not None:  # /generate and /submit record both
+            self.rewrites.record(person, Rewrite(prompt, improved))
+        return improved
 
     def api_write_shots(self, story: str, request: gr.Request = None) -> dict:
         """Turn ``story`` (a paragraph) into a storyboard's shots:
         {"shots": [{"prompt": "...", "start": "cut" | "continue"}, ...]}, the first a cut.
         A malformed answer from the model is asked for once more, then reported."""
         assert self.helper is not None
-        person = self._api_person(request)
+        person = _limit_key(_guarded(lambda: self._api_owner(request)))
 
         def write() -> dict:
             if self.limits is None:
@@ -189,6 +198,10 @@ class PromptHelp:
                 return self.helper.write_shots(story)
 
         return _guarded(write)
+
+
+def _limit_key(owner: Owner | None) -> str:
+    return owner.tag if owner is not None else ANONYMOUS
 
 
 def _guarded(work: Callable[[], Any]) -> Any:
@@ -268,12 +281,13 @@ class PromptHelpControls:
                 help.before_generate,
                 [prompt, self.last, self.automatic, task, owner],
                 [prompt, self.last, self.undo],
-                show_progress_on=[prompt],
                 api_visibility="private",
-                # Not behind others' Improve clicks: with the option off this step is
-                # instant, and a Generate must never wait for someone else's rewrite.
-                concurrency_id="prompt_help_auto",
-                concurrency_limit=None,
+                # Off the queue: with the option off this step answers at once (a bad
+                # request is still refused within a second), and a Generate never waits
+                # behind someone else's rewrite. The rewrite itself is bounded by its helper
+                # (one at a time, --prompt-timeout) and the per-person limits.
+                queue=False,
+                show_progress="hidden",
             ).success(*args, **kwargs)
 
         return click
