@@ -246,10 +246,10 @@ class PromptHelpControls:
             return None
         with gr.Row(elem_id="prompt-help-row"):
             improve = gr.Button(
-                "✨ Improve prompt", size="sm", scale=0, min_width=150, elem_id="improve-prompt"
+                "Improve prompt", size="sm", scale=0, min_width=150, elem_id="improve-prompt"
             )
             undo = gr.Button(
-                "↩ Undo", size="sm", scale=0, min_width=90, visible=False, elem_id="undo-prompt"
+                "Undo", size="sm", scale=0, min_width=90, visible=False, elem_id="undo-prompt"
             )
             automatic = gr.Checkbox(
                 False,
@@ -266,6 +266,9 @@ class PromptHelpControls:
             help.improve_page,
             [prompt, self.last, task, owner],
             outputs,
+            # Minimal: the download and the rewrite show their progress on the box without
+            # hiding its text, and a failure leaves the box as it was (the message is a toast).
+            show_progress="minimal",
             show_progress_on=[prompt],
             **CONCURRENCY,
             **private,
