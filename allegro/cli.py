@@ -77,7 +77,44 @@ def _build_parser() -> argparse.ArgumentParser:
     interp.add_argument("output", type=Path)
     interp.add_argument("--method", choices=INTERPOLATION_METHODS, default="flow")
     interp.add_argument("--weights", help="EMA-VFI checkpoint (.pkl)")
+    _add_prompt_help_commands(commands)
     return parser
+
+
+def _add_prompt_help_commands(commands) -> None:
+    """Issue 24: improve-prompt and write-shots (allegro/prompting)."""
+    from allegro.prompting.helper import DEFAULT_PROMPT_MODEL, DEFAULT_TIMEOUT
+
+    improve = commands.add_parser(
+        "improve-prompt",
+        help="rewrite a few words into the detailed caption Allegro was trained on",
+    )
+    improve.add_argument("prompt")
+    improve.add_argument(
+        "--image-to-video",
+        action="store_true",
+        help="the video continues from an image: describe the motion, not a new scene",
+    )
+    shots = commands.add_parser(
+        "write-shots",
+        help="turn a story (a text file, or - for stdin) into a storyboard's shots (JSON)",
+    )
+    shots.add_argument("story", help="a text file, or - to read standard input")
+    shots.add_argument("--out", type=Path, help="write the JSON here instead of printing it")
+    for command in (improve, shots):
+        command.add_argument(
+            "--prompt-model",
+            default=os.environ.get("ALLEGRO_PROMPT_MODEL") or DEFAULT_PROMPT_MODEL,
+            help="a local instruct model (hub id or folder) or an OpenAI-compatible endpoint "
+            "(http://127.0.0.1:11434/v1, #model to pick one); key from "
+            f"ALLEGRO_PROMPT_API_KEY. Default: {DEFAULT_PROMPT_MODEL}. [ALLEGRO_PROMPT_MODEL]",
+        )
+        command.add_argument(
+            "--prompt-timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT,
+            help=f"seconds the model may take (loading aside). Default: {DEFAULT_TIMEOUT:g}.",
+        )
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -290,6 +327,63 @@ def _make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_helper(args: argparse.Namespace):
+    from allegro.prompting.choose import make_helper
+
+    helper = make_helper(
+        args.prompt_model, args.prompt_timeout, os.environ.get("ALLEGRO_PROMPT_API_KEY")
+    )
+    if helper is None:
+        raise AllegroError("Prompt help is off (--prompt-model none): name a model to use it.")
+    return helper
+
+
+def _with_cancel(work):
+    """``work(cancel, progress)`` with Ctrl-C cancelling it and a bar for a download."""
+    from allegro.events import CancelToken
+
+    cancel = CancelToken()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    bar = _ProgressBar()
+    try:
+        return work(cancel, bar)
+    finally:
+        bar.close()
+
+
+def _improve_prompt(args: argparse.Namespace) -> int:
+    helper = _prompt_helper(args)
+    caption = _with_cancel(
+        lambda cancel, bar: helper.improve(args.prompt, args.image_to_video, cancel, bar)
+    )
+    print(caption)
+    return 0
+
+
+def _write_shots(args: argparse.Namespace) -> int:
+    if args.story == "-":
+        story = sys.stdin.read()
+    else:
+        try:
+            story = Path(args.story).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise AllegroError(f"Cannot read the story {args.story}: {error}") from None
+    if args.out is not None and args.out.suffix.lower() != ".json":
+        raise AllegroError(f"--out must name a .json file, not {args.out}.")
+    helper = _prompt_helper(args)
+    board = _with_cancel(lambda cancel, bar: helper.write_shots(story, cancel, bar))
+    text = json.dumps(board, indent=2, ensure_ascii=False)
+    if args.out is None:
+        print(text)
+    else:  # whole or not at all
+        partial = args.out.with_name(args.out.name + ".partial")
+        partial.write_text(text + "\n", encoding="utf-8")
+        partial.replace(args.out)
+        print(f"saved {args.out} ({len(board['shots'])} shots)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -299,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         "extend": _extend,
         "info": _info,
         "interpolate": _interpolate,
+        "improve-prompt": _improve_prompt,
+        "write-shots": _write_shots,
     }
     try:
         return handlers[args.command](args)

@@ -50,6 +50,9 @@ class Task(Enum):
 
 
 ALL_TASKS = frozenset(Task)
+# No task takes it from a caller: the server sets it (the original of a prompt it rewrote),
+# so no page control, API parameter or CLI flag has it; it is saved and read back.
+SET_BY_SERVER: frozenset[Task] = frozenset()
 NEW_VIDEO = frozenset({Task.TEXT, Task.IMAGE})
 
 REQUIRED = object()  # the default of a parameter every request must give (the prompt)
@@ -323,6 +326,16 @@ PARAMS: tuple[Param, ...] = (
         saved="continues.overlap_frames",
         record=True,
         cli="--overlap",
+    ),
+    Param(
+        "original_prompt",
+        Kind.TEXT,
+        None,
+        "Original prompt",
+        "What the person wrote when the prompt is a prompt model's rewrite of it (prompt "
+        "help): kept with the video, never sent to the model.",
+        tasks=SET_BY_SERVER,
+        saved="original_prompt",
     ),
 )
 

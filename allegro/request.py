@@ -296,6 +296,10 @@ def resolve_request(request: GenerationRequest, native: NativeSize) -> Generatio
     elif not isinstance(negative, str):
         raise InvalidRequestError("The negative prompt must be text.", field="negative_prompt")
     check_text(negative, "negative prompt", "negative_prompt")
+    if request.original_prompt is not None:  # set by the server with a rewrite, kept only
+        if not isinstance(request.original_prompt, str):
+            raise InvalidRequestError("The original prompt must be text.", field="original_prompt")
+        check_text(request.original_prompt, "original prompt", "original_prompt")
 
     steps = _as_int(request.steps, "Steps", "steps")
     if not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:

@@ -53,6 +53,7 @@ PROBE = {
     "last_image": "clip.last.png",
     "continue_video": "earlier.mp4",
     "overlap_frames": 4,
+    "original_prompt": "a kite",  # set by the server (prompt help), saved and read back
 }
 PROBES = (PROBE, {**PROBE, "fast_mode": False, "step_cache": True})
 

@@ -17,6 +17,8 @@ from allegro.costs import MEMORY_PROFILES
 from allegro.devices import ALL_DEVICES, DEVICES_HELP, parse_devices
 from allegro.errors import AllegroError
 from allegro.loading import GPU_OFFLOAD_MODES, OFFLOAD_MODES, PRECISIONS, check_memory_profile
+from allegro.prompting.helper import DEFAULT_PROMPT_MODEL
+from allegro.prompting.helper import DEFAULT_TIMEOUT as DEFAULT_PROMPT_TIMEOUT
 from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -81,6 +83,18 @@ class AppConfig:
     jobs_total: int = 100  # queued or running jobs on the server
     jobs_per_address: int = 20  # queued or running jobs from one address, when shared
     allowed_hosts: tuple[str, ...] = ()  # host names a local server also answers to
+    # Issue 24, prompt help. None: the default local model, or off when shared; "none": off.
+    prompt_model: str | None = None
+    prompt_timeout: float = DEFAULT_PROMPT_TIMEOUT
+    prompt_help_per_hour: int = 30  # per person, when shared
+
+    @property
+    def prompt_model_source(self) -> str:
+        """The prompt model in use: on a shared server only one named with --prompt-model
+        (a stranger's clicks would otherwise download and run a model nobody asked for)."""
+        if self.prompt_model is None:
+            return "none" if self.shared else DEFAULT_PROMPT_MODEL
+        return self.prompt_model
 
     @property
     def jobs_db_path(self) -> Path:
@@ -374,7 +388,35 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "(host:6379). This app keeps the page, the queue and the gallery; one worker per GPU of "
         "the cluster loads the model. [ALLEGRO_RAY_ADDRESS]",
     )
+    _add_prompt_help_flags(parser, environ)
     return parser
+
+
+def _add_prompt_help_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Issue 24: the Improve prompt button's model and its bounds."""
+    parser.add_argument(
+        "--prompt-model",
+        default=_env_text(environ, "ALLEGRO_PROMPT_MODEL"),
+        help="the model behind Improve prompt: a small local instruct model (hub id or folder, "
+        f"run with transformers; default {DEFAULT_PROMPT_MODEL}, loaded on first use), an "
+        "OpenAI-compatible endpoint (http://127.0.0.1:11434/v1 for Ollama; #model after it "
+        "picks the model; a key from ALLEGRO_PROMPT_API_KEY), or none to hide the button. "
+        "Off on a shared server unless given. [ALLEGRO_PROMPT_MODEL]",
+    )
+    parser.add_argument(
+        "--prompt-timeout",
+        type=_bounded_int(1, 600),
+        default=env_int(environ, ("ALLEGRO_PROMPT_TIMEOUT",), int(DEFAULT_PROMPT_TIMEOUT), 1),
+        help="seconds one rewrite may take (loading the model aside). "
+        f"Default: {DEFAULT_PROMPT_TIMEOUT:g}. [ALLEGRO_PROMPT_TIMEOUT]",
+    )
+    parser.add_argument(
+        "--prompt-help-per-hour",
+        type=_bounded_int(1),
+        default=env_int(environ, ("ALLEGRO_PROMPT_HELP_PER_HOUR",), 30, 1),
+        help="on a shared server, how many rewrites one person may ask for in an hour (one "
+        "at a time). Default: 30. [ALLEGRO_PROMPT_HELP_PER_HOUR]",
+    )
 
 
 def _choice(environ: Mapping[str, str], name: str, choices: Sequence[str]) -> str | None:
@@ -441,6 +483,9 @@ def parse_config(
         jobs_total=args.jobs_total,
         jobs_per_address=args.jobs_per_address,
         allowed_hosts=_host_names(args.allowed_hosts),
+        prompt_model=args.prompt_model,
+        prompt_timeout=float(args.prompt_timeout),
+        prompt_help_per_hour=args.prompt_help_per_hour,
     )
 
 

@@ -48,6 +48,7 @@ class JobApi:
         """Queue a job for ``owner`` (verified by api_owner): stored under their one-way
         tag, or ``LOCAL_OWNER`` for key-less local use."""
         key = owner.tag if owner is not None else LOCAL_OWNER
+        generation = self.studio.prompt_help.with_original(owner, generation)  # issue 24
         return self._runner().submit(generation, key, self.studio.labels(owner))
 
     async def generate_as_job(

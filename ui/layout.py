@@ -27,6 +27,8 @@ from ui.presets import (
     length_choices,
     size_choices,
 )
+from ui.prompt_help import PromptHelpControls
+from ui.prompt_help import add_api as add_prompt_help_api
 from ui.studio import GENERATION, JobSlot, Studio
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -124,6 +126,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                     autofocus=True,
                     elem_id="prompt",
                 )
+                prompt_help = PromptHelpControls.build(studio.prompt_help)  # issue 24
                 with gr.Row(elem_id="run-row"):
                     generate = gr.Button(
                         "Loading model…",
@@ -370,6 +373,12 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         for image, crop in ((first_image, first_crop), (last_image, last_crop)):
             gr.on([image.change, size.change], studio.crop_preview, [image, size], crop, **light)
 
+        click_generate = generate.click
+        if prompt_help is not None:  # issue 24: Improve prompt, Undo, rewrite before queueing
+            prompt_help.wire(studio.prompt_help, prompt, task, owner)
+            click_generate = prompt_help.generate_click(
+                studio.prompt_help, generate, prompt, task, owner
+            )
         result = ResultPanel(preview, run_status, video, result_info, result_settings, last_seed)
         gallery_outputs = GalleryOutputs(gallery_view, gallery_names)
         extend_inputs = [selected_name, prompt, negative, seed, steps, guidance, length]
@@ -378,11 +387,12 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             wire_jobs(
                 studio, controls, [each_line, variations], extend_inputs, owner, cancel,
                 generate, extend, result, queue_panel, gallery_outputs, page_loaded,
+                click_generate,
             )  # fmt: skip
         else:
             wire_direct_runs(
                 studio, controls, extend_inputs, owner, job, cancel, generate, extend, result,
-                gallery_outputs,
+                gallery_outputs, click_generate,
             )  # fmt: skip
 
         refresh.click(studio.gallery.refresh_gallery, owner, [gallery_view, gallery_names], **light)
@@ -429,6 +439,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             # gr.api has no validator argument; the event has the same field as a click's.
             demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.gallery.history, api_name="history", queue=False)
+        add_prompt_help_api(studio.prompt_help)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
             # /submit takes /generate's parameters: its validator checks the key, every field
             # and the job limits before the call is queued.
@@ -465,6 +476,7 @@ def wire_jobs(
     queue: QueuePanel,
     gallery_outputs: GalleryOutputs,
     page_loaded,
+    click_generate=None,  # issue 24: generate.click with the automatic rewrite before it
 ) -> None:
     """Generate and Extend queue jobs and return at once; each page follows its person's
     jobs from the moment it loads (a reload reattaches), and never owns them."""
@@ -473,7 +485,7 @@ def wire_jobs(
     # Own concurrency group without a limit: queueing takes milliseconds, and a running
     # video never holds it (the runner's worker makes videos, not a Gradio slot).
     queueing = {"concurrency_limit": None, "concurrency_id": "queueing", **LIGHT, "queue": True}
-    generate.click(
+    (click_generate or generate.click)(
         jobs.submit_page, [*controls, *batch, owner], None, validator=jobs.check_submit, **queueing
     )
     generate.click(None, None, None, js=ASK_PERMISSION_JS)
@@ -520,12 +532,13 @@ def wire_direct_runs(
     extend: gr.Button,
     result: ResultPanel,
     gallery_outputs: GalleryOutputs,
+    click_generate=None,  # issue 24: generate.click with the automatic rewrite before it
 ) -> None:
     """Without a job runner (ZeroGPU): the page's event runs the generation itself, in
     the one generation slot, and Cancel (or a closed page) stops it."""
     run_outputs = [getattr(result, field.name) for field in dataclasses.fields(result)]
     generation = {**GENERATION_EVENT, "show_progress_on": [result.run_status]}
-    run = generate.click(
+    run = (click_generate or generate.click)(
         studio.generate_page,
         [*controls, owner, job],
         run_outputs,

@@ -262,6 +262,7 @@ class PageJobs:
         controls = replace(controls, **{key: value for key, value in uploads.items() if value})
         limits = functools.partial(self.runner.check_limits, owner.tag)
         requests = batch_requests(controls, bool(form["each_line"]), form["variations"], limits)
+        requests = [self.studio.prompt_help.with_original(owner, r) for r in requests]
         return owner.tag, requests, self.studio.labels(owner)
 
     def check_submit(self, *values: Any) -> list[dict]:

@@ -73,6 +73,7 @@ from ui.presets import (
     size_choices,
     size_for,
 )
+from ui.prompt_help import PromptHelp
 from ui.services import (  # noqa: F401 - BUG_MESSAGE, user_error: re-exported for callers
     BUG_MESSAGE,
     LOCAL_OWNER,
@@ -199,6 +200,8 @@ class Studio:
             self._generate_page, _page_signature(progress), self._generate_page.__doc__
         )
         self.job_api = JobApi(self, self.runner)
+        # Issue 24: Improve prompt, its API, and the original prompt kept with a rewrite.
+        self.prompt_help = PromptHelp(config, self.page_owner, self.api_owner, environ)
 
     # ---- who may see what -------------------------------------------------------------
 
@@ -446,7 +449,8 @@ class Studio:
             for declared in params()
             if declared.kind is Kind.FILE and declared.page == declared.name
         }
-        return owner, replace(controls, **uploads).to_request()
+        request = replace(controls, **uploads).to_request()
+        return owner, self.prompt_help.with_original(owner, request)
 
     def check_extend_page(
         self,
