@@ -88,8 +88,6 @@ class VideoSettings(SavedRequest):
     continues: ContinuationRecord | None = None
     chain: tuple[str, ...] = ()
     generated_frames: int | None = None
-    # Issue 24: the person's own prompt when ``prompt`` is the prompt model's rewrite of it.
-    original_prompt: str | None = None
     app: str = "Allegro Studio"
     app_version: str | None = None
     schema: int = SETTINGS_SCHEMA
@@ -152,7 +150,6 @@ class VideoSettings(SavedRequest):
             continues=_continuation(data.get("continues")),
             chain=tuple(str(name) for name in chain) if isinstance(chain, list) else (),
             generated_frames=_as(int, data.get("generated_frames")),
-            original_prompt=_as(str, data.get("original_prompt")),
             app=_as(str, data.get("app"), "Allegro Studio"),
             app_version=_as(str, data.get("app_version")),
             schema=max(schema, 0),
