@@ -14,7 +14,7 @@ import pytest
 
 from allegro.errors import Cancelled
 from allegro.events import Stage
-from allegro.jobs import JobRunner, JobState, JobStore
+from allegro.jobs import JobRunner, JobState, JobStore, device_workers
 from allegro.models import ModelManager, ModelSettings, Phase
 from allegro.request import GenerationRequest, NativeSize
 
@@ -26,7 +26,7 @@ def actors(tiny_model, tmp_path_factory):
     """A local cluster with two CPU actors that have loaded the tiny model, started as the
     app starts them (ModelManager with --ray and --devices cpu,cpu); the app's output folder
     they send their videos to."""
-    from allegro.jobs.remote import connect
+    from allegro.jobs.remote import RayCluster, connect
 
     connect(
         "local",
@@ -39,14 +39,15 @@ def actors(tiny_model, tmp_path_factory):
     settings = ModelSettings(
         output_dir=output, model=str(tiny_model), devices="cpu,cpu", ray_address="auto"
     )
-    manager = ModelManager(settings, dict(os.environ))
+    cluster = RayCluster(output)
+    manager = ModelManager(settings, dict(os.environ), cluster=cluster)
     manager.load()
     state = manager.state()
     assert state.phase == Phase.READY, state.error
     assert state.cluster == "auto" and len(state.devices) == 2 and state.loaded is None
     assert all(device.ready and device.reason for device in state.devices)
     assert state.native == NativeSize(24, 160, 160)  # the tiny model's, from a worker
-    yield manager.job_workers(output), output
+    yield device_workers(manager, output, cluster), output
     ray.shutdown()
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from allegro.engine import loaded_hardware
 from allegro.events import Stage
+from allegro.jobs.remote import RayCluster
 from allegro.models import (
     NO_TI2V,
     PREVIEW_TI2V,
@@ -263,7 +263,10 @@ class ModelLoader:
         environ = os.environ if environ is None else environ
         probes = {"has_cuda": has_cuda, "visible_gpus": visible_gpus}
         probes = {name: probe for name, probe in probes.items() if probe is not None}
-        self.manager = ModelManager(model_settings(config), environ, **probes)
+        # With --ray the workers run on the cluster: the manager starts them there, the job
+        # runner takes them from it (allegro.jobs.workers).
+        self.cluster = RayCluster(config.output_dir) if config.ray_address else None
+        self.manager = ModelManager(model_settings(config), environ, **probes, cluster=self.cluster)
         self._last: tuple[ModelState, ModelStatus] | None = None  # the state last shown
 
     def start(self) -> None:
@@ -285,6 +288,8 @@ class ModelLoader:
             return cached[1]
         status = ModelStatus(state)
         if state.ready:
+            from allegro.engine import loaded_hardware  # loaded by now; not at page start
+
             status = ModelStatus(
                 state,
                 hardware=None if state.loaded is None else loaded_hardware(state.loaded),

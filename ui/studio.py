@@ -182,7 +182,7 @@ class Studio:
                 prepare=self.prepare_job,
                 inputs_dir=job_inputs_dir(jobs_db),
             )
-            add_device_workers(self.runner, loader.manager, config.output_dir)
+            add_device_workers(self.runner, loader.manager, config.output_dir, loader.cluster)
             self.page_jobs = PageJobs(self, self.runner)
         from ui.job_api import JobApi  # it imports this module
 
