@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from allegro import __version__
+from allegro.costs import Hardware, estimate_request, request_shape
 from allegro.errors import AllegroError, Cancelled, GpuOutOfMemoryError, InvalidRequestError
 from allegro.events import CancelToken, ProgressCallback, ProgressEvent, Stage, ignore_progress
 from allegro.loading import (
@@ -190,26 +191,28 @@ def _release(loaded: LoadedPipeline) -> None:
     free_accelerator_memory()
 
 
-def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> float | None:
-    """The cost model's time for the rest of the job, until real steps are measured; None
-    where it has nothing to say (CPU, or a checkpoint that is not Allegro-sized)."""
-    if loaded.device_name is None or not loaded.official:
-        return None
-    from allegro import costs
+def loaded_hardware(loaded: LoadedPipeline) -> Hardware:
+    """What the cost model needs to know about a loaded pipeline and its machine."""
+    spec = loaded.spec
+    return Hardware(
+        gpu_name=loaded.device_name,
+        offload=loaded.offload.mode,
+        precision=spec.precision or "bf16",
+        vae_precision=spec.vae_precision,
+        transformer_config=dict(loaded.pipe.transformer.config),
+        memory_profile=spec.memory_profile,
+        gpu_memory_bytes=loaded.gpu_memory_bytes,
+        multiprocessors=loaded.multiprocessors,
+        compiled=loaded.compiled,
+    )
 
-    size = (request.frames, request.height, request.width)
-    gpu = costs.gpu_class_for(loaded.device_name, loaded.multiprocessors)
-    options: dict[str, Any] = {
-        "steps": request.steps,
-        "guidance": request.guidance_scale > 1,
-        "offload": loaded.offload.mode,
-        "precision": loaded.spec.precision or "bf16",
-        "vae_precision": loaded.spec.vae_precision,
-        "config": loaded.pipe.transformer.config,
-    }
-    estimate = costs.estimate_seconds(*size, gpu, **options)
-    extra = costs.ti2v_extra_seconds(*size, gpu, **options) if request.image_to_video else 0.0
-    return estimate.transformer_seconds + estimate.vae_decode_seconds + extra
+
+def estimated_seconds(loaded: LoadedPipeline, request: GenerationRequest) -> float | None:
+    """The cost model's time for the rest of the job once the prompts are encoded, until
+    real steps are measured (the same estimator as the page's hint and ZeroGPU's duration);
+    None where it has nothing to say (CPU, or a transformer it does not model)."""
+    estimate = estimate_request(request_shape(request), loaded_hardware(loaded))
+    return None if estimate is None else estimate.after_text_seconds
 
 
 def oom_advice(loaded: LoadedPipeline, request: GenerationRequest) -> str:

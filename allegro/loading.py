@@ -21,6 +21,7 @@ from typing import Any
 
 from allegro.errors import ModelUnavailableError, UnsupportedSetupError
 from allegro.events import ProgressCallback, ProgressEvent, Stage, ignore_progress
+from allegro.model_libraries import import_model_libraries
 from allegro.prompts import PromptEmbeddingCache
 from allegro.request import DEFAULT_MODEL, OFFICIAL_MODELS, NativeSize
 
@@ -574,6 +575,7 @@ def load_pipeline(
     )
 
     on_progress(ProgressEvent(Stage.LOADING, 0.0, message="Loading the model into memory …"))
+    import_model_libraries()  # without torchao, unless a memory profile imports it
     from diffusers import AllegroPipeline, AllegroTransformer3DModel, AutoencoderKLAllegro
     from diffusers.utils import logging as diffusers_logging
     from transformers import T5EncoderModel
@@ -695,6 +697,7 @@ def load_pipeline(
 def _load_ti2v_parts(base_path: Path, precision: str, components: dict[str, Any]):
     """Allegro-TI2V part by part: the hub's model_index.json names the T2V pipeline and its
     transformer config the official class, so nothing is left to auto-detection."""
+    import_model_libraries()
     from diffusers import EulerAncestralDiscreteScheduler
     from transformers import AutoTokenizer, T5EncoderModel
 

@@ -19,11 +19,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from allegro.devices import ALL_DEVICES, Device
 from allegro.errors import AllegroError, ModelUnavailableError, UnsupportedSetupError
@@ -32,8 +32,6 @@ from allegro.request import DEFAULT_MODEL, MODEL_PRESETS, TI2V_MODEL, NativeSize
 
 if TYPE_CHECKING:
     from allegro.engine import Engine
-    from allegro.jobs import Worker
-    from allegro.jobs.remote import RayWorker
     from allegro.loading import LoadedPipeline, PipelineSpec
 
 logger = logging.getLogger(__name__)
@@ -126,6 +124,18 @@ class ModelState:
     @property
     def busy(self) -> bool:
         return self.phase.busy
+
+
+class Cluster(Protocol):
+    """Where the workers run instead of this process (``--ray``): it joins the cluster at
+    ``address`` and starts one worker per GPU there (``cpu_workers`` CPU workers instead),
+    each loading ``spec``, and returns what each worker reports (VideoActor.describe). The
+    job runner takes its workers from it (allegro.jobs.workers); the manager only keeps
+    the state."""
+
+    def start(
+        self, address: str, spec: PipelineSpec, cpu_workers: int
+    ) -> Sequence[Mapping[str, Any]]: ...
 
 
 def choose_model(
@@ -226,16 +236,18 @@ class ModelManager:
         environ: Mapping[str, str],
         has_cuda: Callable[[], bool] = _cuda_available,
         visible_gpus: Callable[[], list[str]] = _visible_gpus,
+        cluster: Cluster | None = None,
     ) -> None:
         self.settings = settings
         self.environ = environ
+        self.cluster = cluster  # needed with settings.ray_address
         self._has_cuda = has_cuda
         self._visible_gpus = visible_gpus
         self._changed = threading.Condition()
         self._state = ModelState()
         self._engines: list[Engine] = []  # one per device
         self._devices: tuple[Device | None, ...] = ()  # None: this process's default device
-        self._remote: list[RayWorker] = []  # the Ray cluster's workers (--ray)
+        self._remote: tuple[Mapping[str, Any], ...] = ()  # the Ray workers' descriptions
         self._device_listeners: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._listeners: list[ProgressCallback] = []
@@ -298,34 +310,13 @@ class ModelManager:
 
     def when_devices_known(self, on_devices: Callable[[], None]) -> None:
         """Call ``on_devices()`` once the devices are resolved (at once if they are): the job
-        runner adds ``job_workers()`` then. Resolving needs torch (or the Ray cluster), which
-        the page does not wait for. Called once per manager."""
+        runner adds its workers then (allegro.jobs.workers). Resolving needs torch (or the
+        Ray cluster), which the page does not wait for. Called once per manager."""
         with self._changed:
             if not self._devices and not self._remote:
                 self._device_listeners.append(on_devices)
                 return
         on_devices()
-
-    def job_workers(self, output_dir: str | Path) -> list[Worker]:
-        """One job worker per device: an EngineWorker on each local device, or the Ray
-        cluster's workers."""
-        from functools import partial
-
-        from allegro.jobs import EngineWorker
-
-        with self._changed:
-            if self._remote:
-                return list(self._remote)
-            devices = self._devices
-        return [
-            EngineWorker(
-                partial(self.ready_engine, slot=slot),
-                output_dir,
-                name=f"{device.name} {slot}" if device is not None else "device 0",
-                threads=device.threads if device is not None else None,
-            )
-            for slot, device in enumerate(devices)
-        ]
 
     def devices(self) -> tuple[Device | None, ...]:
         with self._changed:
@@ -375,29 +366,28 @@ class ModelManager:
         """Join the cluster and start one worker per GPU there, each loading the model; this
         process loads nothing. ``--devices cpu,cpu`` asks for CPU workers instead (tests)."""
         from allegro.devices import CPU, parse_devices
-        from allegro.jobs.remote import connect, start_actors
 
         settings = self.settings
+        if self.cluster is None:
+            raise UnsupportedSetupError("No Ray cluster was given to run the workers on.")
         cpu_workers = sum(entry == CPU for entry in parse_devices(settings.devices))
         choice = choose_model(
             settings.model, settings.transformer, settings.preview, has_cuda=not cpu_workers
         )
         self._update(choice=choice, cluster=address, message=f"Joining Ray at {address} …")
-        connect(address)
         if not self._remote:
             self._update(message="Starting the cluster's workers (each loads the model) …")
             # The preview model is made by each worker where it runs: model "" says so.
             # Image to video is not served there: its input images are this machine's files.
             spec = self._spec(choice.model, choice.transformer if choice.model else None)
-            workers = start_actors(spec, settings.output_dir, cpu_workers)
+            described = tuple(self.cluster.start(address, spec, cpu_workers))
             with self._changed:
-                self._remote = workers
+                self._remote = described
                 listeners, self._device_listeners = self._device_listeners, []
             for listener in listeners:
                 listener()
         statuses = []
-        for worker in self._remote:
-            where = worker.description
+        for where in self._remote:
             statuses.append(
                 DeviceStatus(
                     device=f"{where['node']} {where['device']}",
@@ -408,7 +398,7 @@ class ModelManager:
                     gpu_name=where["gpu"],
                 )
             )
-        native = NativeSize(*self._remote[0].description["native"])
+        native = NativeSize(*self._remote[0]["native"])
         self._update(phase=Phase.READY, message="Ready", devices=tuple(statuses), native=native)
         logger.info("Model ready: %s on %d Ray workers", choice.label, len(statuses))
 

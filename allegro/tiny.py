@@ -11,6 +11,8 @@ import json
 import string
 from pathlib import Path
 
+from allegro.model_libraries import import_model_libraries
+
 # Native size of the tiny model: 24 frames (6 latent frames) of 160x160 (20x20 latents).
 TINY_FRAMES = 24
 TINY_SIZE = 160
@@ -46,6 +48,8 @@ def make_tiny_pipeline(seed: int = 0, ti2v: bool = False, layers: int = 1):
     would make the condition invisible); ``layers`` transformer blocks (the step cache's
     tests need more than the blocks it always computes)."""
     import torch
+
+    import_model_libraries()
     from diffusers import (
         AllegroPipeline,
         AllegroTransformer3DModel,

@@ -5,7 +5,7 @@
 step cache (cache-dit's DBCache) at the fractions of block computations its authors'
 published runs imply, each with every memory profile and offload mode that works with it.
 
-Nothing here is measured on a GPU: these are the cost model's figures (allegro/costs.py). A
+Nothing here is measured on a GPU: these are the cost model's figures (allegro/costs/). A
 step cache skips work depending on the video, so its fraction of block computations kept is
 an input, taken from cache-dit's README (commit d2fbb3b):
   - Allegro, F8B0 R0.26, 27 of 100 steps cached (1.36x measured by them): 0.80 kept;

@@ -228,5 +228,8 @@ def test_plain_start_without_a_gpu_runs_the_preview_model(browser, tmp_path):
         screenshot(page, "preview-model-banner")
         context.close()
         assert any((tmp_path / "hf-home").rglob("model_index.json"))
+        # No memory profile asked for: torchao is not imported, and none of its warnings
+        # ("Failed to load ... _C_mxfp8", "Unable to import `torchao` Tensor objects").
+        assert "torchao" not in plain.log_text() and "_pytree" not in plain.log_text()
     finally:
         plain.stop()

@@ -256,7 +256,7 @@ def store(tmp_path):
 
 
 def test_the_page_status_lists_each_device_with_its_choice_and_the_ram_needed():
-    from allegro.models import DeviceStatus, ModelChoice
+    from allegro.models import DeviceStatus, ModelChoice, ModelState
     from ui.model_status import ModelStatus, Phase, banner_markdown
 
     devices = (
@@ -264,13 +264,14 @@ def test_the_page_status_lists_each_device_with_its_choice_and_the_ram_needed():
         DeviceStatus("cuda:1", True, "model", "auto: model offload — 20 GB free", "bf16", "L4"),
     )
     choice = ModelChoice("rhymes-ai/Allegro", None, preview=False)
-    status = ModelStatus(Phase.READY, choice=choice, devices=devices, host_ram_bytes=32 * GB)
+    state = ModelState(Phase.READY, choice=choice, devices=devices, host_ram_bytes=32 * GB)
+    status = ModelStatus(state)
     banner = banner_markdown(status)
     assert "ready on 2 devices" in banner
     assert "- cuda:1 (L4): bf16, offload model (auto: model offload — 20 GB free)" in banner
     assert "host RAM for 2 workers: about 32 GB" in banner
     on_ray = banner_markdown(
-        ModelStatus(Phase.READY, choice=choice, devices=devices[:1], cluster="auto")
+        ModelStatus(ModelState(Phase.READY, choice=choice, devices=devices[:1], cluster="auto"))
     )
     assert "ready on the Ray cluster at auto: 1 workers" in on_ray and "cuda:0" in on_ray
 

@@ -230,6 +230,8 @@ def test_eta_before_the_first_step_comes_from_the_cost_model():
         offload=AppliedOffload("none", "chosen by the user"),
         spec=PipelineSpec(precision="bf16"),
         pipe=SimpleNamespace(transformer=SimpleNamespace(config=costs.ALLEGRO_TRANSFORMER_CONFIG)),
+        gpu_memory_bytes=80 * 10**9,
+        compiled=False,
     )
     official = resolve_request(GenerationRequest(prompt="a cat"), NativeSize(88, 720, 1280))
     assert 18 * 60 < estimated_seconds(loaded, official) < 23 * 60

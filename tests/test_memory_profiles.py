@@ -300,3 +300,54 @@ def test_low_memory_profile_on_image_to_video(tiny_ti2v_model, tmp_path):
     request = GenerationRequest(prompt="a red kite", seed=1, steps=2, first_image=str(image))
     result = engine.generate(request)
     assert read_settings(result.video_path)["memory_profile"] == "low-memory"
+
+
+# What importing torchao 0.18 prints on a machine without its kernels (seen at every start
+# before it was imported only for the profiles that use it).
+TORCHAO_START_UP_LINES = (
+    "_C_mxfp8",
+    "Detected no triton",
+    "Unable to import `torchao` Tensor objects",
+    "_pytree",
+    "torchao",
+)
+
+
+def test_torchao_is_imported_only_by_the_profiles_that_use_it(tiny_model):
+    """A load without a memory profile (what every start does) imports no torchao and
+    prints none of its warnings; a profile loaded afterwards in the same process still gets
+    torchao, through transformers' TorchAoConfig."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from allegro.loading import PipelineSpec, load_pipeline
+
+        load_pipeline(PipelineSpec(model={str(tiny_model)!r}, precision="bf16"))
+        print("plain", "torchao" in sys.modules, flush=True)
+        print("--- int8 ---", file=sys.stderr, flush=True)
+        spec = PipelineSpec(
+            model={str(tiny_model)!r}, precision="bf16", memory_profile="int8-text-encoder"
+        )
+        small = load_pipeline(spec)
+        weight = small.pipe.text_encoder.shared.weight
+        print("int8", "torchao" in sys.modules, hasattr(weight, "__tensor_flatten__"))
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["plain", "False", "int8", "True", "True"]
+    start_up = run.stderr.split("--- int8 ---")[0]
+    assert not [line for line in TORCHAO_START_UP_LINES if line in start_up], start_up

@@ -23,7 +23,8 @@ from gradio_client.exceptions import AppError, ValidationError
 
 from allegro.errors import Cancelled
 from allegro.events import Stage
-from allegro.jobs import JobRunner, JobState, JobStore
+from allegro.jobs import JobRunner, JobState, JobStore, device_workers
+from allegro.jobs.remote import RayCluster
 from allegro.models import ModelManager, ModelSettings, Phase
 from allegro.request import GenerationRequest, NativeSize
 from tests.studio_server import free_port
@@ -80,7 +81,8 @@ def actors(cluster, tiny_model, tmp_path_factory):
         settings = ModelSettings(
             output_dir=output, model=str(tiny_model), devices="cpu,cpu", ray_address=address
         )
-        manager = ModelManager(settings, dict(os.environ))
+        ray_cluster = RayCluster(output)
+        manager = ModelManager(settings, dict(os.environ), cluster=ray_cluster)
         manager.load()
         state = manager.state()
         assert state.phase == Phase.READY, state.error
@@ -88,7 +90,7 @@ def actors(cluster, tiny_model, tmp_path_factory):
         assert all(device.ready and device.reason for device in state.devices)
         assert state.native == NativeSize(24, 160, 160)  # the tiny model's, from a worker
         try:
-            yield manager.job_workers(output), output
+            yield device_workers(manager, output, ray_cluster), output
         finally:
             ray.shutdown()
 

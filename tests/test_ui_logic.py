@@ -19,6 +19,7 @@ import pytest
 
 from allegro.errors import Cancelled, InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent, Stage
+from allegro.models import DeviceStatus, ModelState
 from allegro.request import (
     ACCEPTED_FRAMES,
     DEFAULT_NEGATIVE_PROMPT,
@@ -33,6 +34,7 @@ from ui import gallery
 from ui.config import AppConfig, is_loopback, parse_config
 from ui.estimates import (
     Hardware,
+    RequestShape,
     cost_hint,
     estimate_memory_bytes,
     estimate_seconds,
@@ -431,20 +433,20 @@ def test_format_duration(seconds, text):
 
 
 def test_official_video_takes_about_20_minutes_on_an_h100():
-    seconds = estimate_seconds(H100, 88, 720, 1280, steps=100)
+    seconds = estimate_seconds(H100, RequestShape(88, 720, 1280, steps=100))
     assert 17 * 60 < seconds < 23 * 60
     assert cost_hint(seconds, H100) == "About 20 min on this H100 SXM (estimate)."
-    assert estimate_seconds(H100, 88, 720, 1280, 100, fast_mode=True) < seconds
-    assert estimate_seconds(H100, 40, 368, 640, 100) < seconds / 10
+    assert estimate_seconds(H100, RequestShape(88, 720, 1280, 100, fast_mode=True)) < seconds
+    assert estimate_seconds(H100, RequestShape(40, 368, 640, 100)) < seconds / 10
 
 
 def test_hint_gives_time_and_memory_for_the_chosen_options():
-    plain = estimate_seconds(H100, 88, 720, 1280, 100)
-    cached = estimate_seconds(H100, 88, 720, 1280, 100, step_cache=True)
+    plain = estimate_seconds(H100, RequestShape(88, 720, 1280, 100))
+    cached = estimate_seconds(H100, RequestShape(88, 720, 1280, 100, step_cache=True))
     assert plain / 1.3 < cached < plain / 1.2  # 80% of the blocks, cache-dit's Allegro run
     low = Hardware("NVIDIA H100 80GB HBM3", memory_profile="low-memory")
-    memory = estimate_memory_bytes(low, 88, 720, 1280, step_cache=True)
-    assert memory < estimate_memory_bytes(H100, 88, 720, 1280)
+    memory = estimate_memory_bytes(low, RequestShape(88, 720, 1280, step_cache=True))
+    assert memory < estimate_memory_bytes(H100, RequestShape(88, 720, 1280))
     hint = cost_hint(cached, low, memory, options_note(True, "low-memory"))
     assert hint.startswith("About 16 min, about 19.1 GB of GPU memory on this H100 SXM")
     assert "1.36x" in hint and "not measured here" in hint and "8-bit T5" in hint
@@ -455,19 +457,21 @@ def test_hint_gives_time_and_memory_for_the_chosen_options():
 
 
 def test_a_zerogpu_slice_is_slower_than_the_whole_gpu():
-    whole = estimate_seconds(Hardware("NVIDIA H200"), 88, 720, 1280, 100)
-    assert estimate_seconds(ZERO_GPU, 88, 720, 1280, 100) == pytest.approx(whole * 7 / 3)
+    whole = estimate_seconds(Hardware("NVIDIA H200"), RequestShape(88, 720, 1280, 100))
+    assert estimate_seconds(ZERO_GPU, RequestShape(88, 720, 1280, 100)) == pytest.approx(
+        whole * 7 / 3
+    )
 
 
 def test_no_estimate_on_the_cpu():
     cpu = Hardware(None)
-    assert estimate_seconds(cpu, 24, 160, 160, 2) is None
+    assert estimate_seconds(cpu, RequestShape(24, 160, 160, 2)) is None
     assert "CPU" in cost_hint(None, cpu)
     assert cost_hint(None, None) == ""
 
 
-def _zero_gpu_estimate(frames, height, width, steps, fast):
-    return estimate_seconds(ZERO_GPU, frames, height, width, steps, fast)
+def _zero_gpu_estimate(shape: RequestShape):
+    return estimate_seconds(ZERO_GPU, shape)
 
 
 def test_gpu_duration_adds_a_margin():
@@ -485,9 +489,10 @@ def test_zerogpu_refuses_a_long_request_and_proposes_settings_that_fit():
     assert options, "the 360p draft always fits in five minutes"
     for option in options:
         assert option.describe() in message
-        seconds = _zero_gpu_estimate(
-            option.frames, option.height, option.width, option.steps, option.fast_mode
+        shape = RequestShape(
+            option.frames, option.height, option.width, option.steps, fast_mode=option.fast_mode
         )
+        seconds = _zero_gpu_estimate(shape)
         assert gpu_duration(seconds, 300) <= 300
 
 
@@ -638,22 +643,26 @@ def test_preview_model_is_made_once_and_atomically(tmp_path, monkeypatch):
 
 def test_banner_and_button_follow_the_loading():
     preview = ModelChoice("", None, True)
-    loading = ModelStatus(phase=Phase.LOADING, message="Loading the model …", choice=preview)
+    loading = ModelStatus(
+        ModelState(phase=Phase.LOADING, message="Loading the model …", choice=preview)
+    )
     assert generate_button(loading) == ("Loading model…", False)
+    bytes_so_far = ProgressEvent(Stage.DOWNLOADING, 0.2, 5_000_000_000, 25_000_000_000)
     downloading = ModelStatus(
-        phase=Phase.DOWNLOADING,
-        choice=ModelChoice("rhymes-ai/Allegro", None, False),
-        downloaded=5_000_000_000,
-        download_total=25_000_000_000,
+        ModelState(
+            phase=Phase.DOWNLOADING,
+            choice=ModelChoice("rhymes-ai/Allegro", None, False),
+            progress=bytes_so_far,
+        )
     )
     assert "5.0 of 25.0 GB (20%)" in banner_markdown(downloading)
     assert generate_button(downloading) == ("Downloading model…", False)
-    ready = ModelStatus(phase=Phase.READY, choice=preview, hardware=Hardware(None))
+    ready = ModelStatus(ModelState(phase=Phase.READY, choice=preview), hardware=Hardware(None))
     banner = banner_markdown(ready)
     assert "preview model" in banner and "noise" in banner
     assert "27.5 GB" in banner and "9.3 GB" in banner and "25 GB" in banner
     assert generate_button(ready) == ("Generate", True)
-    failed = ModelStatus(phase=Phase.FAILED, error="The weights are not in the cache.")
+    failed = ModelStatus(ModelState(phase=Phase.FAILED, error="The weights are not in the cache."))
     assert "The weights are not in the cache." in banner_markdown(failed)
     assert generate_button(failed) == ("Model unavailable", False)
 
@@ -777,7 +786,7 @@ class LoadedOn:
     """A ModelLoader stand-in: the model is loaded with this native size on this hardware."""
 
     def __init__(self, hardware: Hardware, native: NativeSize = NATIVE) -> None:
-        self._status = ModelStatus(phase=Phase.READY, native=native, hardware=hardware)
+        self._status = ModelStatus(ModelState(phase=Phase.READY, native=native), hardware=hardware)
 
     def status(self) -> ModelStatus:
         return self._status
@@ -792,7 +801,7 @@ def test_zerogpu_requests_are_checked_before_queueing_and_get_a_duration():
         studio.prepare(GenerationRequest("a cat"))
     draft = studio.prepare(GenerationRequest("a cat", frames=40, height=368, width=640, steps=30))
     assert draft.seed is not None  # resolved: the seed is fixed before the run
-    expected = gpu_duration(_zero_gpu_estimate(40, 368, 640, 30, False), 300)
+    expected = gpu_duration(_zero_gpu_estimate(RequestShape(40, 368, 640, 30)), 300)
     assert studio._gpu_seconds(draft, {}) == expected < 300
 
 
@@ -811,12 +820,12 @@ def test_method_labels_say_why_a_method_is_unavailable_or_slow(tmp_path):
 
     weights = tmp_path / "ours_t.pkl"
     weights.write_bytes(b"weights")
-    on_cpu = {choice.name: choice.label for choice in _interpolation_methods(str(weights), "cpu")}
+    on_cpu = {choice.name: choice.label for choice in _interpolation_methods(str(weights), False)}
     assert on_cpu["flow"] == "flow"
     assert on_cpu["ema-vfi"] == "ema-vfi (slow without a GPU: seconds per frame)"
-    on_gpu = {choice.name: choice.label for choice in _interpolation_methods(str(weights), "cuda")}
+    on_gpu = {choice.name: choice.label for choice in _interpolation_methods(str(weights), True)}
     assert on_gpu["ema-vfi"] == "ema-vfi"
-    missing = {c.name: c.label for c in _interpolation_methods(str(tmp_path / "none.pkl"), "cpu")}
+    missing = {c.name: c.label for c in _interpolation_methods(str(tmp_path / "none.pkl"), False)}
     assert missing["ema-vfi"].startswith("ema-vfi (unavailable: ")
 
 
@@ -834,9 +843,11 @@ def test_the_jobs_database_defaults_to_a_hidden_file_in_the_output_folder(tmp_pa
 def test_a_zerogpu_slice_is_timed_by_the_multiprocessors_it_got():
     """ZeroGPU reports the whole card's name, "NVIDIA H200", with 60 of its 132 SMs
     (spaces 0.51.3 zero/configs.json, zero/torch/static.py:22-29)."""
-    whole = estimate_seconds(Hardware("NVIDIA H200"), 88, 720, 1280, 100)
+    whole = estimate_seconds(Hardware("NVIDIA H200"), RequestShape(88, 720, 1280, 100))
     lent = Hardware("NVIDIA H200", multiprocessors=60)
-    assert estimate_seconds(lent, 88, 720, 1280, 100) == pytest.approx(whole * 132 / 60)
+    assert estimate_seconds(lent, RequestShape(88, 720, 1280, 100)) == pytest.approx(
+        whole * 132 / 60
+    )
 
 
 def test_the_hint_says_when_fast_mode_will_be_switched_off():
@@ -932,3 +943,88 @@ def test_settings_naming_input_images_resolve_only_to_the_callers_own(videos):
     ):
         with pytest.raises(gallery.GalleryError):
             gallery.images_named(videos, wrong, owner)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"guidance_scale": 7.5, "fast_mode": True},
+        {"guidance_scale": 7.5, "step_cache": True},
+        {"guidance_scale": 1.0, "step_cache": True},  # no guidance: the transformer runs once
+    ],
+)
+def test_the_engine_eta_the_page_hint_and_the_zerogpu_duration_agree(options):
+    """One estimator for the three: the engine's ETA as denoising starts (the whole video
+    less the prompts' encoding), the page's hint and ZeroGPU's duration, for the same
+    request (guidance, fast mode, the step cache) on the same loaded model."""
+    from types import SimpleNamespace
+
+    from allegro import costs
+    from allegro.engine import estimated_seconds, loaded_hardware
+    from allegro.loading import AppliedOffload, PipelineSpec
+    from ui.estimates import request_hint
+    from ui.presets import TEXT_TO_VIDEO
+    from ui.studio import Studio
+
+    loaded = SimpleNamespace(
+        device="cuda",
+        device_name="NVIDIA H100 80GB HBM3",
+        multiprocessors=132,
+        official=True,
+        offload=AppliedOffload("none", "chosen by the user"),
+        spec=PipelineSpec(precision="bf16"),
+        pipe=SimpleNamespace(transformer=SimpleNamespace(config=costs.ALLEGRO_TRANSFORMER_CONFIG)),
+        gpu_memory_bytes=80 * 10**9,
+        compiled=False,
+    )
+    request = resolve_request(
+        GenerationRequest("a cat", seed=1, frames=40, steps=50, **options), NATIVE
+    )
+    hardware = loaded_hardware(loaded)
+    estimate = costs.estimate_request(costs.request_shape(request), hardware)
+    plain = costs.estimate_request(RequestShape(40, 720, 1280, 50), hardware)
+    assert estimate.total_seconds < plain.total_seconds  # every option saves time here
+
+    assert estimated_seconds(loaded, request) == pytest.approx(
+        estimate.total_seconds - estimate.text_encoder_seconds
+    )
+    config = _config(zero_gpu=True, space_id="a/b", zero_gpu_max_seconds=10**6)
+    studio = Studio(config, LoadedOn(hardware), environ={})
+    page = studio.hint(
+        request.steps,
+        "40",
+        MODEL_DEFAULT,
+        request.fast_mode,
+        request.step_cache,
+        request.guidance_scale,
+        TEXT_TO_VIDEO,
+    )
+    assert page == request_hint(hardware, costs.request_shape(request))
+    assert f"About {format_duration(estimate.total_seconds)}" in page
+    assert studio._gpu_seconds(request, {}) == gpu_duration(estimate.total_seconds, 10**6)
+
+
+def test_a_model_ready_on_a_ray_cluster_offers_the_interpolation_methods(tmp_path):
+    """On a Ray cluster nothing is loaded in this process: the ready state has no pipeline,
+    only the workers' devices. It is still ready, so the 30 fps toggle and its methods show."""
+    from types import SimpleNamespace
+
+    from ui.studio import Studio
+
+    loader = ModelLoader(_config(output_dir=tmp_path), environ={}, has_cuda=lambda: False)
+    worker = DeviceStatus("node-1 cuda", True, "none", "auto: no offload", "bf16", "NVIDIA H100")
+    on_ray = ModelState(
+        Phase.READY, "Ready", ModelChoice("rhymes-ai/Allegro", None, False), native=NATIVE,
+        devices=(worker, worker), cluster="10.0.0.1:6379",
+    )  # fmt: skip
+    loader.manager = SimpleNamespace(state=lambda: on_ray)
+    status = loader.status()
+    assert status.ready and status.hardware is None
+    methods = {choice.name for choice in status.interpolation or ()}
+    assert methods and "ema-vfi" in methods
+    outputs = Studio(_config(output_dir=tmp_path), loader, environ={}).poll_status(
+        50, MODEL_DEFAULT, MODEL_DEFAULT, False
+    )
+    interpolation_row = outputs[6]
+    assert interpolation_row["visible"] is True
+    assert "ready on the Ray cluster at 10.0.0.1:6379: 2 workers" in outputs[0]

@@ -3,106 +3,28 @@ model (``allegro.costs``), and the short hint shown next to Generate."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
 
-# H100/H200 MIG slices: "3g" is 3 of the 7 compute slices (ZeroGPU lends such slices).
-_MIG_SLICE = re.compile(r"MIG\s+(\d)g\.", re.IGNORECASE)
-MIG_SLICES = 7
+from allegro.costs import Hardware, RequestShape, estimate_request, request_shape
 
-
-@dataclass(frozen=True)
-class Hardware:
-    """What the estimate needs about the loaded model and its machine."""
-
-    gpu_name: str | None  # torch.cuda.get_device_name(); None when running on the CPU
-    offload: str = "none"
-    precision: str = "bf16"
-    vae_precision: str = "fp32"
-    transformer_config: Mapping[str, Any] | None = None  # None: the released Allegro's
-    memory_profile: str = "off"
-    gpu_memory_bytes: int | None = None  # the GPU's capacity, where known
-    multiprocessors: int | None = None  # SMs of the GPU or slice actually got, where known
-    compiled: bool = False
-
-    @property
-    def gpu_label(self) -> str:
-        if self.gpu_name is None:
-            return "CPU"
-        from allegro import costs
-
-        gpu = costs.gpu_class_for(self.gpu_name)
-        return self.gpu_name if gpu is costs.UNKNOWN_GPU else gpu.name
+__all__ = [
+    "Hardware",
+    "RequestShape",
+    "estimate_memory_bytes",
+    "estimate_seconds",
+    "request_hint",
+    "request_shape",
+]
 
 
-def _gpu_class(hardware: Hardware):
-    """The cost model's class for the GPU, scaled to the share of it this process got: from
-    its multiprocessor count where known (ZeroGPU names the whole card), else from a MIG
-    profile in its name."""
-    from allegro import costs
-
-    gpu_name = hardware.gpu_name or ""
-    if hardware.multiprocessors:
-        return costs.gpu_class_for(gpu_name, hardware.multiprocessors)
-    gpu = costs.gpu_class_for(gpu_name)
-    match = _MIG_SLICE.search(gpu_name.upper())
-    if match:
-        gpu = costs.scaled_gpu_class(gpu, int(match.group(1)) / MIG_SLICES)
-    return gpu
+def estimate_seconds(hardware: Hardware, shape: RequestShape) -> float | None:
+    """Seconds for one whole video on ``hardware`` (the cost model's one estimator); None
+    where it cannot say (CPU, or a transformer it does not model)."""
+    estimate = estimate_request(shape, hardware)
+    return None if estimate is None else estimate.total_seconds
 
 
-def estimate_seconds(
-    hardware: Hardware,
-    frames: int,
-    height: int,
-    width: int,
-    steps: int,
-    fast_mode: bool = False,
-    step_cache: bool = False,
-) -> float | None:
-    """Seconds for one video on ``hardware``; None where the cost model cannot say (CPU,
-    or a transformer it does not model)."""
-    if hardware.gpu_name is None:
-        return None
-    from allegro import costs
-
-    config = hardware.transformer_config or costs.ALLEGRO_TRANSFORMER_CONFIG
-    try:
-        estimate = costs.estimate_seconds(
-            frames,
-            height,
-            width,
-            _gpu_class(hardware),
-            steps=steps,
-            offload=hardware.offload if hardware.offload in costs.OFFLOAD_SLOWDOWN else "none",
-            precision=hardware.precision,
-            vae_precision=hardware.vae_precision,
-            config=config,
-        )
-    except (KeyError, ValueError):
-        return None
-    seconds = estimate.total_seconds
-    if fast_mode:
-        speedup = costs.fast_mode_speedup(frames, height, width, steps, config)
-        seconds -= estimate.transformer_seconds * (1 - 1 / speedup)
-    if step_cache:  # at the fraction of block computations cache-dit's authors published
-        speedup = costs.step_cache_speedup(
-            costs.PUBLISHED_CACHE_RUNS[0].kept_fraction, frames, height, width, config
-        )
-        seconds -= estimate.transformer_seconds * (1 - 1 / speedup)
-    return seconds
-
-
-def estimate_memory_bytes(
-    hardware: Hardware,
-    frames: int,
-    height: int,
-    width: int,
-    step_cache: bool = False,
-    fast_mode: bool = False,
-) -> int | None:
+def estimate_memory_bytes(hardware: Hardware, shape: RequestShape) -> int | None:
     """The memory model's peak for this request with the loaded offload and profile."""
     if hardware.gpu_name is None:
         return None
@@ -112,14 +34,13 @@ def estimate_memory_bytes(
         return costs.estimate_memory(
             hardware.offload,
             hardware.precision,
-            frames,
-            height,
-            width,
+            *shape.size,
             hardware.vae_precision,
-            hardware.transformer_config or costs.ALLEGRO_TRANSFORMER_CONFIG,
-            fast_mode=fast_mode,
+            hardware.config,
+            shape.guidance,
+            fast_mode=shape.fast_mode,
             profile=hardware.memory_profile,
-            step_cache=step_cache,
+            step_cache=shape.step_cache,
         ).peak_bytes
     except (KeyError, ValueError):
         return None
@@ -154,7 +75,7 @@ def options_note(step_cache: bool, memory_profile: str) -> str:
     return "; ".join(notes)
 
 
-def fast_mode_notice(hardware: Hardware | None, frames: int, height: int, width: int) -> str:
+def fast_mode_notice(hardware: Hardware | None, shape: RequestShape) -> str:
     """What the hint says when fast mode cannot run on this machine ("" where it can)."""
     if hardware is None or hardware.gpu_name is None:
         return ""
@@ -163,13 +84,12 @@ def fast_mode_notice(hardware: Hardware | None, frames: int, height: int, width:
     reason = costs.fast_mode_blocker(
         hardware.gpu_memory_bytes,
         hardware.compiled,
-        hardware.offload if hardware.offload in costs.OFFLOAD_SLOWDOWN else "none",
+        hardware.modelled_offload,
         hardware.precision,
-        frames,
-        height,
-        width,
+        *shape.size,
         hardware.vae_precision,
-        hardware.transformer_config or costs.ALLEGRO_TRANSFORMER_CONFIG,
+        hardware.config,
+        shape.guidance,
         profile=hardware.memory_profile,
     )
     return f" Fast mode will be switched off: {reason}." if reason else ""
@@ -207,3 +127,17 @@ def cost_hint(
     memory = f", about {memory_bytes / 1e9:.1f} GB of GPU memory" if memory_bytes else ""
     line = f"{rounded[0].upper()}{rounded[1:]}{memory} on this {hardware.gpu_label} (estimate)."
     return f"{line} {note[0].upper()}{note[1:]}." if note else line
+
+
+def request_hint(hardware: Hardware | None, shape: RequestShape) -> str:
+    """The hint next to Generate for ``shape``: time, memory and the options' known effects,
+    from the same estimator as the engine's ETA and ZeroGPU's duration."""
+    if hardware is None or hardware.gpu_name is None:
+        return cost_hint(None, hardware)
+    notice = fast_mode_notice(hardware, shape) if shape.fast_mode else ""
+    if notice:  # the engine will switch it off
+        shape = replace(shape, fast_mode=False)
+    seconds = estimate_seconds(hardware, shape)
+    memory = estimate_memory_bytes(hardware, shape)
+    note = options_note(shape.step_cache, hardware.memory_profile)
+    return cost_hint(seconds, hardware, memory, note) + notice

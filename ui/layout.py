@@ -335,7 +335,7 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         )
 
         controls = placed.inputs()  # every generation control, in control_names' order
-        hint_inputs = [steps, length, size, fast_mode, step_cache]
+        hint_inputs = [steps, length, size, fast_mode, step_cache, guidance, task]
         status_outputs = [
             banner,
             generate,
@@ -356,7 +356,10 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         timer.tick(studio.poll_status, hint_inputs, [*status_outputs, hint], **light)
         retry.click(studio.retry_loading, None, [timer, retry], **light)
         gr.on(
-            [steps.change, length.change, size.change, fast_mode.change, step_cache.change],
+            [
+                *(steps.change, length.change, size.change, fast_mode.change, step_cache.change),
+                *(guidance.change, task.change),
+            ],
             studio.hint,
             hint_inputs,
             hint,

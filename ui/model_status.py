@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from allegro.events import Stage
+from allegro.jobs.remote import RayCluster
 from allegro.models import (
     NO_TI2V,
     PREVIEW_TI2V,
@@ -58,30 +59,87 @@ PREVIEW_MODEL_NOTE = (
 
 @dataclass(frozen=True)
 class ModelStatus:
-    phase: Phase = Phase.STARTING
-    message: str = "Starting …"
-    choice: ModelChoice | None = None
-    downloaded: int = 0  # bytes, while downloading
-    download_total: int = 0
-    started: float = field(default_factory=time.monotonic)
-    native: NativeSize | None = None
-    hardware: Hardware | None = None
-    device: str | None = None
-    offload_reason: str | None = None
-    interpolation: tuple[MethodChoice, ...] | None = None  # None until the loader checked
-    image_to_video: bool = False  # image requests are served (by the TI2V model)
-    error: str | None = None
-    devices: tuple[DeviceStatus, ...] = ()  # one per job worker
-    host_ram_bytes: int | None = None  # what the workers need in RAM
-    cluster: str | None = None  # the Ray cluster's address when the workers run there
+    """The engine's ModelState as the page shows it: the state itself (one source, wherever
+    the workers run), and what the page derives from it once the model is ready."""
+
+    state: ModelState = field(default_factory=ModelState)
+    hardware: Hardware | None = None  # the model loaded in this process; None elsewhere
+    interpolation: tuple[MethodChoice, ...] | None = None  # None until ready
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def message(self) -> str:
+        return self.state.message
+
+    @property
+    def choice(self) -> ModelChoice | None:
+        return self.state.choice
+
+    @property
+    def started(self) -> float:
+        return self.state.started
+
+    @property
+    def native(self) -> NativeSize | None:
+        return self.state.native
+
+    @property
+    def image_to_video(self) -> bool:
+        return self.state.image_to_video
+
+    @property
+    def error(self) -> str | None:
+        return self.state.error
+
+    @property
+    def devices(self) -> tuple[DeviceStatus, ...]:
+        return self.state.devices
+
+    @property
+    def host_ram_bytes(self) -> int | None:
+        return self.state.host_ram_bytes
+
+    @property
+    def cluster(self) -> str | None:
+        return self.state.cluster
+
+    @property
+    def device(self) -> str | None:
+        return self.state.loaded.device if self.state.loaded is not None else None
+
+    @property
+    def offload_reason(self) -> str | None:
+        loaded = self.state.loaded
+        return None if loaded is None or loaded.device == "cpu" else loaded.offload.reason
+
+    @property
+    def downloaded(self) -> int:
+        """Bytes so far, while downloading."""
+        return self._download[0]
+
+    @property
+    def download_total(self) -> int:
+        return self._download[1]
+
+    @property
+    def _download(self) -> tuple[int, int]:
+        progress = self.state.progress
+        if self.phase != Phase.DOWNLOADING or progress is None:
+            return 0, 0
+        if progress.stage != Stage.DOWNLOADING:
+            return 0, 0
+        return int(progress.step or 0), int(progress.total or 0)
 
     @property
     def ready(self) -> bool:
-        return self.phase == Phase.READY
+        return self.state.ready
 
     @property
     def busy(self) -> bool:
-        return self.phase.busy
+        return self.state.busy
 
 
 def choose_model(config: AppConfig, has_cuda: bool) -> ModelChoice:
@@ -174,14 +232,14 @@ def generate_button(status: ModelStatus) -> tuple[str, bool]:
     return "Loading model…", False
 
 
-def _interpolation_methods(weights: str | None, device: str) -> tuple[MethodChoice, ...]:
+def _interpolation_methods(weights: str | None, on_gpu: bool) -> tuple[MethodChoice, ...]:
     from allegro.interpolation import METHODS, method_availability
 
     choices = []
     for name in METHODS:
         availability = method_availability(name, weights)
         reason = availability.reason
-        if availability.available and name == "ema-vfi" and not device.startswith("cuda"):
+        if availability.available and name == "ema-vfi" and not on_gpu:
             reason = "slow without a GPU: seconds per frame"
         choices.append(MethodChoice(name, availability.available, reason))
     return tuple(choices)
@@ -220,8 +278,11 @@ class ModelLoader:
         environ = os.environ if environ is None else environ
         probes = {"has_cuda": has_cuda, "visible_gpus": visible_gpus}
         probes = {name: probe for name, probe in probes.items() if probe is not None}
-        self.manager = ModelManager(model_settings(config), environ, **probes)
-        self._ready: tuple[object, ModelStatus] | None = None  # (loaded, status), made once
+        # With --ray the workers run on the cluster: the manager starts them there, the job
+        # runner takes them from it (allegro.jobs.workers).
+        self.cluster = RayCluster(config.output_dir) if config.ray_address else None
+        self.manager = ModelManager(model_settings(config), environ, **probes, cluster=self.cluster)
+        self._last: tuple[ModelState, ModelStatus] | None = None  # the state last shown
 
     def start(self) -> None:
         """Start (or, after a failure, retry) loading in the background."""
@@ -237,54 +298,25 @@ class ModelLoader:
 
     def status(self) -> ModelStatus:
         state = self.manager.state()
-        if state.ready and state.loaded is not None:
-            if self._ready is None or self._ready[0] is not state.loaded:
-                self._ready = (state.loaded, self._ready_status(state))
-            return self._ready[1]
-        progress = state.progress
-        downloading = progress is not None and progress.stage == Stage.DOWNLOADING
-        return ModelStatus(
-            phase=state.phase,
-            message=state.message,
-            choice=state.choice,
-            downloaded=progress.step if downloading else 0,
-            download_total=progress.total if downloading else 0,
-            started=state.started,
-            error=state.error,
-            native=state.native,  # on a Ray cluster, ready with nothing loaded here
-            devices=state.devices,
-            host_ram_bytes=state.host_ram_bytes,
-            cluster=state.cluster,
-        )
+        cached = self._last
+        if cached is not None and cached[0] is state:  # a new state is a new object
+            return cached[1]
+        status = ModelStatus(state)
+        if state.ready:
+            from allegro.engine import loaded_hardware  # loaded by now; not at page start
 
-    def _ready_status(self, state: ModelState) -> ModelStatus:
-        loaded = state.loaded
-        return ModelStatus(
-            phase=Phase.READY,
-            message=state.message,
-            choice=state.choice,
-            started=state.started,
-            native=loaded.native,
-            device=loaded.device,
-            hardware=_hardware(loaded),
-            offload_reason=None if loaded.device == "cpu" else loaded.offload.reason,
-            interpolation=_interpolation_methods(self.config.ema_vfi_weights, loaded.device),
-            image_to_video=state.image_to_video,
-            devices=state.devices,
-            host_ram_bytes=state.host_ram_bytes,
-        )
+            status = ModelStatus(
+                state,
+                hardware=None if state.loaded is None else loaded_hardware(state.loaded),
+                interpolation=_interpolation_methods(self.config.ema_vfi_weights, _on_gpu(state)),
+            )
+        self._last = (state, status)
+        return status
 
 
-def _hardware(loaded) -> Hardware:
-    spec = loaded.spec
-    return Hardware(
-        gpu_name=loaded.device_name,
-        offload=loaded.offload.mode,
-        precision=spec.precision or "bf16",
-        vae_precision=spec.vae_precision,
-        transformer_config=dict(loaded.pipe.transformer.config),
-        memory_profile=spec.memory_profile,
-        gpu_memory_bytes=loaded.gpu_memory_bytes,
-        multiprocessors=loaded.multiprocessors,
-        compiled=loaded.compiled,
-    )
+def _on_gpu(state: ModelState) -> bool:
+    """Whether the workers run on GPUs: the loaded device here, or the devices a Ray
+    cluster's workers report (nothing is loaded in this process then)."""
+    if state.loaded is not None:
+        return state.loaded.device.startswith("cuda")
+    return bool(state.devices) and all(device.gpu_name for device in state.devices)

@@ -48,13 +48,7 @@ from ui.api_params import (
 )
 from ui.config import AppConfig, job_inputs_dir
 from ui.controls import api_input, page_validations, validations
-from ui.estimates import (
-    cost_hint,
-    estimate_memory_bytes,
-    estimate_seconds,
-    fast_mode_notice,
-    options_note,
-)
+from ui.estimates import RequestShape, estimate_seconds, request_hint, request_shape
 from ui.formatting import progress_description, result_markdown
 from ui.gallery_page import GalleryPage
 from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
@@ -179,7 +173,7 @@ class Studio:
                 inputs_dir=job_inputs_dir(jobs_db),
                 caller_source=source_of_events(config),
             )
-            add_device_workers(self.runner, loader.manager, config.output_dir)
+            add_device_workers(self.runner, loader.manager, config.output_dir, loader.cluster)
             # No job starts before the model is ready; none is accepted while it failed.
             hold_jobs_for_model(self.runner, loader.manager)
             self.page_jobs = PageJobs(self, self.runner, self.gallery.refresh_gallery)
@@ -269,10 +263,10 @@ class Studio:
     # ---- generation ---------------------------------------------------------------------
 
     def _estimator(self, status: ModelStatus):
-        def estimate(frames: int, height: int, width: int, steps: int, fast: bool):
+        def estimate(shape: RequestShape) -> float | None:
             if status.hardware is None:
                 return None
-            return estimate_seconds(status.hardware, frames, height, width, steps, fast)
+            return estimate_seconds(status.hardware, shape)
 
         return estimate
 
@@ -404,9 +398,7 @@ class Studio:
         limit = self.config.zero_gpu_max_seconds
         if status.native is None or request.frames is None:
             return limit
-        estimate = self._estimator(status)(
-            request.frames, request.height, request.width, request.steps, request.fast_mode
-        )
+        estimate = self._estimator(status)(request_shape(request))
         return min(gpu_duration(estimate, limit), limit) if self.config.zero_gpu else limit
 
     def _stream(
@@ -668,7 +660,14 @@ class Studio:
     # ---- model status -------------------------------------------------------------------
 
     def poll_status(
-        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+        self,
+        steps: float,
+        length: str,
+        size: str,
+        fast_mode: bool,
+        step_cache: bool = False,
+        guidance_scale: float | None = None,
+        task: str | None = None,
     ):
         """Timer tick: (banner, generate button, retry button, timer, length, size,
         interpolate toggle, method, task switch, extend button, cost hint). Choices are sent
@@ -692,7 +691,7 @@ class Studio:
             gr.update(visible=status.phase == Phase.FAILED),
             gr.Timer(active=status.busy),
             *dropdowns,
-            self.hint(steps, length, size, fast_mode, step_cache),
+            self.hint(steps, length, size, fast_mode, step_cache, guidance_scale, task),
         )
 
     def retry_loading(self):
@@ -700,7 +699,14 @@ class Studio:
         return gr.Timer(active=True), gr.update(visible=False)
 
     def hint(
-        self, steps: float, length: str, size: str, fast_mode: bool, step_cache: bool = False
+        self,
+        steps: float,
+        length: str,
+        size: str,
+        fast_mode: bool,
+        step_cache: bool = False,
+        guidance_scale: float | None = None,
+        task: str | None = None,
     ) -> str:
         status = self.loader.status()
         if not status.ready or status.native is None:
@@ -708,19 +714,20 @@ class Studio:
         frames, height, width = resolved_shape(length, size, status.native)
         try:
             step_count = int(steps)
+            guidance = guidance_scale is None or float(guidance_scale) > 1
         except (TypeError, ValueError):
             return ""
-        hardware = status.hardware
-        if hardware is None or hardware.gpu_name is None:
-            return cost_hint(None, hardware)
-        notice = fast_mode_notice(hardware, frames, height, width) if fast_mode else ""
-        fast = bool(fast_mode) and not notice  # the engine will switch it off
-        seconds = estimate_seconds(
-            hardware, frames, height, width, step_count, fast, bool(step_cache)
+        shape = RequestShape(
+            frames,
+            height,
+            width,
+            step_count,
+            guidance,
+            bool(fast_mode),
+            bool(step_cache),
+            image_to_video=task == IMAGE_TO_VIDEO,
         )
-        memory = estimate_memory_bytes(hardware, frames, height, width, bool(step_cache), fast)
-        note = options_note(bool(step_cache), hardware.memory_profile)
-        return cost_hint(seconds, hardware, memory, note) + notice
+        return request_hint(status.hardware, shape)
 
     # ---- image to video -----------------------------------------------------------------
 

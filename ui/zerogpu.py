@@ -10,9 +10,10 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from allegro.costs import RequestShape, request_shape
 from allegro.errors import InvalidRequestError
 from allegro.request import GenerationRequest
 from ui.config import env_bool
@@ -29,7 +30,7 @@ DURATION_OVERHEAD_SECONDS = 30
 _FALLBACK_STEPS = (50, 30, 20)
 _FALLBACK_SHAPES = ((40, 720, 1280), (40, 368, 640))
 
-Estimator = Callable[[int, int, int, int, bool], "float | None"]  # frames, h, w, steps, fast
+Estimator = Callable[[RequestShape], "float | None"]  # the cost model's seconds, if known
 F = TypeVar("F", bound=Callable)
 
 
@@ -57,10 +58,9 @@ class Option:
         )
 
 
-def _shapes(request: GenerationRequest) -> list[tuple[int, int, int]]:
+def _sizes(own: tuple[int, int, int]) -> list[tuple[int, int, int]]:
     """The request's own (frames, height, width), then smaller fallbacks."""
-    own = (request.frames, request.height, request.width)
-    smaller = [shape for shape in _FALLBACK_SHAPES if math.prod(shape) < math.prod(own)]
+    smaller = [size for size in _FALLBACK_SHAPES if math.prod(size) < math.prod(own)]
     return [own, *smaller]
 
 
@@ -71,11 +71,22 @@ def fitting_options(
     each size (its own first, then smaller ones), the most steps that fit, without fast mode
     if possible."""
     found: list[Option] = []
-    for frames, height, width in _shapes(request):
-        step_counts = (request.steps, *[s for s in _FALLBACK_STEPS if s < request.steps])
+    shape = request_shape(request)
+    for frames, height, width in _sizes(shape.size):
+        step_counts = (shape.steps, *[s for s in _FALLBACK_STEPS if s < shape.steps])
         for steps in step_counts:
-            for fast in sorted({request.fast_mode, True}):
-                seconds = gpu_duration(estimate(frames, height, width, steps, fast), default)
+            for fast in sorted({shape.fast_mode, True}):
+                # Fast mode and the step cache are alternatives: a fast variant drops the cache.
+                variant = replace(
+                    shape,
+                    frames=frames,
+                    height=height,
+                    width=width,
+                    steps=steps,
+                    fast_mode=fast,
+                    step_cache=shape.step_cache and not fast,
+                )
+                seconds = gpu_duration(estimate(variant), default)
                 if seconds <= limit:
                     found.append(Option(frames, height, width, steps, fast, seconds))
                     break
@@ -90,10 +101,7 @@ def fitting_options(
 def check_fits(request: GenerationRequest, estimate: Estimator, limit: int, default: int) -> int:
     """The duration to ask for; InvalidRequestError (proposing settings that fit) when it is
     over ``limit``. ``request`` must be resolved (no None sizes)."""
-    seconds = gpu_duration(
-        estimate(request.frames, request.height, request.width, request.steps, request.fast_mode),
-        default,
-    )
+    seconds = gpu_duration(estimate(request_shape(request)), default)
     if seconds <= limit:
         return seconds
     message = (

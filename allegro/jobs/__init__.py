@@ -16,9 +16,9 @@ from allegro.jobs.runner import (
     JobLimits,
     JobRunner,
     Worker,
-    add_device_workers,
 )
 from allegro.jobs.store import JobStore, JobStoreError
+from allegro.jobs.workers import add_device_workers, device_workers
 
 __all__ = [
     "ACTIVE_STATES",
@@ -36,5 +36,6 @@ __all__ = [
     "Worker",
     "WorkerLost",
     "add_device_workers",
+    "device_workers",
     "prepare_request",
 ]

@@ -323,3 +323,18 @@ def start_actors(
         logger.info("Ray worker %d on %s: %s", slot, where["node"], where["reason"])
         workers.append(RayWorker(actor, output_dir, f"ray {slot} ({where['node']})", where))
     return workers
+
+
+class RayCluster:
+    """The Ray cluster as the model manager sees it (allegro.models.Cluster): ``start``
+    joins it and starts the actors; the job runner takes ``workers``."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.workers: list[RayWorker] = []
+
+    def start(self, address: str, spec: PipelineSpec, cpu_workers: int) -> list[dict[str, Any]]:
+        connect(address)
+        if not self.workers:
+            self.workers = start_actors(spec, self.output_dir, cpu_workers)
+        return [worker.description for worker in self.workers]

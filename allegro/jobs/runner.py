@@ -47,7 +47,6 @@ from allegro.request import GenerationRequest
 
 if TYPE_CHECKING:
     from allegro.engine import Engine, GenerationResult
-    from allegro.models import ModelManager
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +131,6 @@ class EngineWorker(Worker):
 
         for path in remove_leftovers(self.output_dir):
             logger.info("Removed %s, left by an interrupted save", path.name)
-
-
-def add_device_workers(runner: JobRunner, manager: ModelManager, output_dir: str | Path) -> None:
-    """One job worker per device of ``manager`` (local devices or a Ray cluster's GPUs),
-    added to ``runner`` as soon as the manager knows them (it finds them in the
-    background, with torch or Ray)."""
-
-    def on_devices() -> None:
-        for worker in manager.job_workers(output_dir):
-            runner.add_worker(worker)
-
-    manager.when_devices_known(on_devices)
 
 
 def _interrupted_note(when: float) -> str:
