@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ui.api_params import validated
 from ui.controls import make_control
 from ui.page_jobs import (
     ASK_PERMISSION_JS,
@@ -417,17 +418,20 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             ("generate", studio.api_generate, studio.check_api),
             ("extend", studio.api_extend, studio.check_extend),
         ):
-            endpoint = gr.api(
-                handler, api_name=name, concurrency_limit=1, concurrency_id=GENERATION
+            gr.api(
+                validated(handler, validator),
+                api_name=name,
+                concurrency_limit=1,
+                concurrency_id=GENERATION,
             )
-            # gr.api has no validator argument; the event has the same field as a click's.
-            demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.gallery.history, api_name="history", queue=False)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
             # /submit takes /generate's parameters: its validator checks the key, every field
-            # and the job limits before the call is queued.
-            submit_api = gr.api(studio.job_api.submit, api_name="submit", concurrency_limit=None)
-            demo.fns[submit_api["id"]].validator = studio.check_submit_api
+            # and the job limits before the job is queued. Not on ZeroGPU: a job there runs
+            # only in its caller's own event (/generate).
+            if studio.visitor_runs is None:
+                submit = validated(studio.job_api.submit, studio.check_submit_api)
+                gr.api(submit, api_name="submit", concurrency_limit=None)
             for handler, name in (
                 (studio.job_api.job, "job"),
                 (studio.job_api.cancel, "cancel"),
