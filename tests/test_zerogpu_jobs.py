@@ -49,7 +49,7 @@ def _runner(tmp_path) -> JobRunner:
 def test_the_visitors_event_runs_the_recorded_job_through_the_gpu_stream(tmp_path):
     runner = _runner(tmp_path)
     stream = GpuStream()
-    runs = VisitorRuns(runner, VisitorWorker(stream, pass_token=False))
+    runs = VisitorRuns(runner, VisitorWorker(stream))
     job = runner.submit(GenerationRequest("a fish", seed=5), "alice", {"owner": "alice"})
     assert runner.store.get(job.id).state == JobState.QUEUED  # recorded before it runs
     seen = []
@@ -73,7 +73,7 @@ def test_a_closed_page_puts_the_job_back_for_its_visitor_who_runs_it_next_time(t
     runner = _runner(tmp_path)
     gate = threading.Event()
     stream = GpuStream(steps=50, gate=gate)
-    runs = VisitorRuns(runner, VisitorWorker(stream, pass_token=False))
+    runs = VisitorRuns(runner, VisitorWorker(stream))
     job = runner.submit(GenerationRequest("a boat", seed=1), "bob")
 
     async def close_the_page():
@@ -106,7 +106,7 @@ def test_cancel_ends_a_job_the_page_runs(tmp_path):
     runner = _runner(tmp_path)
     gate = threading.Event()
     stream = GpuStream(steps=50, gate=gate)
-    runs = VisitorRuns(runner, VisitorWorker(stream, pass_token=False))
+    runs = VisitorRuns(runner, VisitorWorker(stream))
     job = runner.submit(GenerationRequest("a cat", seed=1), "carol")
 
     async def run_and_cancel():

@@ -125,8 +125,6 @@ class Studio:
         self._environ = environ
         if identities is not None:
             self.identities = identities
-        # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
-        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
         # Jobs that outlive the page, everywhere. On ZeroGPU no worker thread takes them:
         # the visitor's own event runs each inside its spaces.GPU call, on their quota
         # (ui.zerogpu_jobs says why), so a job there needs its visitor's open page.
@@ -144,8 +142,9 @@ class Studio:
                 prepare=self.prepare_job,
                 inputs_dir=job_inputs_dir(jobs_db),
             )
-            if config.zero_gpu:
-                worker = VisitorWorker(self._gpu_stream, pass_token=False)
+            if config.zero_gpu:  # inside spaces.GPU, with a duration from the cost model
+                stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
+                worker = VisitorWorker(stream)
                 self.visitor_runs = VisitorRuns(self.runner, worker)
             else:  # one worker per device (--devices), added once the loader has found them
                 add_device_workers(self.runner, loader.manager, config.output_dir)

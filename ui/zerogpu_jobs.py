@@ -85,13 +85,12 @@ class VisitorWorker(Worker):
 
     name = WORKER_NAME
 
-    def __init__(self, stream: GpuStream, pass_token: bool) -> None:
+    def __init__(self, stream: GpuStream) -> None:
         self._stream = stream
-        self._pass_token = pass_token
 
     def run(self, job: Job, on_progress: ProgressCallback, cancel: CancelToken) -> GenerationResult:
         labels = {**job.labels, JOB_LABEL: job.id}
-        items = self._stream(job.request, labels, cancel if self._pass_token else None)
+        items = self._stream(job.request, labels, None)
         try:
             for item in items:
                 cancel.raise_if_cancelled()
