@@ -132,7 +132,21 @@ def generate_on_the_page():
         request.fast_mode,
     )
     limit = loader.config.zero_gpu_max_seconds
+
+    # /generate the same way: a job, run by the caller's own call (billed through it).
+    from gradio_client import Client
+
+    headers = {"X-Allegro-Key": "k" * 40, "X-IP-Token": "api-token"}
+    api = Client(f"http://127.0.0.1:{port}/", headers=headers, verbose=False)
+    try:
+        api.predict(prompt="an api fish", steps=2, api_name="/generate")
+        api_error = None
+    except Exception as raised:
+        api_error = str(raised)
+    api_jobs = [(j.state.value, j.error) for j in store.list() if j.request.prompt == "an api fish"]
     return {
+        "api_error": api_error,
+        "api_jobs": api_jobs,
         "queued_error": queued.error,
         "recorded": recorded,
         "ran_error": ran.error,
@@ -218,5 +232,9 @@ def test_on_zerogpu_generate_records_a_job_and_runs_it_in_the_visitors_gpu_call(
     assert page["queued_error"] is None
     assert page["recorded"] == [["queued", "a zerogpu fish"]]
     assert page["ran_error"] is None
-    assert page["scheduled"] == [{"seconds": page["expected_seconds"], "token": "visitor-token"}]
+    assert page["scheduled"][0] == {"seconds": page["expected_seconds"], "token": "visitor-token"}
     assert page["job"] == ["failed", 1, True, "No GPU left on this test machine."]
+    # /generate: a job too, run in the caller's own call, billed through its request.
+    assert page["api_jobs"] == [["failed", "No GPU left on this test machine."]]
+    assert "No GPU left on this test machine." in page["api_error"]
+    assert len(page["scheduled"]) == 2 and page["scheduled"][1]["token"] == "api-token"
