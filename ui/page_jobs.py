@@ -2,7 +2,8 @@
 person's jobs in the runner (progress, preview, results, the Queue panel) without owning
 them: closing or reloading the page never cancels a job; a new page picks them up again.
 
-Nothing here runs a generation: the runner's worker does (``allegro.jobs``).
+Nothing here runs a generation: the runner's worker does (``allegro.jobs``), or on ZeroGPU
+the visitor's own page event, through ``ui.zerogpu_jobs`` (``run_in_page``).
 """
 
 from __future__ import annotations
