@@ -386,3 +386,32 @@ def test_each_request_error_names_its_field(change, field):
     with pytest.raises(InvalidRequestError) as caught:
         check_request(GenerationRequest(**{"prompt": "a cat", **change}))
     assert caught.value.field == field
+
+
+def test_an_endpoint_runs_its_validator_first_with_the_same_parameters():
+    """gr.api has no validator=: the handler is wrapped (ui.api_params.validated) and keeps
+    the declared signature Gradio reads; a problem is refused with the validator's message
+    before the handler runs."""
+    from ui.api_params import api_endpoint, api_validations, api_validator, validated
+
+    seen = []
+
+    async def handler(values, request):
+        seen.append(values["prompt"])
+        return "made"
+
+    def check(values, request):
+        problem = "Steps must be a whole number." if values["steps"] == "many" else None
+        return api_validations(problem, "steps" if problem else None)
+
+    endpoint = api_endpoint(handler, "doc")
+    wrapped = validated(endpoint, api_validator(check, "doc"))
+    assert inspect.signature(wrapped) == inspect.signature(endpoint)
+    assert asyncio.run(wrapped(prompt="a fish")) == "made" and seen == ["a fish"]
+    with pytest.raises(gr.Error, match="Steps must be a whole number"):
+        asyncio.run(wrapped(prompt="a boat", steps="many"))
+    assert seen == ["a fish"]
+    with gr.Blocks() as demo:
+        gr.api(wrapped, api_name="generate")
+    documented = demo.get_api_info()["named_endpoints"]["/generate"]["parameters"]
+    assert [p["parameter_name"] for p in documented][:2] == ["prompt", "negative_prompt"]

@@ -1,5 +1,5 @@
-"""The one callback -> generator bridge (allegro/jobs/stream.py), and its two users: the
-page's direct runs (ui/jobs.py) and the Ray actor (allegro/jobs/remote.py, driven here
+"""The one callback -> generator bridge (allegro/jobs/stream.py), and its two users:
+ZeroGPU's GPU call (ui/zerogpu_jobs.py) and the Ray actor (allegro/jobs/remote.py, driven here
 without Ray: only its generator is under test)."""
 
 from __future__ import annotations

@@ -3,7 +3,6 @@ hints, ZeroGPU durations and refusals, the job runner."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from allegro.errors import Cancelled, InvalidRequestError
+from allegro.errors import InvalidRequestError
 from allegro.events import CancelToken, ProgressEvent, Stage
 from allegro.models import DeviceStatus, ModelState
 from allegro.request import (
@@ -42,7 +41,6 @@ from ui.estimates import (
     options_note,
 )
 from ui.formatting import progress_description
-from ui.jobs import iterate_in_thread, stream_generation
 from ui.model_status import (
     PREVIEW_TI2V,
     ModelChoice,
@@ -63,6 +61,7 @@ from ui.presets import (
     size_choices,
 )
 from ui.zerogpu import check_fits, fitting_options, gpu_duration, wrap_for_spaces
+from ui.zerogpu_jobs import stream_generation
 
 NATIVE = NativeSize(88, 720, 1280)
 H100 = Hardware("NVIDIA H100 80GB HBM3")
@@ -734,32 +733,6 @@ def test_closing_the_stream_early_cancels_the_engine():
     assert token.cancelled
 
 
-def test_cancelling_the_waiting_task_stops_the_engine():
-    token = CancelToken()
-    engine = FakeEngine(steps=500, delay=0.01)
-    finished = threading.Event()
-
-    async def consume():
-        stream = stream_generation(engine, GenerationRequest("x"), {}, token)
-        try:
-            async for _item in iterate_in_thread(stream, token):
-                pass
-        finally:
-            finished.set()
-
-    async def main():
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
-    assert finished.is_set() and token.cancelled
-    with pytest.raises(Cancelled):
-        token.raise_if_cancelled()
-
-
 def test_progress_line_has_stage_step_elapsed_and_eta():
     event = ProgressEvent(
         Stage.DENOISING, 0.4, 12, 100, elapsed=65, eta=200, message="Denoising step 12 of 100"
@@ -772,7 +745,7 @@ def test_progress_line_has_stage_step_elapsed_and_eta():
 
 
 def test_ui_modules_do_not_import_torch():
-    modules = "ui.config, ui.presets, ui.gallery, ui.estimates, ui.zerogpu, ui.jobs, "
+    modules = "ui.config, ui.presets, ui.gallery, ui.estimates, ui.zerogpu, ui.zerogpu_jobs, "
     modules += "ui.model_status, ui.formatting"
     code = f"import sys, {modules}; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parent.parent

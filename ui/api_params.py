@@ -165,3 +165,21 @@ def api_validations(problem: str | None, field: str | None) -> list[dict]:
             if api_name in names:
                 target = api_name
     return [gr.validate(name != target, problem if name == target else "") for name in names]
+
+
+def validated(
+    handler: Callable[..., Awaitable[Any]], validator: Callable[..., list[dict]]
+) -> Callable[..., Awaitable[Any]]:
+    """``handler``, refusing a call whose ``validator`` (same parameters) finds a problem,
+    with the validator's message. gr.api has no ``validator=`` (gradio 6.31 events.py:1085-
+    1098; its set_event_trigger call, 1189-1210, passes none), so the endpoint's own handler
+    runs the check, first thing (instead of setting a field of Gradio's event, demo.fns)."""
+
+    @functools.wraps(handler)  # the same __signature__ and annotations: what Gradio reads
+    async def checked(*args: Any, **kwargs: Any) -> Any:
+        for check in validator(*args, **kwargs):
+            if not check.get("is_valid", True):
+                raise gr.Error(check.get("message") or "Invalid request.", print_exception=False)
+        return await handler(*args, **kwargs)
+
+    return checked

@@ -4,6 +4,7 @@ job: every caller's owner comes from ``api_owner`` (the server-issued identity).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ poll /job with its id. Same parameters (and X-Allegro-Key header) as /generate."
 class JobApi:
     def __init__(self, studio: Services, runner: JobRunner | None) -> None:
         self.studio = studio
-        self.runner = runner  # None on ZeroGPU (see Studio.__init__)
+        self.runner = runner  # None without a jobs database
+        # On ZeroGPU: runs a job in the caller's own event (ui.zerogpu_jobs.VisitorRuns)
+        self.run_here: Callable[[str], Awaitable[Job | None]] | None = None
         # /submit: /generate's declared parameters (ui.api_params), by name.
         self.submit = api_endpoint(self._submit_values, SUBMIT_DOC, dict)
 
@@ -40,7 +43,8 @@ class JobApi:
     def runner_or_refuse(self) -> JobRunner:
         if self.runner is None:
             raise InvalidRequestError(
-                "Queued jobs are not available on this server (a ZeroGPU Space): use /generate."
+                "Queued jobs are not available on this server (it has no jobs database): "
+                "use /generate."
             )
         return self.runner
 
@@ -62,7 +66,9 @@ class JobApi:
         except Exception as error:
             raise user_error(error) from None
         try:
-            final = await asyncio.to_thread(runner.wait, job.id)
+            final = await self.run_here(job.id) if self.run_here is not None else None
+            if final is None:  # a worker thread runs it (or another event took it)
+                final = await asyncio.to_thread(runner.wait, job.id)
         except BaseException:  # the call was cancelled (a client's cancel, a closed page)
             runner.cancel(job.id)
             raise

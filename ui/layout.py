@@ -7,10 +7,12 @@ from pathlib import Path
 
 import gradio as gr
 
+from ui.api_params import validated
 from ui.controls import make_control
 from ui.first_start import draft_button_sets, first_start_panel
 from ui.page_jobs import (
     ASK_PERMISSION_JS,
+    KEEP_OPEN,
     MAX_VARIATIONS,
     NOTIFY_JS,
     GalleryOutputs,
@@ -29,7 +31,7 @@ from ui.presets import (
 )
 from ui.prompt_help import PromptHelpControls
 from ui.prompt_help import add_api as add_prompt_help_api
-from ui.studio import GENERATION, JobSlot, Studio
+from ui.studio import GENERATION, Studio
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 STYLE = ASSETS / "style.css"
@@ -102,7 +104,6 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         owner = gr.BrowserState(
             "", storage_key="allegro-studio-owner", secret="allegro-studio-owner"
         )
-        job = gr.State(JobSlot())
         placed = PlacedControls()
         last_seed = gr.State(None)
         gallery_names = gr.State([])
@@ -140,6 +141,8 @@ def build_blocks(studio: Studio) -> gr.Blocks:
                         "Cancel", variant="stop", scale=1, min_width=90, elem_id="cancel"
                     )
                 hint = gr.Markdown("", elem_id="cost-hint")
+                if studio.visitor_runs is not None:  # ZeroGPU: the page runs its own jobs
+                    gr.Markdown(f"**{KEEP_OPEN}**", elem_id="keep-open")
                 with gr.Row(visible=studio.page_jobs is not None, elem_id="batch-row"):
                     each_line = gr.Checkbox(
                         False,
@@ -385,17 +388,12 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         result = ResultPanel(preview, run_status, video, result_info, result_settings, last_seed)
         gallery_outputs = GalleryOutputs(gallery_view, gallery_names)
         extend_inputs = [selected_name, prompt, negative, seed, steps, guidance, length]
-        extend_inputs += [use_template, fast_mode, owner, job]
+        extend_inputs += [use_template, fast_mode, owner]
         if studio.page_jobs is not None and queue_panel is not None:
             wire_jobs(
                 studio, controls, [each_line, variations], extend_inputs, owner, cancel,
                 generate, extend, result, queue_panel, gallery_outputs, page_loaded,
                 click_generate,
-            )  # fmt: skip
-        else:
-            wire_direct_runs(
-                studio, controls, extend_inputs, owner, job, cancel, generate, extend, result,
-                gallery_outputs, click_generate,
             )  # fmt: skip
 
         refresh.click(studio.gallery.refresh_gallery, owner, [gallery_view, gallery_names], **light)
@@ -436,18 +434,21 @@ def build_blocks(studio: Studio) -> gr.Blocks:
             ("generate", studio.api_generate, studio.check_api),
             ("extend", studio.api_extend, studio.check_extend),
         ):
-            endpoint = gr.api(
-                handler, api_name=name, concurrency_limit=1, concurrency_id=GENERATION
+            gr.api(
+                validated(handler, validator),
+                api_name=name,
+                concurrency_limit=1,
+                concurrency_id=GENERATION,
             )
-            # gr.api has no validator argument; the event has the same field as a click's.
-            demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.gallery.history, api_name="history", queue=False)
         add_prompt_help_api(studio.prompt_help)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot
             # /submit takes /generate's parameters: its validator checks the key, every field
-            # and the job limits before the call is queued.
-            submit_api = gr.api(studio.job_api.submit, api_name="submit", concurrency_limit=None)
-            demo.fns[submit_api["id"]].validator = studio.check_submit_api
+            # and the job limits before the job is queued. Not on ZeroGPU: a job there runs
+            # only in its caller's own event (/generate).
+            if studio.visitor_runs is None:
+                submit = validated(studio.job_api.submit, studio.check_submit_api)
+                gr.api(submit, api_name="submit", concurrency_limit=None)
             for handler, name in (
                 (studio.job_api.job, "job"),
                 (studio.job_api.cancel, "cancel"),
@@ -488,17 +489,20 @@ def wire_jobs(
     # Own concurrency group without a limit: queueing takes milliseconds, and a running
     # video never holds it (the runner's worker makes videos, not a Gradio slot).
     queueing = {"concurrency_limit": None, "concurrency_id": "queueing", **LIGHT, "queue": True}
-    (click_generate or generate.click)(
+    queued = (click_generate or generate.click)(
         jobs.submit_page, [*controls, *batch, owner], None, validator=jobs.check_submit, **queueing
     )
     generate.click(None, None, None, js=ASK_PERMISSION_JS)
-    extend.click(
+    queued_extension = extend.click(
         jobs.submit_page_extension,
         extend_inputs,
         None,
         validator=studio.check_extend_page,
         **queueing,
     )
+    if jobs.run_waiting is not None:  # ZeroGPU: the page's own event runs its jobs
+        for event in (queued, queued_extension):
+            event.success(jobs.run_in_page, owner, None, **GENERATION_EVENT, show_progress="hidden")
     cancel.click(jobs.cancel_running, owner, None, **LIGHT)
     picked = [queue.choice, owner]
     queue.cancel.click(jobs.cancel_picked, picked, None, **LIGHT)
@@ -522,51 +526,6 @@ def wire_jobs(
         api_visibility="private",
     )
     queue.ended.change(None, queue.ended, None, js=NOTIFY_JS)
-
-
-def wire_direct_runs(
-    studio: Studio,
-    controls: list,
-    extend_inputs: list,
-    owner: gr.BrowserState,
-    job: gr.State,
-    cancel: gr.Button,
-    generate: gr.Button,
-    extend: gr.Button,
-    result: ResultPanel,
-    gallery_outputs: GalleryOutputs,
-    click_generate=None,  # issue 24: generate.click with the automatic rewrite before it
-) -> None:
-    """Without a job runner (ZeroGPU): the page's event runs the generation itself, in
-    the one generation slot, and Cancel (or a closed page) stops it."""
-    run_outputs = [getattr(result, field.name) for field in dataclasses.fields(result)]
-    generation = {**GENERATION_EVENT, "show_progress_on": [result.run_status]}
-    run = (click_generate or generate.click)(
-        studio.generate_page,
-        [*controls, owner, job],
-        run_outputs,
-        validator=studio.check_page,
-        **generation,
-    )
-    extension = extend.click(
-        studio.extend_page,
-        extend_inputs,
-        run_outputs,
-        validator=studio.check_extend_page,
-        **generation,
-    )
-    gallery_io = (gallery_outputs.view, gallery_outputs.names)
-    for started in (run, extension):
-        started.then(studio.after_run, None, [result.preview, result.video], **LIGHT).then(
-            studio.gallery.refresh_gallery, owner, list(gallery_io), **LIGHT
-        )
-    cancel.click(
-        studio.cancel_page,
-        job,
-        [result.preview, result.run_status, result.video],
-        cancels=[run, extension],
-        **LIGHT,
-    )
 
 
 def reuse_last_seed(last: int | None) -> int:

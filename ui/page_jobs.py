@@ -2,7 +2,8 @@
 person's jobs in the runner (progress, preview, results, the Queue panel) without owning
 them: closing or reloading the page never cancels a job; a new page picks them up again.
 
-Nothing here runs a generation: the runner's worker does (``allegro.jobs``).
+Nothing here runs a generation: the runner's worker does (``allegro.jobs``), or on ZeroGPU
+the visitor's own page event, through ``ui.zerogpu_jobs`` (``run_in_page``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import html
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ RECENT_JOBS = 10  # finished jobs the Queue panel lists
 UPDATES_PER_SECOND = 4  # a page's follower redraws at most this often
 
 BATCH_FIELDS = ("each_line", "variations")
+KEEP_OPEN = (
+    "Keep this page open: on ZeroGPU your video runs on your GPU quota while the page is open."
+)
 
 
 def submit_inputs() -> tuple[str, ...]:
@@ -239,10 +243,13 @@ class PageJobs:
         studio: Services,
         runner: JobRunner,
         refresh_gallery: Callable[[Any], tuple[list, list[str]]],
+        run_waiting: Callable[[str], Awaitable[list[Job]]] | None = None,
     ) -> None:
         self.studio = studio
         self.runner = runner
         self.refresh_gallery = refresh_gallery  # (gallery items, names) for a page's token
+        # On ZeroGPU: runs a person's queued jobs in their page's event (ui.zerogpu_jobs)
+        self.run_waiting = run_waiting
 
     # ---- queueing ------------------------------------------------------------------------
 
@@ -293,8 +300,8 @@ class PageJobs:
     async def submit_page_extension(self, name: Any, *fields: Any) -> None:
         """Extend on a gallery video: the continuation is queued like any job. Its inputs are
         check_extend_page's (the validator): the selected name, the settings, the page's
-        token, then the direct path's job slot (unused here)."""
-        *settings, owner_id, _slot = fields
+        token."""
+        *settings, owner_id = fields
         try:
             owner = self.studio.page_owner(owner_id)
             extension = self.studio.page_extension(name, owner, *settings)
@@ -305,6 +312,16 @@ class PageJobs:
         except Exception as error:
             raise user_error(error) from None
         gr.Info("Queued the continuation.")
+
+    async def run_in_page(self, owner_id: Any) -> None:
+        """On ZeroGPU, after Generate or Extend queued: this person's queued jobs run here,
+        in their page's event, each inside its own GPU call on their quota; the follower
+        shows them as any job. A closed page stops this (its jobs wait for it again)."""
+        if self.run_waiting is None:
+            return
+        tag = self._owner_tag(owner_id)
+        gr.Info(KEEP_OPEN)
+        await self.run_waiting(tag)
 
     # ---- acting on queued jobs -------------------------------------------------------------
 

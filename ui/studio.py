@@ -15,16 +15,16 @@ import inspect
 import logging
 import shutil
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from gradio.data_classes import FileData
 
-from allegro.errors import AllegroError, Cancelled, InterpolationError, InvalidRequestError
-from allegro.events import CancelToken, ProgressEvent
+from allegro.errors import AllegroError, InterpolationError, InvalidRequestError
+from allegro.events import CancelToken
 from allegro.jobs import JobRunner, prepare_request
 from allegro.params import Kind, params
 from allegro.request import (
@@ -44,22 +44,18 @@ from ui.api_params import (
     api_validations,
     api_validator,
     request_from_api,
-    with_signature,
 )
 from ui.config import AppConfig, job_inputs_dir
 from ui.controls import api_input, page_validations, validations
 from ui.estimates import RequestShape, estimate_seconds, request_hint, request_shape
-from ui.formatting import progress_description, result_markdown
 from ui.gallery_page import GalleryPage
 from ui.identity import KEY_HEADER, MAKE_A_KEY, Identities, IdentityError, Owner, key_owner
 from ui.job_api import JobApi
-from ui.jobs import JobItem, iterate_in_thread, stream_generation
 from ui.model_status import ModelLoader, ModelStatus, Phase, banner_markdown, generate_button
 from ui.page_jobs import PageJobs
 from ui.presets import (
     IMAGE_TO_VIDEO,
     ControlValues,
-    control_names,
     frames_for,
     interpolation_choices,
     length_choices,
@@ -76,17 +72,11 @@ from ui.services import (  # noqa: F401 - BUG_MESSAGE, user_error: re-exported f
 )
 from ui.uploads import uploaded_file
 from ui.zerogpu import check_fits, gpu_duration, wrap_for_spaces
+from ui.zerogpu_jobs import JobItem, VisitorRuns, VisitorWorker, stream_generation
 
 logger = logging.getLogger(__name__)
 
 GENERATION = "generation"  # the concurrency group of every generation, page and API
-
-
-@dataclass
-class JobSlot:
-    """Per-session state: the running job's cancel token, so Cancel can reach the worker."""
-
-    token: CancelToken | None = None
 
 
 GENERATE_DOC = """Make one video. Returns the MP4 and its settings (with the seed used and any
@@ -100,17 +90,6 @@ TEXT_ONLY_MESSAGE = (
     "This server makes videos from text only (it was started with --ti2v-model none): "
     "leave out the images."
 )
-
-
-def page_inputs() -> tuple[str, ...]:
-    """What Generate sends where the page runs the generation (no job runner): the
-    controls by name, then the page's token and job slot."""
-    return (*control_names(), "owner_id", "job")
-
-
-def _page_signature(special: inspect.Parameter) -> inspect.Signature:
-    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    return inspect.Signature([*(inspect.Parameter(name, plain) for name in page_inputs()), special])
 
 
 def waiting_generations(request: gr.Request | None) -> int:
@@ -143,24 +122,17 @@ class Studio:
         self._environ = environ
         if identities is not None:
             self.identities = identities
-        # On a Space, generation runs inside spaces.GPU with a duration from the cost model.
-        self._gpu_stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
-        # Jobs that outlive the page. Not on ZeroGPU: there the page runs the generation in
-        # its own event (the direct path). spaces.GPU could be called from the runner's
-        # thread, but it takes the caller's quota from the gr.Request of the event it runs
-        # in (spaces 0.51.3 zero/wrappers.py:189 and 321, LocalContext.request): from a
-        # worker there is none, so no X-IP-Token (zero/client.py:131-132) and every job
-        # would be billed to the Space's own limit (client.py:174-177), not the visitor's;
-        # the token is short-lived, so it cannot be kept with a queued job either. And the
-        # GPU process's queue messages need the event's Blocks (zero/gradio.py:70-74).
+        # Jobs that outlive the page, everywhere. On ZeroGPU no worker thread takes them:
+        # the visitor's own event runs each inside its spaces.GPU call, on their quota
+        # (ui.zerogpu_jobs says why), so a job there needs its visitor's open page.
         self.gallery = GalleryPage(self)
         self.runner: JobRunner | None = None
         self.page_jobs: PageJobs | None = None  # the page's handlers when jobs are on
-        if jobs_db is not None and not config.zero_gpu:
+        self.visitor_runs: VisitorRuns | None = None  # ZeroGPU's executor of the jobs
+        if jobs_db is not None:
             from allegro.job_hold import hold_jobs_for_model
             from allegro.jobs import JobLimits, JobStore, add_device_workers
 
-            # One worker per device (--devices), added once the loader has found them.
             self.runner = JobRunner(
                 JobStore(jobs_db),
                 [],
@@ -173,27 +145,25 @@ class Studio:
                 inputs_dir=job_inputs_dir(jobs_db),
                 caller_source=source_of_events(config),
             )
-            add_device_workers(self.runner, loader.manager, config.output_dir, loader.cluster)
+            if config.zero_gpu:  # inside spaces.GPU, with a duration from the cost model
+                stream = wrap_for_spaces(self._stream, self._gpu_seconds, environ, user_error)
+                worker = VisitorWorker(stream)
+                self.visitor_runs = VisitorRuns(self.runner, worker)
+            else:  # one worker per device (--devices), added once the loader has found them
+                add_device_workers(self.runner, loader.manager, config.output_dir, loader.cluster)
             # No job starts before the model is ready; none is accepted while it failed.
             hold_jobs_for_model(self.runner, loader.manager)
-            self.page_jobs = PageJobs(self, self.runner, self.gallery.refresh_gallery)
+            run_waiting = self.visitor_runs.run_waiting if self.visitor_runs else None
+            self.page_jobs = PageJobs(self, self.runner, self.gallery.refresh_gallery, run_waiting)
         # /generate and its validator: the declared parameters (ui.api_params), by name.
         self.api_generate = api_endpoint(self._api_generate, GENERATE_DOC, tuple[FileData, dict])
         self.check_api = api_validator(self._check_api, self._check_api.__doc__)
         self.check_submit_api = api_validator(
             self._check_submit_api, self._check_submit_api.__doc__
         )
-        # The page's Generate (direct runs) and its validator, by control name.
-        plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
-        request = inspect.Parameter("request", plain, default=None, annotation=gr.Request)
-        progress = inspect.Parameter("progress", plain, default=gr.Progress())
-        self.check_page = with_signature(
-            self._check_page, _page_signature(request), self._check_page.__doc__
-        )
-        self.generate_page = with_signature(
-            self._generate_page, _page_signature(progress), self._generate_page.__doc__
-        )
         self.job_api = JobApi(self, self.runner)
+        if self.visitor_runs is not None:
+            self.job_api.run_here = self.visitor_runs.run
         # Issue 24: Improve prompt, its API, and the original prompt kept with a rewrite.
         self.prompt_help = PromptHelp(config, self.page_owner, self.api_owner, environ)
 
@@ -269,15 +239,6 @@ class Studio:
             return estimate_seconds(status.hardware, shape)
 
         return estimate
-
-    def _check_page(self, values: dict[str, Any]) -> list[dict]:
-        """Generate's validator: runs when the click arrives, before it joins the queue
-        (gradio/queueing.py:308-348), so a bad request (a bad image included) never waits
-        for the GPU. The problem goes on the control its field names."""
-        controls = ControlValues(**{name: values[name] for name in control_names()})
-        build = functools.partial(self._page_request, values["owner_id"], controls)
-        problem, field = self._problem(build, values["request"])
-        return page_validations(page_inputs(), problem, field)
 
     def _check_api(self, values: dict[str, Any], request: gr.Request | None) -> list[dict]:
         """/generate's validator (same parameters): the key, every field and the images,
@@ -409,25 +370,6 @@ class Studio:
     ) -> Iterator[JobItem]:
         yield from stream_generation(self.loader.engine(), request, labels, cancel or CancelToken())
 
-    def run(
-        self, request: GenerationRequest, owner: Owner | None, cancel: CancelToken
-    ) -> AsyncIterator[JobItem]:
-        labels = self.labels(owner)
-        # ZeroGPU runs the function in another process: a token cannot travel there.
-        items = self._gpu_stream(request, labels, None if self.config.zero_gpu else cancel)
-        return iterate_in_thread(items, cancel)
-
-    async def _generate_page(self, values: dict[str, Any]):
-        """Yields (preview, run status, video, result info, settings, last seed)."""
-        controls = ControlValues(**{name: values[name] for name in control_names()})
-        try:
-            owner, generation = self.page_request(values["owner_id"], controls)
-            prepared = self.prepare(generation)
-        except AllegroError as error:
-            raise user_error(error) from None
-        async for outputs in self._page_run(prepared, owner, values["job"], values["progress"]):
-            yield outputs
-
     def page_request(
         self, owner_id: Any, controls: ControlValues
     ) -> tuple[Owner, GenerationRequest]:
@@ -456,7 +398,6 @@ class Studio:
         use_template: bool,
         fast_mode: bool,
         owner_id: str,
-        job: JobSlot,
         request: gr.Request = None,
     ) -> list[dict]:
         """Extend's validator: the selected video must be the caller's, the fields good."""
@@ -470,33 +411,6 @@ class Studio:
         inputs = tuple(inspect.signature(self.check_extend_page).parameters)[:-1]
         return page_validations(inputs, problem, field)
 
-    async def extend_page(
-        self,
-        name: str | None,
-        prompt: str,
-        negative_prompt: str,
-        seed: float | None,
-        steps: float,
-        guidance_scale: float,
-        length: str,
-        use_template: bool,
-        fast_mode: bool,
-        owner_id: str,
-        job: JobSlot,
-        progress=gr.Progress(),  # noqa: B008
-    ):
-        """The selected gallery video, continued with the page's prompt and settings; yields
-        as generate_page."""
-        fields = (prompt, negative_prompt, seed, steps, guidance_scale, length)
-        try:
-            owner = self.page_owner(owner_id)
-            extension = self.page_extension(name, owner, *fields, use_template, fast_mode)
-            prepared = self.prepare(extension)
-        except AllegroError as error:
-            raise user_error(error) from None
-        async for outputs in self._page_run(prepared, owner, job, progress):
-            yield outputs
-
     def page_extension(
         self, name, owner, prompt, negative, seed, steps, guidance, length, template, fast
     ) -> GenerationRequest:
@@ -507,67 +421,6 @@ class Studio:
             name, owner, prompt, negative, seed, steps, guidance, frames,
             DEFAULT_OVERLAP_FRAMES, template, fast,
         )  # fmt: skip
-
-    async def _page_run(
-        self, prepared: GenerationRequest, owner: Owner, job: JobSlot, progress: gr.Progress
-    ):
-        token = job.token = CancelToken()
-        skip = gr.skip()
-        progress(0.0, desc="Starting …")
-        yield (
-            gr.update(value=None, visible=True),
-            "",
-            gr.update(visible=False),
-            skip,
-            skip,
-            skip,
-        )
-        try:
-            async for item in self.run(prepared, owner, token):
-                if isinstance(item, ProgressEvent):
-                    if item.preview is not None:
-                        yield item.preview, skip, skip, skip, skip, skip
-                    # After the yield: the page shows the bar until the next yield.
-                    progress(item.fraction, desc=progress_description(item))
-                    continue
-                for warning in item.warnings:
-                    gr.Warning(warning)
-                yield (
-                    gr.update(visible=False),
-                    "",
-                    gr.update(value=self.publish(item.video_path), visible=True),
-                    result_markdown(item.settings, item.seconds, item.video_path.name),
-                    item.settings,
-                    item.seed,
-                )
-        except Cancelled as cancelled:
-            yield (
-                gr.update(visible=False),
-                str(cancelled),
-                gr.update(visible=True),
-                skip,
-                skip,
-                skip,
-            )
-        except Exception as error:
-            raise user_error(error) from None
-        finally:
-            if job.token is token:
-                job.token = None
-
-    def cancel_page(self, job: JobSlot):
-        """The Cancel button: stop the worker (Gradio cancels the event itself)."""
-        message = ""
-        if job.token is not None:
-            job.token.cancel()
-            job.token = None
-            message = Cancelled().args[0]
-        return gr.update(visible=False), message, gr.update(visible=True)
-
-    @staticmethod
-    def after_run():
-        """Whatever ended the run (error included), show the result area again."""
-        return gr.update(visible=False), gr.update(visible=True)
 
     async def _api_generate(
         self, values: dict[str, Any], request: gr.Request | None
@@ -607,23 +460,13 @@ class Studio:
     async def _api_run(
         self, generation: GenerationRequest, request: gr.Request | None
     ) -> tuple[FileData, dict]:
-        if self.runner is not None:
-            try:
-                owner = self.api_owner(request)
-            except AllegroError as error:
-                raise user_error(error) from None
-            return await self.job_api.generate_as_job(generation, owner)
-        token = CancelToken()
+        """Every generation is a job (recorded before it runs); the call waits for it."""
         try:
             owner = self.api_owner(request)
-            prepared = self.prepare(generation)
-            async for item in self.run(prepared, owner, token):
-                if not isinstance(item, ProgressEvent):
-                    settings = {**item.settings, "warnings": list(item.warnings)}
-                    return FileData(path=self.publish(item.video_path)), settings
-        except Exception as error:
+            self.job_api.runner_or_refuse()
+        except AllegroError as error:
             raise user_error(error) from None
-        raise user_error(RuntimeError("the generation ended without a result"))
+        return await self.job_api.generate_as_job(generation, owner)
 
     def extend_request(
         self,

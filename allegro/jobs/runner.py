@@ -589,7 +589,9 @@ class JobRunner:
             self._tokens.pop(job_id, None)
             if job is not None:
                 self._remember(
-                    dataclasses.replace(job, state=JobState.QUEUED, progress=None, preview=None)
+                    dataclasses.replace(
+                        job, state=JobState.QUEUED, progress=None, preview=None, note=note
+                    )
                 )
 
     def _finish(self, job_id: str, state: JobState, **changes) -> None:
@@ -601,36 +603,77 @@ class JobRunner:
     def _work(self, worker: Worker) -> None:
         while (claimed := self._claim()) is not None:
             job, token = claimed
-            try:
-                result = worker.run(job, partial(self._on_progress, job.id), token)
-            except WorkerLost as lost:
-                logger.warning("Worker %s lost job %s: %s", worker.name, job.id, lost)
-                self._requeue(job.id, f"Run again: its worker was lost mid-job ({lost}).")
+            if self._run_claimed(worker, job, token):
                 worker.wait_ready()
-                continue
-            except Cancelled as cancelled:
-                with self._changed:
-                    requested = self._live[job.id].cancel_requested
-                    if self._stopping and not requested:  # a shutdown, not the owner
-                        self.store.update(
-                            job.id, state=JobState.QUEUED, note=_interrupted_note(time.time())
-                        )
-                        self._forget(job.id)
-                        continue
-                self._finish(job.id, JobState.CANCELLED, error=str(cancelled))
-            except AllegroError as error:
-                self._finish(job.id, JobState.FAILED, error=str(error))
-            except Exception as error:  # a bug: record it, keep serving the queue
-                logger.exception("Job %s failed", job.id)
-                self._finish(
-                    job.id,
-                    JobState.FAILED,
-                    error=f"Unexpected {type(error).__name__}: {error} (see the server log).",
-                )
-            else:
-                self._finish(
-                    job.id,
-                    JobState.DONE,
-                    video=str(result.video_path),
-                    warnings=tuple(getattr(result, "warnings", ())),
-                )
+
+    def run_here(
+        self, job_id: str, worker: Worker, token: CancelToken, left_note: str
+    ) -> Job | None:
+        """Run one queued job with ``worker`` in the calling thread (an executor that must
+        run it there, e.g. inside a visitor's ZeroGPU call); None if it is not queued (it
+        ended or another caller took it). ``token`` is the job's: ``cancel`` reaches it. If
+        the caller cancels ``token`` itself (its visitor left), the job is queued again with
+        ``left_note``, waiting for its visitor; their ``cancel`` ends it as cancelled."""
+        with self._changed:
+            job = self._live.get(job_id)
+            if job is None or self._stopping or job.state != JobState.QUEUED:
+                return None
+            started, attempts = time.time(), job.attempts + 1
+            if not self.store.update(
+                job_id,
+                expect=JobState.QUEUED,
+                state=JobState.RUNNING,
+                started=started,
+                attempts=attempts,
+            ):
+                return None
+            running = dataclasses.replace(
+                job, state=JobState.RUNNING, started=started, attempts=attempts
+            )
+            self._tokens[job_id] = token
+            self._remember(running)
+        self._run_claimed(worker, running, token, left_note)
+        return self.get(job_id)
+
+    def _run_claimed(
+        self, worker: Worker, job: Job, token: CancelToken, left_note: str | None = None
+    ) -> bool:
+        """Run a job marked running and record its outcome; True if the worker was lost.
+        ``left_note``: a cancel nobody asked for (not a shutdown) puts the job back in the
+        queue with this note instead of ending it."""
+        try:
+            result = worker.run(job, partial(self._on_progress, job.id), token)
+        except WorkerLost as lost:
+            logger.warning("Worker %s lost job %s: %s", worker.name, job.id, lost)
+            self._requeue(job.id, f"Run again: its worker was lost mid-job ({lost}).")
+            return True
+        except Cancelled as cancelled:
+            with self._changed:
+                requested = self._live[job.id].cancel_requested
+                if self._stopping and not requested:  # a shutdown, not the owner
+                    self.store.update(
+                        job.id, state=JobState.QUEUED, note=_interrupted_note(time.time())
+                    )
+                    self._forget(job.id)
+                    return False
+            if left_note is not None and not requested:
+                self._requeue(job.id, left_note)
+                return False
+            self._finish(job.id, JobState.CANCELLED, error=str(cancelled))
+        except AllegroError as error:
+            self._finish(job.id, JobState.FAILED, error=str(error))
+        except Exception as error:  # a bug: record it, keep serving the queue
+            logger.exception("Job %s failed", job.id)
+            self._finish(
+                job.id,
+                JobState.FAILED,
+                error=f"Unexpected {type(error).__name__}: {error} (see the server log).",
+            )
+        else:
+            self._finish(
+                job.id,
+                JobState.DONE,
+                video=str(result.video_path),
+                warnings=tuple(getattr(result, "warnings", ())),
+            )
+        return False

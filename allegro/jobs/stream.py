@@ -1,7 +1,7 @@
 """The one bridge from a callback to a generator: work that reports through a callback (the
 engine's ``on_progress``) runs in a thread, and what it reports comes out of a queue as a
-plain iterator, then what it returns; what it raises is raised there. Used by the page's
-direct runs (``ui.jobs``) and by the Ray actor (``allegro.jobs.remote``)."""
+plain iterator, then what it returns; what it raises is raised there. Used inside ZeroGPU's
+GPU call (``ui.zerogpu_jobs``) and by the Ray actor (``allegro.jobs.remote``)."""
 
 from __future__ import annotations
 
