@@ -666,6 +666,7 @@ class FakeEngine:
 
     def __init__(self, steps=6, error=None, delay=0.0, release: threading.Event | None = None):
         self.steps, self.error, self.delay, self.release = steps, error, delay, release
+        self.emitted = threading.Event()  # every progress event is out
 
     def generate(self, request, on_progress, cancel, labels=None):
         for step in range(1, self.steps + 1):
@@ -677,6 +678,7 @@ class FakeEngine:
                     Stage.DENOISING, step / (self.steps + 1), step, self.steps, preview=preview
                 )
             )
+        self.emitted.set()
         if self.release is not None:
             self.release.wait(5)
         if self.error is not None:
@@ -701,7 +703,7 @@ def test_a_slow_consumer_skips_stale_progress_but_keeps_the_latest_preview():
     engine = FakeEngine(steps=7, release=release)
     stream = stream_generation(engine, GenerationRequest("x", seed=1), {}, CancelToken())
     first = next(stream)
-    time.sleep(0.3)  # every other event is queued meanwhile
+    assert engine.emitted.wait(5)  # every other event is queued meanwhile
     latest = next(stream)
     assert first.step == 1 and latest.step == 7
     assert latest.preview is not None and latest.preview[0, 0, 0] == 6  # from step 6
@@ -728,19 +730,19 @@ def test_closing_the_stream_early_cancels_the_engine():
 def test_cancelling_the_waiting_task_stops_the_engine():
     token = CancelToken()
     engine = FakeEngine(steps=500, delay=0.01)
-    finished = threading.Event()
+    finished, running = threading.Event(), asyncio.Event()
 
     async def consume():
         stream = stream_generation(engine, GenerationRequest("x"), {}, token)
         try:
             async for _item in iterate_in_thread(stream, token):
-                pass
+                running.set()
         finally:
             finished.set()
 
     async def main():
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(running.wait(), 10)  # the engine is making steps
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
