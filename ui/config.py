@@ -329,8 +329,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--max-queue",
         type=_bounded_int(1),
         default=env_int(environ, ("ALLEGRO_MAX_QUEUE",), DEFAULT_MAX_QUEUE, 1),
-        help="how many requests may wait while one video is made; more are turned away with "
-        f"a 'queue is full' message. Default: {DEFAULT_MAX_QUEUE}. [ALLEGRO_MAX_QUEUE]",
+        help="ZeroGPU only: how many requests may wait while one video is made; more are "
+        "turned away with a 'queue is full' message (elsewhere every request is a job: "
+        f"--jobs-per-person, --jobs-total). Default: {DEFAULT_MAX_QUEUE}. [ALLEGRO_MAX_QUEUE]",
     )
     parser.add_argument(
         "--zero-gpu-max-seconds",

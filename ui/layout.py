@@ -479,13 +479,19 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
         dropped.upload(studio.gallery.load_dropped_video, [dropped, owner], controls, **private)
 
+        # With jobs, a call is a job the moment it is accepted (recorded: a restart runs it)
+        # and waits in the runner's queue, whose workers run one video per device: no Gradio
+        # slot. Without (ZeroGPU), the call itself makes the video: one at a time.
+        slots = (
+            {"concurrency_limit": None}
+            if studio.runner is not None
+            else {"concurrency_limit": 1, "concurrency_id": GENERATION}
+        )
         for name, handler, validator in (
             ("generate", studio.api_generate, studio.check_api),
             ("extend", studio.api_extend, studio.check_extend),
         ):
-            endpoint = gr.api(
-                handler, api_name=name, concurrency_limit=1, concurrency_id=GENERATION
-            )
+            endpoint = gr.api(handler, api_name=name, **slots)
             # gr.api has no validator argument; the event has the same field as a click's.
             demo.fns[endpoint["id"]].validator = validator
         gr.api(studio.gallery.history, api_name="history", queue=False)

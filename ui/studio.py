@@ -322,33 +322,24 @@ class Studio:
         request: gr.Request = None,
     ) -> list[dict]:
         """/generate's validator (same parameters): the key, every field and the images,
-        and room among the callers waiting for the GPU (--max-queue), before the call is
-        queued."""
+        and room in the queue (see _room_problem), before the call is queued."""
         values = (prompt, negative_prompt, seed, steps, guidance_scale, frames, height, width)
         values += (use_template, interpolate, interpolation_method, fast_mode, step_cache)
-        return self._check_api_values((*values, image, last_image), request, waiting=True)
+        return self._check_api_values((*values, image, last_image), request)
 
     def check_submit_api(self, request: gr.Request, *values: Any) -> list[dict]:
-        """/submit's validator (/generate's parameters): the same checks, but a job waits in
-        the runner's queue, not among the callers waiting for the GPU: its limits are the
-        job limits (per person and in all), checked here too. ``request`` comes first:
-        Gradio inserts it at its parameter's place (gradio/helpers.py special_args)."""
-        return self._check_api_values(values, request, waiting=False)
+        """/submit's validator (/generate's parameters): the same checks. ``request`` comes
+        first: Gradio inserts it at its parameter's place (gradio/helpers.py special_args)."""
+        return self._check_api_values(values, request)
 
-    def _check_api_values(
-        self, values: tuple, request: gr.Request | None, waiting: bool
-    ) -> list[dict]:
+    def _check_api_values(self, values: tuple, request: gr.Request | None) -> list[dict]:
         *fields, image, last_image = values
 
         def build():
             owner = self.api_owner(request)
-            generation = self.api_request(*fields, image=image, last_image=last_image)
-            if not waiting:
-                key = owner.tag if owner is not None else LOCAL_OWNER
-                self.job_api.runner_or_refuse().check_limits(key)
-            return owner, generation
+            return owner, self.api_request(*fields, image=image, last_image=last_image)
 
-        problem = self._problem(build, request if waiting else None)
+        problem = self._problem(build, request)
         return _validations(tuple(inspect.signature(self.check_api).parameters)[:-1], problem)
 
     def check_extend(
@@ -378,21 +369,31 @@ class Studio:
 
     def _problem(self, build, request: gr.Request | None) -> str | None:
         """What is wrong with a caller, their request or the queue, or None. ``build``
-        returns (owner, request) or raises. Without ``request``, waiting callers are not
-        counted."""
+        returns (owner, request) or raises."""
         try:
-            _owner, generation = build()
+            owner, generation = build()
             self.prepare(generation)
-            waiting = waiting_generations(request)
-            if waiting >= self.config.max_queue:
-                return (
-                    f"Queue is full: {waiting} videos are waiting for the GPU. Please try "
-                    "again in a few minutes."
-                )
+            return self._room_problem(owner, request)
         except AllegroError as error:
             return str(error)
         except Exception as error:  # a bug: the handler itself will report it
             logger.error("Unexpected error in a validator", exc_info=error)
+        return None
+
+    def _room_problem(self, owner: Owner | None, request: gr.Request | None) -> str | None:
+        """One queue limit. With a job runner every generation, page or API, is a job from
+        the moment it is accepted, so the runner's limits (per person, in all) are the only
+        ones (JobLimitError names the one passed). Without one (ZeroGPU, where a visitor's
+        own event runs the generation), the callers waiting for the GPU (--max-queue)."""
+        if self.runner is not None:
+            self.runner.check_limits(owner.tag if owner is not None else LOCAL_OWNER)
+            return None
+        waiting = waiting_generations(request)
+        if waiting >= self.config.max_queue:
+            return (
+                f"Queue is full: {waiting} videos are waiting for the GPU. Please try "
+                "again in a few minutes."
+            )
         return None
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
