@@ -67,8 +67,8 @@ def launch(config: AppConfig) -> None:
     studio = Studio(config, loader, os.environ, jobs_db=config.jobs_db_path)
     demo = build_blocks(studio)
     hide_gradio_errors(demo, detailed=not config.shared)
-    # No overall limit: only generations are limited (--max-queue), by their validator
-    # (ui/studio.py, waiting_generations), so a full queue never turns away a page load.
+    # No overall limit: only generations are limited, by the job runner's limits in their
+    # validators (ui/studio.py, _room_problem), so a full queue never turns away a page load.
     demo.queue(max_size=None, default_concurrency_limit=None)
     demo.launch(
         server_name=config.host,

@@ -4,7 +4,9 @@ Encodes the same 88 frames at 720x1280 (a synthetic but video-like clip: moving 
 texture and a moving disc, not incompressible noise) alternately with
 ``allegro.video.write_video`` (PyAV, libx264 CRF 17 preset "faster", plus the JSON sidecar and
 poster) and ``imageio.v2.mimwrite`` with its defaults (imageio-ffmpeg, libx264 quality 5),
-and prints seconds, sizes and the ratio.
+and prints seconds, sizes and the ratio. A third writer is ours as it was before it was made
+deterministic (x264's threads left to the machine's cores, with its macroblock tree): the
+cost of the same frames always making the same stream (see X264_THREADS in allegro/video.py).
 
     python bench/saving.py [--frames 88 --height 720 --width 1280 --repeats 3]
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from allegro import video
 from allegro.video import read_frames, write_video
 
 
@@ -47,6 +50,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / mse))
 
 
+def write_as_before(path: Path, clip: np.ndarray) -> None:
+    """write_video with x264's threads and macroblock tree as they were (not reproducible)."""
+    deterministic = video.X264_THREADS
+    video.X264_THREADS = {}
+    try:
+        write_video(path, clip, 15, {"prompt": "benchmark"})
+    finally:
+        video.X264_THREADS = deterministic
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=88)
@@ -57,9 +70,10 @@ def main() -> None:
     import imageio.v2 as imageio
 
     clip = synthetic_clip(args.frames, args.height, args.width)
-    ours_times, theirs_times = [], []
+    ours_times, theirs_times, before_times = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         ours_path, theirs_path = Path(folder, "ours.mp4"), Path(folder, "imageio.mp4")
+        before_path = Path(folder, "before.mp4")
         for _ in range(args.repeats):
             started = time.perf_counter()
             write_video(ours_path, clip, 15, {"prompt": "benchmark"})
@@ -67,20 +81,28 @@ def main() -> None:
             started = time.perf_counter()
             imageio.mimwrite(theirs_path, clip, fps=15)
             theirs_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            write_as_before(before_path, clip)
+            before_times.append(time.perf_counter() - started)
         ours_quality = psnr(read_frames(ours_path)[0], clip)
         theirs_quality = psnr(read_frames(theirs_path)[0], clip)
+        before_quality = psnr(read_frames(before_path)[0], clip)
         ours_size, theirs_size = ours_path.stat().st_size, theirs_path.stat().st_size
+        before_size = before_path.stat().st_size
     ours, theirs = statistics.median(ours_times), statistics.median(theirs_times)
+    before = statistics.median(before_times)
     print(f"clip: {args.frames}x{args.height}x{args.width}, {args.repeats} alternated runs")
     print("| writer | median s | size MB | PSNR dB |")
     print("|---|---:|---:|---:|")
     rows = (
         ("ours (PyAV x264 CRF 17 faster + JSON + poster)", ours, ours_size, ours_quality),
         ("imageio defaults (ffmpeg x264 quality 5)", theirs, theirs_size, theirs_quality),
+        ("ours before: x264 threads auto + mb-tree", before, before_size, before_quality),
     )
     for name, seconds, size, quality in rows:
         print(f"| {name} | {seconds:.2f} | {size / 1e6:.1f} | {quality:.1f} |")
     print(f"ratio ours/imageio: {ours / theirs:.2f}x time")
+    print(f"ratio ours/ours before: {ours / before:.2f}x time, {ours_size / before_size:.2f}x size")
 
 
 if __name__ == "__main__":

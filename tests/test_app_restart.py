@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.studio_server import start_studio
 
 SMALL = {"frames": 24, "height": 160, "width": 160}
@@ -78,3 +80,82 @@ def test_kill_9_the_app_while_a_job_runs_then_both_finish_in_order(tiny_model, t
     assert len(videos) == 2
     for video in videos:  # each with its sidecar and poster: no broken gallery entry
         assert {video.stem + ".json", video.stem + ".jpg"} <= set(names)
+
+
+def _jobs_by_prompt(client) -> dict[str, dict]:
+    return {job["prompt"]: job for job in client.predict(api_name="/jobs")}
+
+
+def test_kill_9_while_a_generate_runs_and_another_waits_then_both_are_made(tiny_model, tmp_path):
+    """A blocking /generate is a recorded job from the moment it is accepted, the waiting
+    one too (it used to wait for a Gradio slot, in memory, and was lost in a crash)."""
+    output = tmp_path / "outputs"
+    output.mkdir()
+    log = tmp_path / "app.log"
+    server = start_studio(tiny_model, output, log, timeout=240)  # a loaded machine: slow start
+    try:
+        client = server.client(downloads=tmp_path / "downloads")
+        client.submit("running call", **LONG, api_name="/generate")
+        # Recorded first, so it runs first: the two calls' handlers run side by side.
+        _wait_for(lambda: _jobs_by_prompt(client).get("running call"), "the first call's job")
+        client.submit("waiting call", **SHORT, api_name="/generate")
+
+        def one_runs_and_one_waits():
+            jobs = _jobs_by_prompt(client)
+            running, waiting = jobs.get("running call"), jobs.get("waiting call")
+            if running is not None:
+                assert running["state"] in ("queued", "running"), running  # not over yet
+            progress = (running or {}).get("progress") or {}
+            if waiting is None or running["state"] != "running" or not progress.get("step"):
+                return None
+            assert waiting["state"] == "queued", waiting
+            return jobs
+
+        made = _wait_for(one_runs_and_one_waits, "both calls recorded, the first denoising", 120)
+    finally:
+        server.kill()
+
+    again = start_studio(tiny_model, output, log, timeout=240)
+    try:
+        client = again.client(downloads=tmp_path / "downloads")
+
+        def both_finished():
+            jobs = _jobs_by_prompt(client)
+            done = all(jobs[prompt]["state"] == "done" for prompt in made)
+            return jobs if done else None
+
+        jobs = _wait_for(both_finished, "the two calls' jobs did not finish after the restart")
+    finally:
+        again.stop()
+    for prompt, job in made.items():
+        assert jobs[prompt]["id"] == job["id"] and jobs[prompt]["seed"] == job["seed"]
+    assert len(list(output.glob("*.mp4"))) == 2
+
+
+def test_two_blocking_generate_calls_run_at_once_on_two_workers(tiny_model, tmp_path):
+    """--devices cpu,cpu: two workers, so two blocking /generate calls are made at the same
+    time, as /submit's are (they used to share one Gradio slot)."""
+    output = tmp_path / "outputs"
+    log = tmp_path / "app.log"
+    server = start_studio(tiny_model, output, log, "--devices", "cpu,cpu", timeout=240)
+    try:
+        client = server.client(downloads=tmp_path / "downloads")
+        calls = [
+            client.submit(f"call {index}", **{**SMALL, "steps": 400}, api_name="/generate")
+            for index in range(2)
+        ]
+
+        def both_running():
+            jobs = _jobs_by_prompt(client)
+            states = [jobs.get(f"call {index}", {}).get("state") for index in range(2)]
+            assert "done" not in states, jobs  # 400 steps: never over before both started
+            return jobs if states == ["running", "running"] else None
+
+        jobs = _wait_for(both_running, "both calls running at once", 120)
+        for job in jobs.values():
+            client.predict(job["id"], api_name="/cancel")
+        for call in calls:
+            with pytest.raises(Exception, match="ancel"):
+                call.result(timeout=60)
+    finally:
+        server.stop()

@@ -472,6 +472,22 @@ def test_caption_cleaning_runs_before_the_gpu_lock_and_can_be_cancelled(engine, 
     assert not (engine.output_dir.exists() and list(engine.output_dir.glob("*")))
 
 
+class ContendedLock:
+    """A lock that says when someone asks for it while it is held."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock, self.contended = lock, threading.Event()
+
+    def __enter__(self) -> ContendedLock:
+        if self.lock.locked():
+            self.contended.set()
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.lock.release()
+
+
 def test_without_offload_prompts_are_encoded_before_the_gpu_lock(engine, monkeypatch):
     """With offload none the text encoder never moves, so a job encodes its prompts while
     another job holds the GPU; with offload hooks (faked here: only the recorded mode) it
@@ -502,10 +518,13 @@ def test_without_offload_prompts_are_encoded_before_the_gpu_lock(engine, monkeyp
     assert encodes_while_locked("a heron lands on a lake")
     monkeypatch.setattr(loaded, "offload", replace_field(loaded.offload, mode="model"))
     misses = loaded.prompt_cache.misses
-    with loaded.run_lock:
+    watched = ContendedLock(loaded.run_lock)
+    monkeypatch.setattr(loaded, "run_lock", watched)
+    with watched:
         worker = threading.Thread(target=run, args=("a fox runs through snow",))
         worker.start()
-        time.sleep(2)  # ample time to encode, were it allowed before the lock
+        # The job reached the lock: anything it does before the lock is done, no encoding.
+        assert watched.contended.wait(60)
         assert loaded.prompt_cache.misses == misses
     worker.join(timeout=120)
     assert len(results) == 2 and all(result.video_path.exists() for result in results)

@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 from gradio_client import Client
-from gradio_client.utils import Status
 
 from tests.gradio_http import PageSession
 from tests.studio_server import StudioServer, start_studio
@@ -216,11 +215,16 @@ def test_a_huge_prompt_is_refused_before_it_is_queued(server, alice):
 
 def test_a_full_queue_refuses_only_new_generations(server, alice):
     bob = Client(server.url, headers={"X-Allegro-Key": BOB_KEY}, verbose=False)
+
+    def state(prompt: str) -> str | None:
+        jobs = {job["prompt"]: job for job in bob.predict(api_name="/jobs")}
+        return jobs.get(prompt, {}).get("state")
+
+    # Blocking /generate calls are jobs from the moment they are accepted: 2 jobs now.
     running = bob.submit(prompt="a long one", steps=500, api_name="/generate")
-    _wait_for(lambda: running.status().code == Status.PROCESSING)
+    _wait_for(lambda: state("a long one") == "running")
     waiting = bob.submit(prompt="waiting", steps=1, api_name="/generate")
-    _wait_for(lambda: waiting.status().code == Status.IN_QUEUE)
-    queued = bob.predict(prompt="a queued job", steps=1, api_name="/submit")  # 2 jobs now
+    _wait_for(lambda: state("waiting") == "queued")
     try:
         newcomer = PageSession(server.url)
         loaded = newcomer.call("on_page_load", "", timeout=10)
@@ -231,19 +235,18 @@ def test_a_full_queue_refuses_only_new_generations(server, alice):
         selected = page.call("select_entry", None, alice["token"], event_data=pick(0))
         assert selected.status == 200 and selected.data[1]["path"].endswith(".mp4")
         assert "Bob's boat" in [r["prompt"] for r in bob.predict(api_name="/history")]
-        # A generation is refused before it joins: by the job limit on the page, by the
-        # waiting callers (--max-queue) for /generate.
+        # A generation is refused before it joins, by the one queue limit: the jobs'.
         refused = newcomer.call("submit_page", *generation_inputs("one more", loaded.data[0]))
         assert refused.status == 422
         assert "The queue is full: 2 videos are queued or running" in refused.error
         assert "the limit of this server is 2" in refused.error
-        with pytest.raises(Exception, match="Queue is full: 1 videos are waiting"):
-            bob.predict(prompt="one more", steps=1, api_name="/generate")
+        for api_name in ("/generate", "/submit"):
+            with pytest.raises(Exception, match="The queue is full: 2 videos are queued"):
+                bob.predict(prompt="one more", steps=1, api_name=api_name)
         # Other queued events still run: "Reuse settings" of the video selected above.
         reused = page.call("reuse_entry", None, alice["token"], timeout=10)
         assert reused.error is None and reused.data[0] == "Alice's fish"
     finally:
-        bob.predict(queued["id"], api_name="/cancel")
         waiting.cancel()
         running.cancel()
 

@@ -74,7 +74,7 @@ ZERO_GPU = Hardware("NVIDIA H200 MIG 3g.71gb")
 def test_defaults_without_flags_or_environment():
     config = parse_config([], {})
     assert config.model is None and config.offload == "auto"
-    assert (config.host, config.port, config.max_queue) == ("127.0.0.1", 7860, 20)
+    assert (config.host, config.port, config.jobs_total) == ("127.0.0.1", 7860, 100)
     assert config.output_dir == Path("outputs").resolve()
     assert not (config.share or config.preview or config.public_gallery or config.mcp)
     assert not config.shared and not config.per_browser_gallery
@@ -102,7 +102,9 @@ def test_environment_variables_set_every_setting(tmp_path):
     assert config.output_dir == tmp_path / "videos"
     assert config.preview and config.public_gallery
     assert config.ema_vfi_weights == "/weights/ema.pkl"
-    assert (config.max_queue, config.host, config.port) == (3, "0.0.0.0", 8080)
+    # ALLEGRO_MAX_QUEUE, kept for older set-ups, is the job limit in all now.
+    assert (config.jobs_total, config.host, config.port) == (3, "0.0.0.0", 8080)
+    assert parse_config(["--max-queue", "7"], {}).jobs_total == 7
     assert config.space_id == "someone/allegro" and config.zero_gpu
     assert config.zero_gpu_max_seconds == 120
     assert config.shared and not config.per_browser_gallery  # public gallery
@@ -674,6 +676,7 @@ class FakeEngine:
 
     def __init__(self, steps=6, error=None, delay=0.0, release: threading.Event | None = None):
         self.steps, self.error, self.delay, self.release = steps, error, delay, release
+        self.emitted = threading.Event()  # every progress event is out
 
     def generate(self, request, on_progress, cancel, labels=None):
         for step in range(1, self.steps + 1):
@@ -685,6 +688,7 @@ class FakeEngine:
                     Stage.DENOISING, step / (self.steps + 1), step, self.steps, preview=preview
                 )
             )
+        self.emitted.set()
         if self.release is not None:
             self.release.wait(5)
         if self.error is not None:
@@ -709,7 +713,7 @@ def test_a_slow_consumer_skips_stale_progress_but_keeps_the_latest_preview():
     engine = FakeEngine(steps=7, release=release)
     stream = stream_generation(engine, GenerationRequest("x", seed=1), {}, CancelToken())
     first = next(stream)
-    time.sleep(0.3)  # every other event is queued meanwhile
+    assert engine.emitted.wait(5)  # every other event is queued meanwhile
     latest = next(stream)
     assert first.step == 1 and latest.step == 7
     assert latest.preview is not None and latest.preview[0, 0, 0] == 6  # from step 6

@@ -24,7 +24,6 @@ from allegro.request import DEFAULT_MODEL, MODEL_PRESETS
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_OUTPUT_DIR = "outputs"
-DEFAULT_MAX_QUEUE = 20
 # ZeroGPU gives a call at most this long unless the Space is configured otherwise.
 DEFAULT_ZERO_GPU_MAX_SECONDS = 300
 # Uploads are only read for the settings a video carries; Allegro's own MP4s are far smaller.
@@ -65,7 +64,6 @@ class AppConfig:
     public_gallery: bool
     ema_vfi_weights: str | None
     mcp: bool
-    max_queue: int
     space_id: str | None  # set on Hugging Face Spaces
     zero_gpu: bool  # a ZeroGPU Space: the GPU is lent per call, for a limited time
     zero_gpu_max_seconds: int
@@ -345,7 +343,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs-total",
         type=_bounded_int(1),
-        default=env_int(environ, ("ALLEGRO_JOBS_TOTAL",), 100, 1),
+        default=env_int(environ, ("ALLEGRO_JOBS_TOTAL", "ALLEGRO_MAX_QUEUE"), 100, 1),
         help="how many videos may be queued or running on the server. [ALLEGRO_JOBS_TOTAL]",
     )
     parser.add_argument(
@@ -358,10 +356,11 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-queue",
+        dest="jobs_total",
         type=_bounded_int(1),
-        default=env_int(environ, ("ALLEGRO_MAX_QUEUE",), DEFAULT_MAX_QUEUE, 1),
-        help="how many requests may wait while one video is made; more are turned away with "
-        f"a 'queue is full' message. Default: {DEFAULT_MAX_QUEUE}. [ALLEGRO_MAX_QUEUE]",
+        default=argparse.SUPPRESS,
+        help="the same as --jobs-total (kept for older scripts: every video is a job, and the "
+        "job limits are the one queue limit). [ALLEGRO_MAX_QUEUE]",
     )
     parser.add_argument(
         "--zero-gpu-max-seconds",
@@ -465,7 +464,6 @@ def parse_config(
         public_gallery=args.public_gallery,
         ema_vfi_weights=args.ema_vfi_weights,
         mcp=args.mcp,
-        max_queue=args.max_queue,
         space_id=_env_text(environ, "SPACE_ID"),
         zero_gpu=zero_gpu,
         zero_gpu_max_seconds=args.zero_gpu_max_seconds,

@@ -430,16 +430,20 @@ def build_blocks(studio: Studio) -> gr.Blocks:
         ).then(lambda: gr.update(visible=False), None, confirm_row, **light)
         dropped.upload(studio.gallery.load_dropped_video, [dropped, owner], controls, **private)
 
+        # A call is a job the moment it is accepted (recorded: a restart runs it) and waits
+        # in the runner's queue, whose workers run one video per device: no Gradio slot. On
+        # ZeroGPU the caller's own call runs its job (its GPU quota): one at a time, as the
+        # page's runs there.
+        slots = (
+            {"concurrency_limit": 1, "concurrency_id": GENERATION}
+            if studio.visitor_runs is not None
+            else {"concurrency_limit": None}
+        )
         for name, handler, validator in (
             ("generate", studio.api_generate, studio.check_api),
             ("extend", studio.api_extend, studio.check_extend),
         ):
-            gr.api(
-                validated(handler, validator),
-                api_name=name,
-                concurrency_limit=1,
-                concurrency_id=GENERATION,
-            )
+            gr.api(validated(handler, validator), api_name=name, **slots)
         gr.api(studio.gallery.history, api_name="history", queue=False)
         add_prompt_help_api(studio.prompt_help)
         if studio.runner is not None:  # jobs run in the runner's worker, not in a Gradio slot

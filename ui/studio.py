@@ -92,19 +92,6 @@ TEXT_ONLY_MESSAGE = (
 )
 
 
-def waiting_generations(request: gr.Request | None) -> int:
-    """Generations waiting for the GPU. The queue itself has no size limit, so that page
-    loads, the gallery and /history are never turned away; generations are limited here,
-    in their validator, before they join. Gradio keeps one waiting list per concurrency
-    group (gradio/queueing.py:99-107, 227-237)."""
-    http = getattr(request, "request", None)
-    app = getattr(http, "app", None)
-    if app is None or not hasattr(app, "get_blocks"):
-        return 0
-    waiting = app.get_blocks()._queue.event_queue_per_concurrency_id.get(GENERATION)
-    return len(waiting.queue) if waiting is not None else 0
-
-
 class Studio:
     """The app's behaviour, independent of where each component sits on the page."""
 
@@ -242,28 +229,19 @@ class Studio:
 
     def _check_api(self, values: dict[str, Any], request: gr.Request | None) -> list[dict]:
         """/generate's validator (same parameters): the key, every field and the images,
-        and room among the callers waiting for the GPU (--max-queue), before the call is
+        and room in the queue (the job limits, see _room_problem), before the call is
         queued."""
-        return self._check_api_values(values, request, waiting=True)
+        return self._check_api_values(values, request)
 
     def _check_submit_api(self, values: dict[str, Any], request: gr.Request | None) -> list[dict]:
-        """/submit's validator (/generate's parameters): the same checks, but a job waits in
-        the runner's queue, not among the callers waiting for the GPU: its limits are the
-        job limits (per person and in all), checked here too."""
-        return self._check_api_values(values, request, waiting=False)
+        """/submit's validator (/generate's parameters): the same checks."""
+        return self._check_api_values(values, request)
 
-    def _check_api_values(
-        self, values: dict[str, Any], request: gr.Request | None, waiting: bool
-    ) -> list[dict]:
+    def _check_api_values(self, values: dict[str, Any], request: gr.Request | None) -> list[dict]:
         def build():
-            owner = self.api_owner(request)
-            generation = request_from_api(values)
-            if not waiting:
-                key = owner.tag if owner is not None else LOCAL_OWNER
-                self.job_api.runner_or_refuse().check_limits(key)
-            return owner, generation
+            return self.api_owner(request), request_from_api(values)
 
-        problem, field = self._problem(build, request if waiting else None)
+        problem, field = self._problem(build, request)
         return api_validations(problem, field)
 
     def check_extend(
@@ -294,22 +272,23 @@ class Studio:
 
     def _problem(self, build, request: gr.Request | None) -> tuple[str | None, str | None]:
         """What is wrong with a caller, their request or the queue, and the request field it
-        is about: (None, None) if nothing. ``build`` returns (owner, request) or raises.
-        Without ``request``, waiting callers are not counted."""
+        is about: (None, None) if nothing. ``build`` returns (owner, request) or raises."""
         try:
-            _owner, generation = build()
+            owner, generation = build()
             self.prepare(generation)
-            waiting = waiting_generations(request)
-            if waiting >= self.config.max_queue:
-                return (
-                    f"Queue is full: {waiting} videos are waiting for the GPU. Please try "
-                    "again in a few minutes."
-                ), None
+            return self._room_problem(owner), None
         except AllegroError as error:
             return str(error), error.field
         except Exception as error:  # a bug: refused, never passed on to the queue
             return unexpected_refusal(error), None
         return None, None
+
+    def _room_problem(self, owner: Owner | None) -> None:
+        """One queue limit: every generation, page or API (ZeroGPU's too), is a job from the
+        moment it is accepted, so the runner's limits (per person, per address, in all) are
+        the only ones; JobLimitError names the one passed."""
+        if self.runner is not None:
+            self.runner.check_limits(owner.tag if owner is not None else LOCAL_OWNER)
 
     def prepare(self, request: GenerationRequest) -> GenerationRequest:
         """Check a request before it is queued (AllegroError with the engine's message). Once
