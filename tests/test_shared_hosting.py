@@ -63,8 +63,7 @@ def server(tiny_model, tmp_path_factory) -> Iterator[StudioServer]:
     secret.write_text("not for visitors")
     (outputs / "linked.mp4").symlink_to(secret)
     studio = start_studio(
-        tiny_model, outputs, workdir / "app.log", "--host", "0.0.0.0", "--max-queue", "1",
-        "--jobs-total", "2",
+        tiny_model, outputs, workdir / "app.log", "--host", "0.0.0.0", "--jobs-total", "2",
     )  # fmt: skip
     yield studio
     studio.stop()
