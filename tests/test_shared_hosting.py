@@ -82,7 +82,9 @@ def alice(server) -> dict:
 def _wait_until_ready(page: PageSession, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        banner = page.call("poll_status", 2, "default", "default", False, False).data[1]
+        banner = page.call(
+            "poll_status", 2, "default", "default", False, False, 7.5, "Text to video"
+        ).data[1]
         if banner.get("interactive"):
             return
         time.sleep(0.5)

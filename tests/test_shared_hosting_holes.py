@@ -209,7 +209,9 @@ def test_the_banner_names_the_model_not_its_folder_when_shared(shared, tiny_mode
     page = PageSession(shared.url)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        banner = page.call("poll_status", 2, "default", "default", False, False).data[0]
+        banner = page.call(
+            "poll_status", 2, "default", "default", False, False, 7.5, "Text to video"
+        ).data[0]
         if "ready" in str(banner):
             break
         time.sleep(0.5)

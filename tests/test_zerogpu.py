@@ -106,7 +106,7 @@ def generate_on_the_page():
     from allegro.jobs import JobStore
     from tests.gradio_http import PageSession
     from ui.config import JOBS_DB_NAME
-    from ui.estimates import estimate_seconds
+    from ui.estimates import estimate_seconds, request_shape
     from ui.zerogpu import gpu_duration
 
     scheduled = []
@@ -127,10 +127,7 @@ def generate_on_the_page():
     ran = page.call("run_in_page", token, timeout=120)
     (job,) = store.list()
     request = job.request
-    estimate = estimate_seconds(
-        status.hardware, request.frames, request.height, request.width, request.steps,
-        request.fast_mode,
-    )
+    estimate = estimate_seconds(status.hardware, request_shape(request))
     limit = loader.config.zero_gpu_max_seconds
 
     # /generate the same way: a job, run by the caller's own call (billed through it).
